@@ -1,0 +1,5 @@
+import sys
+
+from hadskip.cli.main import main
+
+sys.exit(main())
