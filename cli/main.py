@@ -36,6 +36,11 @@ def _register() -> None:
         module.register(app)
 
 
+@app.callback()
+def _root() -> None:
+    """Learn per-input layer skipping for BERT-family encoders, export it, and run it fast."""
+
+
 @app.command()
 def version() -> None:
     """Print the hadskip version."""
@@ -50,24 +55,15 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app, turning HadSkipError into one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="hadskip")  # standalone: click formats its own usage errors
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except HadSkipError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except SystemExit as exc:  # typer/click exits (e.g. --help) keep their code
-        return int(exc.code or 0)
-    except Exception as exc:  # click usage errors carry their own formatting
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        raise
     return 0
 
 
