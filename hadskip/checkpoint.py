@@ -1,0 +1,105 @@
+"""Run directories: a trained model saved as safetensors + JSON, reloadable without the backbone files.
+
+    RUN/model.safetensors     GatedEncoder weights (safetensors: never unpickle untrusted files)
+    RUN/model_config.json     ModelConfig (backbone facts and the transformers config)
+    RUN/run.json              task spec, max_len, budget, what produced it, metrics
+    RUN/tokenizer/            the tokenizer (tokenizer.json is what export copies)
+
+Saving writes into a sibling temp dir and renames it into place, so a kill never leaves a half checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hadskip.errors import HadSkipError
+
+RUN_FORMAT = 1
+
+
+@dataclass
+class RunInfo:
+    """What a run dir says about how its model was made."""
+
+    task: dict  # TaskSpec as a dict
+    max_len: int
+    kind: str  # "finetune" | "hadskip" | "budgeted-exit" | "early-exit" | a stage name
+    budget: float | None = None  # K of L layers, for gated models
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    format: int = RUN_FORMAT
+
+
+def save_run(path: str | Path, model, tokenizer, info: RunInfo) -> Path:
+    """Save atomically: everything goes to PATH.tmp, then replaces PATH."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    (tmp / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    (tmp / "run.json").write_text(json.dumps(asdict(info), indent=2))
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def read_info(path: str | Path) -> RunInfo:
+    path = Path(path)
+    f = path / "run.json"
+    if not f.is_file():
+        raise HadSkipError(f"{path} is not a hadskip run dir (no run.json)")
+    try:
+        d = json.loads(f.read_text())
+    except json.JSONDecodeError as exc:
+        raise HadSkipError(f"{f} is not valid JSON ({exc})") from exc
+    if d.get("format") != RUN_FORMAT:
+        raise HadSkipError(f"{f} has run format {d.get('format')}, this hadskip reads {RUN_FORMAT}")
+    return RunInfo(**d)
+
+
+def write_info(path: str | Path, info: RunInfo) -> None:
+    f = Path(path) / "run.json"
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2))
+    tmp.replace(f)
+
+
+def load_run(path: str | Path, map_location: str = "cpu"):
+    """(GatedEncoder in eval mode, tokenizer, RunInfo) from a run dir."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from hadskip.backbone import empty_hf_model
+    from hadskip.model import GatedEncoder, ModelConfig
+
+    path = Path(path)
+    info = read_info(path)
+    for name in ("model.safetensors", "model_config.json", "tokenizer"):
+        if not (path / name).exists():
+            raise HadSkipError(f"run dir {path} is missing {name}")
+    config = ModelConfig.from_dict(json.loads((path / "model_config.json").read_text()))
+    model = GatedEncoder(config, empty_hf_model(config.hf_config))
+    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors"),
+                                                          device=map_location), strict=False)
+    # position_ids/token_type_ids buffers are rebuilt by the backbone; anything else must match
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise HadSkipError(f"{path / 'model.safetensors'} does not match its config "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), use_fast=True)
+    return model.eval(), tokenizer, info

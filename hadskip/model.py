@@ -1,0 +1,234 @@
+"""The gated encoder: a BERT-family backbone with a binary gate before every layer (HadSkip).
+
+The model is four kinds of unit with the same signatures as the exported graphs, so export is per unit
+and the PyTorch eval path and every runtime share one routing rule:
+
+    embeddings(input_ids, attention_mask, token_type_ids) -> hidden        # (B, T, H)
+    gates[i](hidden, attention_mask)                      -> gate logits   # (B, 2); open = logit1 > logit0
+    layers[i](hidden, attention_mask)                     -> hidden        # (B, T, H)
+    head(hidden, attention_mask)                          -> logits        # (B, num_labels)
+
+Gate modes of `GatedEncoder.forward`:
+    "off"    plain encoder, every layer on every row (stage I, the teacher)
+    "sample" training: ReinMax (or STE) samples g, h_i = g*f_i(h) + (1-g)*h
+    "hard"   g = argmax, same masked formula, every layer computed on every row (a reference for tests)
+    "route"  g = argmax, each layer runs only on its open rows (gather, run, scatter) - the eval path
+Not included: cross-attention / decoder use of the backbone, token-level (rather than row-level) skipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from hadskip.reinmax import ESTIMATORS, hard_argmax
+
+GateMode = Literal["off", "sample", "hard", "route"]
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+
+
+@dataclass
+class ModelConfig:
+    """What it takes to rebuild a GatedEncoder without the original backbone files."""
+
+    backbone: str  # the name the user gave (hub name, local path or an offline alias)
+    model_type: str  # transformers model_type of the backbone
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_labels: int
+    gate_hidden: int = 64
+    estimator: str = "reinmax"  # "reinmax" | "ste"
+    tau: float = 1.0  # ReinMax temperature
+    gate_open_bias: float = 2.0  # initial logit1 - logit0 of every gate (gates start mostly open)
+    hf_config: dict = field(default_factory=dict)  # the backbone's transformers config, as a dict
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not BERT-family ({SUPPORTED_MODEL_TYPES})")
+        if self.num_layers < 1 or self.num_labels < 2 or self.gate_hidden < 1:
+            raise ValueError("num_layers >= 1, num_labels >= 2 and gate_hidden >= 1 are required")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**d)
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 0/1 mask -> (B, 1, 1, T) additive mask: 0 where attended, dtype-min where padded.
+
+    torch.where rather than (1 - m) * min: in fp16 min rounds to -inf and 0 * -inf would be NaN.
+    """
+    keep = attention_mask[:, None, None, :].bool()
+    return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the attended tokens.  # (B, T, H), (B, T) -> (B, H)"""
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class Embeddings(nn.Module):
+    """The backbone's embeddings (word + position + type, LayerNorm). attention_mask is unused here."""
+
+    def __init__(self, hf_embeddings: nn.Module):
+        super().__init__()
+        self.emb = hf_embeddings
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.emb(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+
+
+class Layer(nn.Module):
+    """One transformer layer taking the plain (B, T) mask, so every layer graph has the same io."""
+
+    def __init__(self, hf_layer: nn.Module):
+        super().__init__()
+        self.layer = hf_layer
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
+        out = self.layer(hidden, attention_mask=additive_mask(attention_mask, hidden.dtype),
+                         output_attentions=output_attentions)
+        return (out[0], out[1]) if output_attentions else out[0]  # (B, T, H) [, (B, heads, T, T)]
+
+
+class Gate(nn.Module):
+    """Gate i: masked mean of h_{i-1} -> Linear -> GELU -> Linear -> 2 logits (closed, open).
+
+    Masked mean rather than [CLS]: the [CLS] row of the embedding output is the same for every input,
+    so a CLS-only first gate could not depend on the input.
+    """
+
+    def __init__(self, hidden_size: int, gate_hidden: int, open_bias: float = 2.0):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, gate_hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(gate_hidden, 2)
+        with torch.no_grad():
+            self.fc2.bias.copy_(torch.tensor([0.0, open_bias]))
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(masked_mean(hidden, attention_mask))))  # (B, 2)
+
+
+class Head(nn.Module):
+    """Classification head on the first token: dense + tanh (initialised from the pooler), dropout, linear."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+        return self.out(self.dropout(x))  # (B, num_labels)
+
+
+@dataclass
+class EncoderOutput:
+    logits: torch.Tensor  # (B, num_labels)
+    gates: torch.Tensor | None = None  # (B, L) 1 = layer ran; carries the estimator's gradient in "sample"
+    gate_logits: torch.Tensor | None = None  # (B, L, 2)
+    hidden_states: list[torch.Tensor] | None = None  # [embeddings, h_1, ..., h_L], each (B, T, H)
+    attentions: list[torch.Tensor] | None = None  # per layer (B, heads, T, T) of the layer's own computation
+
+
+class GatedEncoder(nn.Module):
+    """A backbone whose layers are each preceded by a gate; see the module docstring for the modes."""
+
+    def __init__(self, config: ModelConfig, hf_model: nn.Module):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(hf_model.embeddings)
+        self.layers = nn.ModuleList(Layer(layer) for layer in hf_model.encoder.layer)
+        if len(self.layers) != config.num_layers:
+            raise ValueError(f"backbone has {len(self.layers)} layers, config says {config.num_layers}")
+        self.gates = nn.ModuleList(
+            Gate(config.hidden_size, config.gate_hidden, config.gate_open_bias) for _ in self.layers
+        )
+        dropout = float(config.hf_config.get("hidden_dropout_prob", 0.1))
+        self.head = Head(config.hidden_size, config.num_labels, dropout)
+        pooler = getattr(hf_model, "pooler", None)
+        if pooler is not None and hasattr(pooler, "dense"):
+            self.head.dense.load_state_dict(pooler.dense.state_dict())
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def backbone_parameters(self):
+        """Everything but the gates (frozen in stage II)."""
+        for name, p in self.named_parameters():
+            if not name.startswith("gates."):
+                yield p
+
+    def gate_parameters(self):
+        return self.gates.parameters()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, *, gates: GateMode = "route",
+                forced: torch.Tensor | None = None, output_hidden: bool = False,
+                output_attentions: bool = False, generator: torch.Generator | None = None) -> EncoderOutput:
+        """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route"."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if gates == "route" and output_attentions:
+            raise ValueError("attentions are only defined when every layer runs on every row")
+        sample = ESTIMATORS[self.config.estimator]
+        h = self.embeddings(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+        hidden = [h] if output_hidden else None
+        attentions: list[torch.Tensor] | None = [] if output_attentions else None
+        g_all, logit_all = [], []
+        for i, layer in enumerate(self.layers):
+            g = None
+            if gates != "off":
+                logits_i = self.gates[i](h, attention_mask)  # (B, 2)
+                logit_all.append(logits_i)
+                if forced is not None:
+                    g = forced[:, i].to(h.dtype)
+                elif gates == "sample":
+                    g = sample(logits_i, self.config.tau, generator)[:, 1]  # (B,) hard 0/1 with a gradient
+                else:
+                    g = hard_argmax(logits_i)[:, 1]
+                g_all.append(g)
+            if gates == "route":
+                h = self._route(layer, h, attention_mask, g)
+            else:
+                out = layer(h, attention_mask, output_attentions=output_attentions)
+                f, att = out if output_attentions else (out, None)
+                if att is not None:
+                    attentions.append(att)
+                h = f if g is None else g[:, None, None] * f + (1 - g[:, None, None]) * h
+            if hidden is not None:
+                hidden.append(h)
+        return EncoderOutput(
+            logits=self.head(h, attention_mask),
+            gates=torch.stack(g_all, dim=1) if g_all else None,
+            gate_logits=torch.stack(logit_all, dim=1) if logit_all else None,
+            hidden_states=hidden,
+            attentions=attentions,
+        )
+
+    @staticmethod
+    def _route(layer: Layer, h: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Run `layer` only on the rows whose gate is open (gather, run, scatter)."""
+        rows = g.bool()
+        if bool(rows.all()):
+            return layer(h, mask)
+        if not bool(rows.any()):
+            return h
+        idx = rows.nonzero().squeeze(1)  # (R,)
+        return h.index_copy(0, idx, layer(h.index_select(0, idx), mask.index_select(0, idx)))
