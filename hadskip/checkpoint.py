@@ -5,7 +5,7 @@
     RUN/run.json              task spec, max_len, budget, what produced it, metrics
     RUN/tokenizer/            the tokenizer (tokenizer.json is what export copies)
 
-Saving writes into a sibling temp dir and renames it into place, so a kill never leaves a half checkpoint.
+Saving writes run.json last: a dir without it is not a run, so a kill never leaves a half checkpoint loadable.
 """
 
 from __future__ import annotations
@@ -34,27 +34,30 @@ class RunInfo:
 
 
 def save_run(path: str | Path, model, tokenizer, info: RunInfo) -> Path:
-    """Save atomically: everything goes to PATH.tmp, then replaces PATH."""
+    """Save into PATH (created if needed), leaving other files there (e.g. stages/) alone.
+
+    Everything is first written to PATH/.saving/ and then moved into place with run.json last, so a kill
+    mid-save leaves either the previous run.json (and a model it no longer describes is never read
+    without it) or the new one."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path / ".saving"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    (path / "run.json").unlink(missing_ok=True)  # the run is incomplete until run.json is back
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     (tmp / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-    (tmp / "run.json").write_text(json.dumps(asdict(info), indent=2))
     tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    for name in ("model.safetensors", "model_config.json", "tokenizer"):
+        dest = path / name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        (tmp / name).replace(dest)
+    shutil.rmtree(tmp)
+    write_info(path, info)
     return path
 
 

@@ -1,0 +1,127 @@
+"""`hadskip finetune | train | eval | compare`: training and evaluation commands (parse, then call the library)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+Backbone = Annotated[str, typer.Option(help="minilm-l6 (offline), a local model folder, or a hub name.")]
+Task = Annotated[str, typer.Option(help="rotten-tomatoes (offline), glue/<name>, or a folder of train/dev/test files.")]
+MaxLen = Annotated[int, typer.Option(help="Truncate inputs to this many tokens.")]
+TextCol = Annotated[Optional[str], typer.Option(help="Text column of a folder task (default: text).")]
+PairCol = Annotated[Optional[str], typer.Option(help="Second-text column of a folder task (default: text_pair).")]
+LabelCol = Annotated[Optional[str], typer.Option(help="Label column of a folder task (default: label).")]
+Metric = Annotated[Optional[str], typer.Option(help="Override the task metric: accuracy, f1 or mcc.")]
+MaxExamples = Annotated[Optional[int], typer.Option(help="Cap every split (quick runs).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or per-phase lines.")]
+
+
+def finetune(
+    out: Annotated[str, typer.Option(help="Run dir to write.")] = "runs/finetune",
+    backbone: Backbone = "minilm-l6",
+    task: Task = "rotten-tomatoes",
+    max_len: MaxLen = 64,
+    epochs: Annotated[float, typer.Option(help="Training epochs (fractions allowed).")] = 3.0,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (linear warmup and decay).")] = 5e-5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_examples: MaxExamples = None,
+    text_col: TextCol = None,
+    pair_col: PairCol = None,
+    label_col: LabelCol = None,
+    metric: Metric = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a plain backbone (HadSkip's stage I and its teacher); keeps the best dev epoch."""
+    from hadskip.train import TrainConfig
+    from hadskip.train import finetune as run
+
+    metrics = run(TrainConfig(backbone=backbone, task=task, out=out, max_len=max_len, epochs=epochs,
+                              batch_size=batch_size, lr=lr, seed=seed, max_examples=max_examples, text_col=text_col,
+                              pair_col=pair_col, label_col=label_col, metric=metric, progress=not quiet))
+    _report({"out": out, **metrics}, as_json)
+
+
+def train(
+    out: Annotated[str, typer.Option(help="Run dir to write (stages are kept under OUT/stages/).")] = "runs/hadskip",
+    backbone: Backbone = "minilm-l6",
+    task: Task = "rotten-tomatoes",
+    budget: Annotated[float, typer.Option(help="Average layers to run, K of L (fractions allowed).")] = 3.0,
+    teacher: Annotated[Optional[str], typer.Option(help="Reuse a finished `hadskip finetune` run as stage I.")] = None,
+    max_len: MaxLen = 64,
+    epochs: Annotated[float, typer.Option(help="Stage I epochs (when no --teacher).")] = 3.0,
+    stage2_epochs: Annotated[float, typer.Option(help="Stage II (gate initialisation) epochs.")] = 1.0,
+    phase_epochs: Annotated[float, typer.Option(help="Epochs per homotopic phase of stage III.")] = 1.0,
+    final_phase_epochs: Annotated[float, typer.Option(help="Epochs of the last phase (k = K).")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Backbone learning rate.")] = 5e-5,
+    gate_lr: Annotated[float, typer.Option(help="Gate learning rate.")] = 1e-3,
+    estimator: Annotated[str, typer.Option(help="Gate gradient estimator: reinmax or ste.")] = "reinmax",
+    tau: Annotated[float, typer.Option(help="ReinMax temperature.")] = 1.0,
+    beta: Annotated[float, typer.Option(help="Weight of the budget penalty.")] = 1.0,
+    kd: Annotated[str, typer.Option(help="Distillation: full, logits (prediction-KD only) or none.")] = "full",
+    no_gate_init: Annotated[bool, typer.Option("--no-gate-init", help="Ablation: skip stage II.")] = False,
+    no_homotopy: Annotated[bool, typer.Option("--no-homotopy", help="Ablation: stage III at K only.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue after the last finished stage/phase.")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_examples: MaxExamples = None,
+    text_col: TextCol = None,
+    pair_col: PairCol = None,
+    label_col: LabelCol = None,
+    metric: Metric = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train HadSkip: stage I (or --teacher), gate initialisation, then joint KD training to the budget."""
+    from hadskip.losses import LossWeights
+    from hadskip.train import HadSkipConfig, train_hadskip
+
+    cfg = HadSkipConfig(backbone=backbone, task=task, out=out, budget=budget, teacher=teacher, max_len=max_len,
+                        epochs=epochs, stage2_epochs=stage2_epochs, phase_epochs=phase_epochs,
+                        final_phase_epochs=final_phase_epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr,
+                        estimator=estimator, tau=tau, weights=LossWeights(budget=beta), kd=kd,
+                        gate_init=not no_gate_init, homotopy=not no_homotopy, resume=resume, seed=seed,
+                        max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
+                        metric=metric, progress=not quiet)
+    _report({"out": out, **train_hadskip(cfg)}, as_json)
+
+
+def evaluate(
+    path: Annotated[str, typer.Argument(help="A run dir (or an exported model dir).")],
+    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    task: Annotated[Optional[str], typer.Option(help="Evaluate on another task/folder than the run's own.")] = None,
+    plots: Annotated[Optional[str], typer.Option(help="Folder for PNG plots (default: PATH/eval-SPLIT/).")] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
+    as_json: Json = False,
+) -> None:
+    """Task metric, average layers, per-layer usage and the layers-used histogram (JSON + PNG plots)."""
+    from hadskip.report import evaluate_path
+
+    report = evaluate_path(path, split=split, task=task, plots_dir=None if no_plots else (plots or ""),
+                           batch_size=batch_size)
+    _report(report, as_json)
+
+
+def _report(d: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("key", "value")
+    for k, v in d.items():
+        table.add_row(str(k), f"{v:.4f}" if isinstance(v, float) else json.dumps(v) if isinstance(v, dict | list)
+                      else str(v))
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune")(finetune)
+    app.command("train")(train)
+    app.command("eval")(evaluate)

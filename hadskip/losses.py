@@ -1,0 +1,71 @@
+"""HadSkip's loss parts: task loss, budget penalty, and distillation from the fine-tuned teacher.
+
+Stage III loss = task + a1*KL(logits) + a2*MSE(hidden, per layer) + a3*MSE(attention, per layer)
+                 + a4*MSE(embeddings) + beta*(mean g - s)^2          (weights default to 1, paper App. E)
+Hidden and embedding MSEs average over attended tokens only; attention MSE over attended query/key pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossWeights:
+    task: float = 1.0
+    kd_logits: float = 1.0  # a1
+    kd_hidden: float = 1.0  # a2
+    kd_attention: float = 1.0  # a3
+    kd_embedding: float = 1.0  # a4
+    budget: float = 1.0  # beta
+    temperature: float = 1.0  # for the logits KL
+
+    def __post_init__(self) -> None:
+        if any(v < 0 for v in vars(self).values()) or self.temperature <= 0:
+            raise ValueError("loss weights must be >= 0 and temperature > 0")
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+def budget_penalty(gates: torch.Tensor, target: float) -> torch.Tensor:
+    """(mean over batch and layers of g - s)^2.  gates (B, L), s = K / L."""
+    return (gates.mean() - target) ** 2
+
+
+def kd_logits(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    t = temperature
+    return F.kl_div(F.log_softmax(student / t, -1), F.softmax(teacher / t, -1), reduction="batchmean") * t * t
+
+
+def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over attended tokens.  (B, T, H), (B, T, H), (B, T) -> scalar"""
+    m = mask.unsqueeze(-1).to(student.dtype)
+    return ((student - teacher) ** 2 * m).sum() / (m.sum() * student.shape[-1]).clamp(min=1.0)
+
+
+def attention_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE of attention probabilities over attended (query, key) pairs.  (B, h, T, T) -> scalar"""
+    m = mask.to(student.dtype)
+    pair = (m[:, None, :, None] * m[:, None, None, :]).expand_as(student)  # (B, h, T, T)
+    return ((student - teacher) ** 2 * pair).sum() / pair.sum().clamp(min=1.0)
+
+
+def distillation(student, teacher, mask: torch.Tensor, w: LossWeights) -> dict[str, torch.Tensor]:
+    """The KD parts for one batch; `student` and `teacher` are EncoderOutputs with hidden and attentions."""
+    parts: dict[str, torch.Tensor] = {}
+    if w.kd_logits:
+        parts["kd_logits"] = w.kd_logits * kd_logits(student.logits, teacher.logits, w.temperature)
+    if w.kd_embedding:
+        parts["kd_embedding"] = w.kd_embedding * masked_mse(student.hidden_states[0], teacher.hidden_states[0], mask)
+    if w.kd_hidden:
+        pairs = zip(student.hidden_states[1:], teacher.hidden_states[1:], strict=True)
+        parts["kd_hidden"] = w.kd_hidden * torch.stack([masked_mse(s, t, mask) for s, t in pairs]).mean()
+    if w.kd_attention:
+        pairs = zip(student.attentions, teacher.attentions, strict=True)
+        parts["kd_attention"] = w.kd_attention * torch.stack([attention_mse(s, t, mask) for s, t in pairs]).mean()
+    return parts

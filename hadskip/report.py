@@ -1,0 +1,126 @@
+"""`hadskip eval`: evaluate a run dir (PyTorch) or an exported model dir (runtime) and plot layer usage.
+
+JSON keys follow DESIGN.md §10: task, split, metric, value, examples, num_layers, avg_layers, layer_usage,
+layers_hist. Plots (the paper's Fig. 2-5 kinds): per-layer usage probability, histogram of layers used per
+input, and per-layer usage split by gold label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hadskip.errors import HadSkipError
+
+
+def _task_of(task_dict: dict, override: str | None):
+    from hadskip.data import load_task
+
+    src = dict(task_dict.get("source") or {"task": task_dict.get("name")})
+    if override:
+        src = {"task": override}
+    name = src.pop("task")
+    return load_task(name, **{k: v for k, v in src.items() if v is not None})
+
+
+def evaluate_path(path: str, split: str = "test", task: str | None = None, plots_dir: str | None = "",
+                  batch_size: int = 64) -> dict:
+    """Evaluate PATH (a run dir with run.json, or a model dir with manifest.json) on a split.
+    plots_dir "" = PATH/eval-SPLIT, None = no plots. Returns the §10 dict (+ "plots", "kind")."""
+    p = Path(path)
+    if (p / "run.json").is_file():
+        report, gates, labels = _eval_run(p, split, task, batch_size)
+    elif (p / "manifest.json").is_file():
+        report, gates, labels = _eval_model_dir(p, split, task, batch_size)
+    else:
+        raise HadSkipError(f"{p} is neither a run dir (run.json) nor an exported model dir (manifest.json)")
+    if plots_dir is not None:
+        out = Path(plots_dir) if plots_dir else p / f"eval-{split}"
+        out.mkdir(parents=True, exist_ok=True)
+        report["plots"] = plot_layer_usage(gates, labels, out, title=f"{report['task']} ({split})")
+        (out / "eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _eval_run(p: Path, split: str, task: str | None, batch_size: int):
+    from hadskip.batches import encode_split
+    from hadskip.checkpoint import load_run
+    from hadskip.evaluate import evaluate
+
+    model, tokenizer, info = load_run(p)
+    data = _task_of(info.task, task)
+    enc = encode_split(data.split(split), tokenizer, info.max_len)
+    gated = info.kind not in ("finetune",) and info.budget is not None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    res = evaluate(model, enc, data.spec.metric, pad, batch_size, gates="route" if gated else "off")
+    from hadskip.evaluate import predict
+
+    _, used, labels = predict(model, enc, pad, batch_size, gates="route" if gated else "off")
+    report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget}
+    return report, used, labels
+
+
+def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int):
+    from hadskip.data.metrics import compute_metric
+    from hadskip.evaluate import layer_stats
+    from hadskip.runtime import Runtime
+
+    rt = Runtime.load(p)
+    data = _task_of(rt.manifest.task, task)
+    s = data.split(split)
+    inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
+    preds, used = rt.predict_arrays(inputs, batch_size=batch_size)
+    avg, usage, hist = layer_stats(used)
+    report = {"task": data.spec.name, "split": split, "metric": data.spec.metric,
+              "value": compute_metric(data.spec.metric, preds, s.labels, data.spec.num_labels),
+              "examples": len(s.labels), "num_layers": used.shape[1], "avg_layers": avg, "layer_usage": usage,
+              "layers_hist": hist, "kind": "model-dir", "budget": rt.manifest.budget}
+    return report, used, np.asarray(s.labels)
+
+
+def plot_layer_usage(gates: np.ndarray, labels: np.ndarray, out: Path, title: str = "") -> list[str]:
+    """Write three PNGs; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, L = gates.shape
+    files = []
+    x = np.arange(1, L + 1)
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(x, gates.mean(axis=0), color="#4477aa")
+    ax.set(xlabel="layer", ylabel="P(layer runs)", ylim=(0, 1.05), xticks=x, title=f"Layer usage {title}")
+    files.append(_save(fig, out / "layer_usage.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    used = gates.sum(axis=1).astype(int)
+    counts = np.bincount(used, minlength=L + 1)
+    ax.bar(np.arange(L + 1), counts / max(1, n), color="#228833")
+    ax.axvline(used.mean(), color="k", ls="--", lw=1, label=f"mean {used.mean():.2f}")
+    ax.set(xlabel="layers used", ylabel="fraction of inputs", xticks=np.arange(L + 1),
+           title=f"Layers used per input {title}")
+    ax.legend()
+    files.append(_save(fig, out / "layers_hist.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    classes = np.unique(labels)
+    width = 0.8 / max(1, len(classes))
+    for j, c in enumerate(classes):
+        ax.bar(x - 0.4 + width * (j + 0.5), gates[labels == c].mean(axis=0), width, label=f"label {c}")
+    ax.set(xlabel="layer", ylabel="P(layer runs)", ylim=(0, 1.05), xticks=x, title=f"Layer usage by label {title}")
+    ax.legend()
+    files.append(_save(fig, out / "layer_usage_by_label.png"))
+    return files
+
+
+def _save(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
