@@ -1,0 +1,96 @@
+"""Per-row routing (DESIGN.md §6): every backend runs the same loop through a small Protocol.
+
+    h = embeddings(batch)                      # trimmed to the longest row first
+    for i in range(L):
+        g = gate[i](h, mask)                   # bool per row (or the forced pattern)
+        rows = nonzero(g)
+        if rows is all:  h = layer[i](h, mask)
+        elif rows:       h[rows, :t] = layer[i](h[rows, :t], mask[rows, :t])   # t = longest open row
+    logits = head(h, mask)
+
+Hidden states stay in the backend's memory (host for ORT-CPU, the GPU for the others); ids, masks and
+row indices are host numpy arrays, and only gate bits and logits come back to the host.
+Inputs must be right-padded (a mask row is ones then zeros), which makes trimming a slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from hadskip.errors import HadSkipError
+
+
+class Backend(Protocol):
+    """An execution engine for the four kinds of unit. `H` (Any here) is the backend's hidden-state handle."""
+
+    name: str
+    num_layers: int
+
+    def run_embeddings(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                       token_type_ids: np.ndarray) -> Any: ...  # (B, T, hidden)
+
+    def run_gate(self, i: int, h: Any, attention_mask: np.ndarray) -> np.ndarray: ...  # (B,) bool, on the host
+
+    def run_layer(self, i: int, h: Any, attention_mask: np.ndarray) -> Any: ...  # (B, T, hidden)
+
+    def gather(self, h: Any, rows: np.ndarray, t: int) -> Any: ...  # h[rows, :t]
+
+    def scatter(self, h: Any, rows: np.ndarray, sub: Any) -> Any: ...  # h[rows, :t] = sub; returns h
+
+    def run_head(self, h: Any, attention_mask: np.ndarray) -> np.ndarray: ...  # (B, num_labels) float32, host
+
+
+@dataclass
+class BatchResult:
+    logits: np.ndarray  # (B, num_labels) float32
+    gates: np.ndarray  # (B, L) bool: layer i ran on row b
+
+    @property
+    def layers_used(self) -> np.ndarray:
+        return self.gates.sum(axis=1)  # (B,)
+
+
+def row_lengths(attention_mask: np.ndarray) -> np.ndarray:
+    """(B,) number of attended tokens per row; refuses masks that are not right-padded."""
+    mask = np.asarray(attention_mask)
+    if mask.ndim != 2:
+        raise HadSkipError(f"attention_mask must be (batch, seq), got shape {mask.shape}")
+    lengths = (mask != 0).sum(axis=1)
+    if not np.array_equal(mask != 0, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
+        raise HadSkipError("attention_mask must be right-padded (ones, then zeros) in every row")
+    return lengths
+
+
+def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
+          forced: np.ndarray | None = None) -> BatchResult:
+    """Run one batch through `backend`, each row on its own path. `forced` (B, L) 0/1 replaces the gates."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    lengths = row_lengths(attention_mask)
+    t = max(1, int(lengths.max(initial=0)))  # trim the batch to its longest row
+    b, n_layers = ids.shape[0], backend.num_layers
+    ids = np.ascontiguousarray(ids[:, :t])
+    mask = np.ascontiguousarray(np.asarray(attention_mask, dtype=np.int64)[:, :t])
+    tt = np.zeros_like(ids) if token_type_ids is None else \
+        np.ascontiguousarray(np.asarray(token_type_ids, dtype=np.int64)[:, :t])
+    if forced is not None:
+        forced = np.asarray(forced) != 0
+        if forced.shape != (b, n_layers):
+            raise HadSkipError(f"forced must be (batch, layers) = ({b}, {n_layers}), got {forced.shape}")
+    gates = np.zeros((b, n_layers), dtype=bool)
+
+    h = backend.run_embeddings(ids, mask, tt)  # (B, T, H)
+    for i in range(n_layers):
+        g = forced[:, i] if forced is not None else backend.run_gate(i, h, mask)  # (B,) bool
+        gates[:, i] = g
+        rows = np.flatnonzero(g)
+        if rows.size == b:
+            h = backend.run_layer(i, h, mask)
+        elif rows.size:
+            ts = max(1, int(lengths[rows].max()))  # trim the sub-batch to its own longest row
+            sub = backend.run_layer(i, backend.gather(h, rows, ts), np.ascontiguousarray(mask[rows, :ts]))
+            h = backend.scatter(h, rows, sub)
+    logits = backend.run_head(h, mask)
+    return BatchResult(np.asarray(logits, dtype=np.float32), gates)

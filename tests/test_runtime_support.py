@@ -1,0 +1,104 @@
+"""Shared helpers for the runtime tests (no tests here): tiny model dirs, reference runs, inputs.
+
+`tiny_model_dir` uses `hadskip.export.export_model` when it exists, else a small private exporter (one
+`torch.onnx.export` per unit + `file_table` + `write_manifest`) that writes the same model-dir contract
+(runtime/manifest.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+ARCHS = ("bert", "roberta", "tinybert")
+
+
+def _private_export(run_dir: Path, out_dir: Path) -> Path:
+    import torch
+
+    from hadskip.checkpoint import load_run
+    from hadskip.runtime.manifest import IO, Manifest, file_table, write_manifest
+
+    model, tokenizer, info = load_run(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "layers").mkdir(exist_ok=True)
+    (out_dir / "gates").mkdir(exist_ok=True)
+    b, t, hs = 2, 5, model.config.hidden_size
+    ids = torch.randint(5, 20, (b, t))
+    mask = torch.ones(b, t, dtype=torch.long)
+    h = torch.randn(b, t, hs)
+    bt = {0: "batch", 1: "seq"}
+
+    def export(module, args, rel, kind):
+        names = IO[kind]
+        axes = {n: bt for n in names["inputs"]}
+        axes[names["outputs"][0]] = {0: "batch"} if kind in ("gate", "head") else bt
+        torch.onnx.export(module, args, str(out_dir / rel), input_names=names["inputs"],
+                          output_names=names["outputs"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        return rel
+
+    with torch.no_grad():
+        units = {
+            "embeddings": export(model.embeddings, (ids, mask, torch.zeros_like(ids)), "embeddings.onnx",
+                                 "embeddings"),
+            "layers": [export(m, (h, mask), f"layers/{i:02d}.onnx", "layer") for i, m in enumerate(model.layers)],
+            "gates": [export(m, (h, mask), f"gates/{i:02d}.onnx", "gate") for i, m in enumerate(model.gates)],
+            "head": export(model.head, (h, mask), "head.onnx", "head"),
+            "tokenizer": "tokenizer.json", "engines": None, "baseline": None,
+        }
+    shutil.copy(run_dir / "tokenizer" / "tokenizer.json", out_dir / "tokenizer.json")
+    c = model.config
+    rels = [units["embeddings"], units["head"], units["tokenizer"], *units["layers"], *units["gates"]]
+    manifest = Manifest(
+        backbone={"name": c.backbone, "model_type": c.model_type, "num_layers": c.num_layers,
+                  "hidden_size": c.hidden_size, "num_heads": c.num_heads,
+                  "vocab_size": c.hf_config.get("vocab_size"), "pad_token_id": tokenizer.pad_token_id},
+        task=info.task, labels=list(info.task["label_names"]), max_seq_len=info.max_len, precision="fp32",
+        engine="onnx", opset=17, units=units, files=file_table(out_dir, rels), budget=info.budget)
+    write_manifest(out_dir, manifest)
+    return out_dir
+
+
+def export_dir(run_dir: Path, out_dir: Path, with_baseline: bool = False) -> Path:
+    try:
+        from hadskip.export import export_model
+    except ImportError:
+        return _private_export(run_dir, out_dir)
+    export_model(run_dir, out_dir, with_baseline=with_baseline, progress=False)
+    return out_dir
+
+
+def tiny_model_dir(root: Path, arch: str = "bert", max_len: int = 32) -> tuple[Path, Path]:
+    """(run_dir, model_dir) of a tiny random gated model of `arch`."""
+    from hadskip.testing import tiny_run
+
+    run = tiny_run(root / f"run-{arch}", arch=arch, max_len=max_len)
+    return run, export_dir(run, root / f"model-{arch}")
+
+
+def reference(run_dir: Path, ids, mask, tt, forced=None):
+    """(logits, gates) of the PyTorch gated model in "route" mode: the reference for every backend."""
+    import torch
+
+    from hadskip.checkpoint import load_run
+
+    model, _, _ = load_run(run_dir)
+    with torch.no_grad():
+        out = model(torch.as_tensor(ids), torch.as_tensor(mask), torch.as_tensor(tt), gates="route",
+                    forced=None if forced is None else torch.as_tensor(forced))
+    return out.logits.numpy(), out.gates.numpy().astype(bool)
+
+
+def padded_batch(lengths: list[int], vocab: int, seed: int = 0, pad_id: int = 0, cls_id: int = 2, sep_id: int = 3):
+    """Right-padded (ids, mask, token_type_ids) with rows of the given lengths and random word ids."""
+    rng = np.random.default_rng(seed)
+    b, t = len(lengths), max(lengths)
+    ids = np.full((b, t), pad_id, dtype=np.int64)
+    mask = np.zeros((b, t), dtype=np.int64)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = rng.integers(5, vocab, n)
+        ids[r, 0], ids[r, n - 1] = cls_id, sep_id
+        mask[r, :n] = 1
+    return ids, mask, np.zeros_like(ids)
