@@ -1,0 +1,15 @@
+"""hadskip.export: a trained run dir -> a model dir of per-unit graphs the torch-free runtime loads.
+
+    export_model(run_dir, out_dir, engine="onnx"|"trt", ...) -> ExportReport
+
+Modules: api (the orchestration, atomic install), spec (ExportSpec, validation, typed errors), units (the
+GatedEncoder's units as specs, TorchScript ONNX export), optimize (onnxruntime fusions, fp16), tokenizer,
+baseline (the full teacher through optimum-onnx), trt (TensorRT plans). Importing this package is light:
+torch, onnx and tensorrt are imported inside the functions that need them.
+"""
+
+from hadskip.export.api import ExportReport, UnitReport, export_model
+from hadskip.export.spec import ExportError, ExportSpec, ShapeError, ValidationError
+
+__all__ = ["ExportError", "ExportReport", "ExportSpec", "ShapeError", "UnitReport", "ValidationError",
+           "export_model"]

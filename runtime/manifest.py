@@ -10,8 +10,9 @@
     MODEL/engines/...      TensorRT plans (engine "trt")
     MODEL/baseline/...     the full teacher exported by optimum-onnx (--with-baseline)
 
-Loading checks the schema version, that every listed file exists, and each file's sha256, naming the file
-that fails. Not included: signing; the sha256s catch corruption, not tampering.
+Loading checks the schema version, the fields and their values (engine, precision, opset >= 17, the units
+of every layer), that every listed file exists, and each file's sha256, naming the file that fails.
+Not included: signing; the sha256s catch corruption, not tampering.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from hadskip.errors import HadSkipError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+ENGINES = ("onnx", "trt")
+PRECISIONS = ("fp32", "fp16")
+MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
+UNIT_KEYS = ("embeddings", "layers", "gates", "head", "tokenizer")
 
 IO = {
     "embeddings": {"inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["hidden"]},
@@ -57,6 +62,10 @@ class Manifest:
     tools: dict = field(default_factory=dict)  # package -> version
     created: str = ""
     schema_version: int = SCHEMA_VERSION
+    # added by the exporter (optional for readers; absent keys mean "not recorded"):
+    tokenization: dict = field(default_factory=dict)  # max_length, truncation, padding(_side), pad_id, pad_token
+    io_types: dict = field(default_factory=dict)  # {"embeddings"|"layer"|"gate"|"head": {io name: numpy dtype}}
+    export: dict = field(default_factory=dict)  # options and validation shapes/tolerances of the export
 
     @property
     def num_layers(self) -> int:
@@ -108,6 +117,7 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
         manifest = Manifest(**data)
     except TypeError as exc:
         raise ManifestError(f"{f} does not match schema {SCHEMA_VERSION}: {exc}") from exc
+    _check_fields(manifest, f)
     if len(manifest.units.get("layers", [])) != manifest.num_layers or \
             len(manifest.units.get("gates", [])) != manifest.num_layers:
         raise ManifestError(f"{f} lists {len(manifest.units.get('layers', []))} layers and "
@@ -120,9 +130,41 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
             if sha256_file(p) != meta.get("sha256"):
                 raise ManifestError(f"{p} is corrupted: its sha256 does not match {f}")
         listed = set(manifest.files)
-        needed = [manifest.units["embeddings"], manifest.units["head"], manifest.units["tokenizer"],
-                  *manifest.units["layers"], *manifest.units["gates"]]
-        for rel in needed:
+        for rel in unit_files(manifest):
             if rel not in listed:
                 raise ManifestError(f"{root / rel} is used by {f} but has no sha256 entry")
     return manifest
+
+
+def unit_files(manifest: Manifest) -> list[str]:
+    """Every file the units name: graphs, tokenizer, TensorRT plans (engine "trt") and the baseline graph."""
+    u = manifest.units
+    rels = [u["embeddings"], u["head"], u["tokenizer"], *u["layers"], *u["gates"]]
+    engines = u.get("engines")
+    if manifest.engine == "trt" and isinstance(engines, dict):
+        rels += [engines[k] for k in ("embeddings", "head") if engines.get(k)]
+        rels += [*engines.get("layers", []), *engines.get("gates", [])]
+    if u.get("baseline"):
+        rels.append(u["baseline"])
+    return rels
+
+
+def _check_fields(manifest: Manifest, f: Path) -> None:
+    """Values a reader relies on; the message names the manifest and the field."""
+    if manifest.engine not in ENGINES:
+        raise ManifestError(f"{f}: engine {manifest.engine!r} is not one of {', '.join(ENGINES)}")
+    if manifest.precision not in PRECISIONS:
+        raise ManifestError(f"{f}: precision {manifest.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not isinstance(manifest.opset, int) or manifest.opset < MIN_OPSET:
+        raise ManifestError(f"{f}: opset {manifest.opset!r} < {MIN_OPSET} (LayerNorm must be one op)")
+    if not isinstance(manifest.units, dict) or any(k not in manifest.units for k in UNIT_KEYS):
+        missing = [k for k in UNIT_KEYS if not isinstance(manifest.units, dict) or k not in manifest.units]
+        raise ManifestError(f"{f}: units lacks {', '.join(missing)}")
+    if manifest.engine == "trt" and not isinstance(manifest.units.get("engines"), dict):
+        raise ManifestError(f"{f}: engine 'trt' but units['engines'] lists no TensorRT plans")
+    if not isinstance(manifest.backbone, dict) or "num_layers" not in manifest.backbone:
+        raise ManifestError(f"{f}: backbone lacks num_layers")
+    for rel in [*manifest.files, *unit_files(manifest)]:
+        p = Path(rel)
+        if p.is_absolute() or ".." in p.parts:
+            raise ManifestError(f"{f}: file path {rel!r} leaves the model dir")

@@ -1,0 +1,349 @@
+"""export_model: a run dir -> a model dir the torch-free runtime loads (see hadskip.runtime.manifest).
+
+Order of work, all inside a temp dir beside the target:
+    1. every unit: torch.onnx.export (TorchScript exporter) -> [fp16] -> validate against PyTorch;
+       layers with optimize=True: fuse, validate, else keep the unfused graph
+    2. tokenizer.json with truncation/padding; [baseline/ through optimum-onnx, validated]
+    3. [engine "trt": a TensorRT plan per unit, validated on the GPU]
+    4. manifest.json with every file's sha256, then one rename into place.
+A failed validation raises (ValidationError / ShapeError) and leaves no model dir. A TensorRT step that
+cannot run (no tensorrt, no GPU) or fails still installs the validated ONNX model dir (engine "onnx")
+and then raises, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hadskip.errors import HadSkipError
+from hadskip.export.spec import ExportError, ShapeError, ValidationError
+from hadskip.runtime.manifest import MANIFEST, Manifest, file_table, write_manifest
+
+ENGINES = ("onnx", "trt")
+MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT fp16 needs to see it whole)
+DUMMY = (2, 8)  # (batch, seq) the graphs are traced at; validation uses other shapes too
+
+
+@dataclass
+class UnitReport:
+    name: str
+    path: str
+    bytes: int
+    max_abs_diff: float | None  # None when validate=False
+    seconds: float
+    optimization: str = "none"  # "ort-fused" | "none"
+    fused_ops: dict = field(default_factory=dict)
+    note: str = ""  # e.g. why a fused graph was not kept
+
+
+@dataclass
+class ExportReport:
+    out_dir: str
+    seconds: float
+    total_bytes: int
+    engine: str  # what the model dir holds ("onnx" when a TensorRT build could not run)
+    precision: str
+    opset: int
+    units: list[UnitReport]
+    optimization: dict = field(default_factory=dict)
+    baseline: dict | None = None
+    engines: dict | None = None
+    validation: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["max_abs_diff"] = d.pop("validation")
+        d["fused_ops"] = {u.name: u.fused_ops for u in self.units if u.fused_ops}
+        return d
+
+
+def validation_cases(max_seq_len: int, max_batch: int) -> list[tuple[int, int]]:
+    """(batch, seq) pairs: tiny, odd, the maximum length, and shapes unlike the export dummy."""
+    t, b = max_seq_len, max_batch
+    cases = [(1, 1), (min(3, b), min(t, 5)), (min(4, b), t), (min(7, b), min(t, 13)), (min(b, 16), min(t, 11))]
+    return list(dict.fromkeys(cases))
+
+
+class _Progress:
+    """A rich progress bar on stderr (or nothing): one step per unit."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("export {task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task("", total=total)
+            self.bar.start()
+        self.started = False
+        self.live = self.bar is not None
+
+    def step(self, name: str) -> None:
+        if self.bar is not None:
+            if self.started:
+                self.bar.advance(self.task)
+            self.started = True
+            self.bar.update(self.task, description=name)
+
+    def add(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.bar.tasks[0].total + n)
+
+    def finish(self) -> None:
+        if self.live:
+            if self.started:
+                self.bar.advance(self.task)
+            self.bar.update(self.task, description="done")
+        self.stop()
+
+    def stop(self) -> None:
+        if self.live:
+            self.bar.stop()
+            self.live = False
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise ExportError(f"--out {out} exists and is not a hadskip model dir; refusing to replace it")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Rename tmp into place; an existing model dir is moved aside first and removed after."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _tool_versions(*extra: str) -> dict:
+    from importlib import metadata
+
+    from hadskip import __version__
+
+    tools = {"hadskip": __version__}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", *extra):
+        try:
+            tools[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return tools
+
+
+def _io_types(model_dir: Path, units: dict) -> dict:
+    """{kind: {io name: dtype}} read from one graph of each kind (every layer/gate has the same io)."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    out = {}
+    for kind, rel in (("embeddings", units["embeddings"]), ("layer", units["layers"][0]),
+                      ("gate", units["gates"][0]), ("head", units["head"])):
+        g = onnx.load(str(model_dir / rel), load_external_data=False).graph
+        out[kind] = {v.name: str(tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+                     for v in [*g.input, *g.output]}
+    return out
+
+
+def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onnx", opset: int = 17,
+                 optimize: bool = False, with_baseline: bool = False, fp16: bool = False, max_batch: int = 64,
+                 validate: bool = True, progress: bool = True) -> ExportReport:
+    """Export a run dir into a model dir (manifest + per-unit graphs); see the module docstring.
+
+    engine: "onnx" (graphs only) or "trt" (also a TensorRT plan per unit; needs tensorrt and a GPU).
+    optimize: onnxruntime BERT fusions in the layer graphs (unfused kept where a fused one fails validation).
+    with_baseline: also the full teacher through optimum-onnx into MODEL/baseline/.
+    fp16: fp16 graphs (engine onnx) or fp16 plans (engine trt); gates, LayerNorm and softmax stay fp32.
+    max_batch: the largest batch the TensorRT profile accepts, and the bound of the validation batches.
+    """
+    if engine not in ENGINES:
+        raise ExportError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: >= {MIN_OPSET} is needed so LayerNorm is one op")
+    if max_batch < 1:
+        raise ExportError(f"max_batch must be >= 1, got {max_batch}")
+    start = time.perf_counter()
+    run_dir, out = Path(run_dir), Path(out_dir).expanduser().resolve()
+    _check_target(out)
+
+    from hadskip.checkpoint import load_run
+    from hadskip.export import optimize as opt
+    from hadskip.export.spec import validate as check
+    from hadskip.export.tokenizer import write_tokenizer
+    from hadskip.export.units import build_specs, export_onnx
+
+    model, tokenizer, info = load_run(run_dir)
+    cfg, hf = model.config, model.config.hf_config
+    max_seq_len = int(info.max_len)
+    if max_seq_len > int(hf.get("max_position_embeddings", max_seq_len)):
+        raise ExportError(f"run max_len {max_seq_len} exceeds the backbone's max_position_embeddings "
+                          f"{hf.get('max_position_embeddings')}")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(hf.get("pad_token_id") or 0)
+    labels = list(info.task.get("label_names") or [str(i) for i in range(cfg.num_labels)])
+    onnx_fp16 = fp16 and engine == "onnx"  # TensorRT builds from fp32 graphs and lowers precision itself
+    specs = build_specs(model, vocab_size=int(hf["vocab_size"]), pad_token_id=pad_id,
+                        type_vocab_size=int(hf.get("type_vocab_size", 1)), opset=opset, fp16=onnx_fp16)
+    cases = validation_cases(max_seq_len, max_batch)
+    dummy = (DUMMY[0], min(DUMMY[1], max_seq_len))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
+    scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
+    bar = _Progress(progress, len(specs) + 2 + int(with_baseline))
+    trt_error: HadSkipError | None = None
+    try:
+        reports: list[UnitReport] = []
+        raw: dict = {}  # unit name -> its unfused fp32 graph (TensorRT input)
+        for spec in specs:
+            bar.step(spec.name)
+            t0 = time.perf_counter()
+            raw[spec.name] = scratch / spec.path
+            export_onnx(spec, raw[spec.name], dummy)
+            candidates = [("none", raw[spec.name], {})]
+            if optimize and spec.kind == "layer":
+                fused = scratch / spec.path.replace(".onnx", ".fused.onnx")
+                stats = opt.fuse_bert_layer(raw[spec.name], fused, cfg.num_heads, cfg.hidden_size)
+                candidates.insert(0, ("ort-fused", fused, stats))
+            note = ""
+            for label, path, stats in candidates:
+                if spec.fp16:
+                    half = path.with_suffix(".fp16.onnx")
+                    opt.to_fp16(path, half)
+                    path = half
+                try:
+                    diff = check(spec, path, cases) if validate else None
+                except (ValidationError, ShapeError, ExportError) as exc:
+                    if label == "none":
+                        raise
+                    note = f"fused graph not kept: {exc}"
+                    continue
+                (tmp / spec.path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, tmp / spec.path)
+                reports.append(UnitReport(spec.name, spec.path, (tmp / spec.path).stat().st_size, diff,
+                                          round(time.perf_counter() - t0, 3), label, stats, note))
+                break
+
+        bar.step("tokenizer")
+        tokenization = write_tokenizer(run_dir, tokenizer, max_seq_len, tmp / "tokenizer.json")
+
+        baseline = None
+        if with_baseline:
+            bar.step("baseline (optimum)")
+            baseline = _baseline(model, tokenizer, labels, tmp, scratch, specs, cases, opset, optimize, validate)
+
+        units = {"embeddings": "embeddings.onnx", "layers": [s.path for s in specs if s.kind == "layer"],
+                 "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
+                 "tokenizer": "tokenizer.json", "engines": None,
+                 "baseline": baseline["path"] if baseline else None}
+        validation = {r.name: r.max_abs_diff for r in reports if r.max_abs_diff is not None}
+        if baseline and baseline.get("max_abs_diff") is not None:
+            validation["baseline"] = baseline["max_abs_diff"]
+        final_engine, precision, engines = "onnx", "fp16" if onnx_fp16 else "fp32", None
+        if engine == "trt":
+            try:
+                from hadskip.export.trt import build_engines
+
+                bar.add(len(specs))
+                engines, trt_diffs = build_engines(specs, raw, tmp, max_batch=max_batch, max_seq_len=max_seq_len,
+                                                   hidden_size=cfg.hidden_size, fp16=fp16, cases=cases,
+                                                   step=bar.step)
+                units["engines"] = engines
+                validation.update({f"trt/{k}": v for k, v in trt_diffs.items()})
+                final_engine, precision = "trt", "fp16" if fp16 else "fp32"
+            except HadSkipError as exc:  # keep the validated ONNX export; report after installing it
+                trt_error = exc
+                shutil.rmtree(tmp / "engines", ignore_errors=True)
+
+        bar.step("manifest")
+        fused = {r.name: r.fused_ops for r in reports if r.fused_ops and r.optimization == "ort-fused"}
+        optimization = {"layers": "none"}
+        if optimize:
+            kept = [r for r in reports if r.optimization == "ort-fused"]
+            n_layers = len(units["layers"])
+            optimization = {
+                "layers": "ort-fused" if len(kept) == n_layers else ("mixed" if kept else "none"),
+                "tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0)",
+                "fused_ops": fused,
+                "not_kept": {r.name: r.note for r in reports if r.note},
+            }
+            if baseline:
+                optimization["baseline"] = baseline["optimization"]
+        rels = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        files = file_table(tmp, rels)
+        manifest = Manifest(
+            backbone={"name": cfg.backbone, "model_type": cfg.model_type, "num_layers": cfg.num_layers,
+                      "hidden_size": cfg.hidden_size, "num_heads": cfg.num_heads,
+                      "intermediate_size": hf.get("intermediate_size"), "vocab_size": int(hf["vocab_size"]),
+                      "pad_token_id": pad_id, "type_vocab_size": int(hf.get("type_vocab_size", 1)),
+                      "max_position_embeddings": hf.get("max_position_embeddings"), "gate_hidden": cfg.gate_hidden},
+            task=dict(info.task), labels=labels, max_seq_len=max_seq_len, precision=precision,
+            engine=final_engine, opset=opset, units=units, files=files, budget=info.budget,
+            validation=validation, optimization=optimization,
+            tools=_tool_versions(*(("optimum-onnx", "optimum") if with_baseline else ()),
+                                 *(("tensorrt",) if engines else ())),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            tokenization=tokenization, io_types=_io_types(tmp, units),
+            export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
+                    "fp16": fp16, "optimize": optimize, "max_batch": max_batch,
+                    "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
+                    "atol": {s.name: s.atol for s in specs}},
+        )
+        write_manifest(tmp, manifest)
+        bar.finish()
+        total = sum(m["bytes"] for m in files.values()) + (tmp / MANIFEST).stat().st_size
+        _install(tmp, out)
+    finally:
+        bar.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    if trt_error is not None:
+        raise type(trt_error)(f"{trt_error} (the validated ONNX model dir {out} was kept, engine onnx)") \
+            from trt_error
+    return ExportReport(out_dir=str(out), seconds=round(time.perf_counter() - start, 3), total_bytes=total,
+                        engine=final_engine, precision=precision, opset=opset, units=reports,
+                        optimization=optimization, baseline=baseline, engines=engines, validation=validation)
+
+
+def _baseline(model, tokenizer, labels, tmp: Path, scratch: Path, specs, cases, opset: int, optimize: bool,
+              validate: bool) -> dict:
+    """MODEL/baseline/: the teacher through optimum-onnx; fused like the layers when optimize=True."""
+    from hadskip.export import optimize as opt
+    from hadskip.export.baseline import TeacherLogits, export_baseline
+    from hadskip.export.spec import ExportSpec
+    from hadskip.export.spec import validate as check
+
+    dst = tmp / "baseline"
+    export_baseline(model, tokenizer, labels, dst, opset)
+    emb = specs[0]
+    spec = ExportSpec(name="baseline", kind="embeddings", path="baseline/model.onnx", module=TeacherLogits(model),
+                      inputs=list(emb.inputs), outputs=["logits"], dynamic_axes={}, sample=emb.sample, opset=opset)
+    optimization, stats, note = "none", {}, ""
+    if optimize:
+        fused = scratch / "baseline.fused.onnx"
+        stats = opt.fuse_bert_layer(dst / "model.onnx", fused, model.config.num_heads, model.config.hidden_size)
+        try:
+            if validate:
+                check(spec, fused, cases)
+            shutil.copyfile(fused, dst / "model.onnx")
+            optimization = "ort-fused"
+        except (ValidationError, ShapeError, ExportError) as exc:
+            note, stats = f"fused graph not kept: {exc}", {}
+    diff = check(spec, dst / "model.onnx", cases) if validate else None
+    return {"path": "baseline/model.onnx", "dir": "baseline", "max_abs_diff": diff,
+            "optimization": {"mode": optimization, "fused_ops": stats, "note": note,
+                             "tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0), "
+                                     "the same settings as the layer graphs"},
+            "exporter": "optimum.exporters.onnx.onnx_export_from_model (task text-classification)"}
