@@ -121,7 +121,40 @@ def _report(d: dict, as_json: bool) -> None:
     Console().print(table)
 
 
+
+
+def compare(
+    task: Task = "rotten-tomatoes",
+    budgets: Annotated[str, typer.Option(help="Comma-separated budgets K, e.g. 2,3,4.")] = "2,3,4",
+    out: Annotated[str, typer.Option(help="Folder for the runs it trains and compare.md/json.")] = "runs/compare",
+    backbone: Backbone = "minilm-l6",
+    teacher: Annotated[Optional[str], typer.Option(help="A finished finetune run to use as the full model.")] = None,
+    hadskip_run: Annotated[Optional[list[str]], typer.Option(
+        "--hadskip", help="Reuse a trained HadSkip run for a budget: K=RUN_DIR (repeatable).")] = None,
+    max_len: MaxLen = 64,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Full model vs budgeted exit vs early exit vs HadSkip at each budget (trains what is missing)."""
+    from hadskip.compare import compare as run
+    from hadskip.compare import to_markdown
+    from hadskip.errors import HadSkipError
+
+    try:
+        ks = [float(b) for b in budgets.split(",") if b.strip()]
+        runs = {float(k): v for k, v in (item.split("=", 1) for item in (hadskip_run or []))}
+    except ValueError as exc:
+        raise HadSkipError(f"--budgets takes numbers like 2,3,4 and --hadskip takes K=RUN_DIR ({exc})") from exc
+    result = run(task, ks, out=out, backbone=backbone, teacher=teacher, hadskip_runs=runs, max_len=max_len,
+                 progress=not quiet)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(to_markdown(result))
+
+
 def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune)
     app.command("train")(train)
     app.command("eval")(evaluate)
+    app.command("compare")(compare)

@@ -239,8 +239,9 @@ def _eval(acc, model, enc, prep: Prepared, cfg: TrainConfig, gates: str):
 # --------------------------------------------------------------------------------------------- stage I
 
 
-def finetune(cfg: TrainConfig) -> dict:
-    """Fine-tune the plain backbone; keep the best dev epoch as the run dir cfg.out. Returns its metrics."""
+def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
+    """Fine-tune the plain backbone (or `init`, a (GatedEncoder, tokenizer) pair) with every layer on; keep the
+    best dev epoch as the run dir cfg.out, of the given `kind`. Returns its metrics."""
     from hadskip.backbone import build_gated
 
     out = Path(cfg.out)
@@ -249,7 +250,7 @@ def finetune(cfg: TrainConfig) -> dict:
     acc = _accelerator(cfg.seed)
     t0 = time.time()
     data = _load_data(cfg)
-    model, tokenizer = build_gated(cfg.backbone, num_labels=data.spec.num_labels)
+    model, tokenizer = init if init is not None else build_gated(cfg.backbone, num_labels=data.spec.num_labels)
     prep = Prepared(cfg, tokenizer, data)
     for p in model.gate_parameters():
         p.requires_grad_(False)
@@ -267,16 +268,16 @@ def finetune(cfg: TrainConfig) -> dict:
     for epoch in range(epochs):
         steps = min(len(dl), total - done)
         # one warmup/decay schedule over all epochs, evaluated on dev after each
-        parts = _run_steps(acc, model, dl, opt, steps, cfg.warmup, step, f"stage I epoch {epoch + 1}/{epochs}",
+        parts = _run_steps(acc, model, dl, opt, steps, cfg.warmup, step, f"{kind} epoch {epoch + 1}/{epochs}",
                            cfg.progress, offset=done, total=total, first_epoch=epoch)
         done += steps
         examples += steps * cfg.batch_size
         dev = _eval(acc, model, prep.dev, prep, cfg, gates="off")
-        log(stage="finetune", epoch=epoch + 1, **parts, dev=dev.value, metric=dev.metric)
+        log(stage=kind, epoch=epoch + 1, **parts, dev=dev.value, metric=dev.metric)
         if acc.is_main_process and (best is None or dev.value > best):
             best = dev.value
             save_run(out, acc.unwrap_model(model), tokenizer, RunInfo(
-                task=prep.task_dict(), max_len=cfg.max_len, kind="finetune",
+                task=prep.task_dict(), max_len=cfg.max_len, kind=kind,
                 metrics={"dev": dev.value, "epoch": epoch + 1},
                 extra={"config": _jsonable(cfg)}))
     acc.wait_for_everyone()
@@ -288,7 +289,7 @@ def finetune(cfg: TrainConfig) -> dict:
     if acc.is_main_process:
         from hadskip.checkpoint import write_info
         write_info(out, info)
-    log(stage="finetune", done=True, test=test.value, seconds=round(seconds, 1))
+    log(stage=kind, done=True, test=test.value, seconds=round(seconds, 1))
     return info.metrics
 
 
