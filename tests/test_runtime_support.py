@@ -1,12 +1,13 @@
 """Shared helpers for the runtime tests (no tests here): tiny model dirs, reference runs, inputs.
 
-`tiny_model_dir` uses `hadskip.export.export_model` when it exists, else a small private exporter (one
+`cached_model` uses `hadskip.export.export_model` when it exists, else a small private exporter (one
 `torch.onnx.export` per unit + `file_table` + `write_manifest`) that writes the same model-dir contract
 (runtime/manifest.py).
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -62,29 +63,43 @@ def _private_export(run_dir: Path, out_dir: Path) -> Path:
 
 
 def export_dir(run_dir: Path, out_dir: Path, with_baseline: bool = False) -> Path:
+    """The exporter without its own validation (these tests compare every unit against PyTorch anyway)."""
     try:
         from hadskip.export import export_model
     except ImportError:
         return _private_export(run_dir, out_dir)
-    export_model(run_dir, out_dir, with_baseline=with_baseline, progress=False)
+    export_model(run_dir, out_dir, with_baseline=with_baseline, validate=False, progress=False)
     return out_dir
 
 
-def tiny_model_dir(root: Path, arch: str = "bert", max_len: int = 32) -> tuple[Path, Path]:
-    """(run_dir, model_dir) of a tiny random gated model of `arch`."""
+_CACHE: dict[tuple, tuple[Path, Path]] = {}
+
+
+def cached_model(tmp_path_factory, arch: str = "bert", seed: int = 0, with_baseline: bool = False,
+                 max_len: int = 32) -> tuple[Path, Path]:
+    """(run_dir, model_dir) of a tiny random gated model, built once per test session and shared by modules."""
     from hadskip.testing import tiny_run
 
-    run = tiny_run(root / f"run-{arch}", arch=arch, max_len=max_len)
-    return run, export_dir(run, root / f"model-{arch}")
+    key = (arch, seed, with_baseline, max_len)
+    if key not in _CACHE:
+        root = tmp_path_factory.mktemp(f"{arch}-{seed}")
+        run = tiny_run(root / "run", arch=arch, seed=seed, max_len=max_len)
+        _CACHE[key] = (run, export_dir(run, root / "model", with_baseline=with_baseline))
+    return _CACHE[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _load(run_dir: Path):
+    from hadskip.checkpoint import load_run
+
+    return load_run(run_dir)[0]
 
 
 def reference(run_dir: Path, ids, mask, tt, forced=None):
     """(logits, gates) of the PyTorch gated model in "route" mode: the reference for every backend."""
     import torch
 
-    from hadskip.checkpoint import load_run
-
-    model, _, _ = load_run(run_dir)
+    model = _load(Path(run_dir))
     with torch.no_grad():
         out = model(torch.as_tensor(ids), torch.as_tensor(mask), torch.as_tensor(tt), gates="route",
                     forced=None if forced is None else torch.as_tensor(forced))

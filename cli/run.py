@@ -1,0 +1,111 @@
+"""`hadskip predict | bench`: run an exported model dir (parse, then call hadskip.runtime)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+Model = Annotated[str, typer.Argument(help="Model dir written by `hadskip export` (a run dir for --backend torch).")]
+Backend = Annotated[str, typer.Option(help="ort-cpu, ort-cuda (extra gpu), trt (extra trt) or torch (extra train).")]
+Threads = Annotated[Optional[int], typer.Option(help="Intra-op threads per onnxruntime session (default: ORT's).")]
+DeviceId = Annotated[int, typer.Option(help="GPU index for ort-cuda / trt.")]
+Device = Annotated[Optional[str], typer.Option(help="torch backend device: cpu, cuda, cuda:1 (default: CUDA if any).")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")]
+
+
+def _ints(value: str, name: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"{name} must be comma-separated integers, got {value!r}") from exc
+    if not out:
+        raise typer.BadParameter(f"{name} is empty")
+    return out
+
+
+def _load_options(backend: str, threads: Optional[int], device_id: int, device: Optional[str]) -> dict:
+    opts: dict = {"threads": threads}
+    if backend in ("ort-cuda", "trt"):
+        opts["device_id"] = device_id
+    if backend == "torch":
+        opts["device"] = device
+    return opts
+
+
+def predict(
+    model: Model,
+    input: Annotated[str, typer.Option("--input", "-i", help="JSONL ({'text', 'text_pair'?, 'id'?}), .txt lines, "
+                                                              "or - for stdin.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="JSONL file to write, or - for stdout.")] = "-",
+    backend: Backend = "ort-cpu",
+    batch_size: Annotated[int, typer.Option(help="Inputs per batch (sorted by length first).")] = 32,
+    fmt: Annotated[str, typer.Option("--format", help="auto (by suffix / first line), jsonl or txt.")] = "auto",
+    threads: Threads = None,
+    device_id: DeviceId = 0,
+    device: Device = None,
+    quiet: Quiet = False,
+) -> None:
+    """Classify texts: one JSON line per input with label, probabilities and the layers it used."""
+    from hadskip.runtime.jsonl import predict_file
+
+    summary = predict_file(model, input, output, backend=backend, batch_size=batch_size, fmt=fmt,
+                           **_load_options(backend, threads, device_id, device))
+    if not quiet:
+        typer.echo(f"{summary['inputs']} inputs on {summary['backend']}: {summary['avg_layers']:.2f} layers on "
+                   f"average, {summary['truncated']} truncated", err=True)
+
+
+def bench(
+    model: Model,
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
+    seq: Annotated[str, typer.Option(help="Sequence lengths (exact, synthetic tokens), comma-separated.")] = "64,128",
+    repeats: Annotated[int, typer.Option(help="Timed rounds; every engine runs once per round, interleaved.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed calls per engine before the rounds.")] = 2,
+    k: Annotated[Optional[str], typer.Option(help="Forced K values, comma-separated (default 0..L).")] = None,
+    backend: Backend = "ort-cpu",
+    threads: Threads = None,
+    device_id: DeviceId = 0,
+    device: Device = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (progress on stderr).")]
+    = False,
+    quiet: Quiet = False,
+) -> None:
+    """Latency of the full model vs HadSkip routing, forced K-of-L and random patterns, with ideal ratios."""
+    from hadskip.runtime.bench import run_bench
+
+    progress = None if quiet else (lambda msg: typer.echo(msg, err=True))
+    report = run_bench(model, batches=_ints(batch, "--batch"), seqs=_ints(seq, "--seq"), repeats=repeats,
+                       warmup=warmup, backend=backend, ks=_ints(k, "--k") if k else None, progress=progress,
+                       **_load_options(backend, threads, device_id, device))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    _print_bench(report)
+
+
+def _print_bench(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    layers = report.optimization.get("layers", "none") if report.optimization else "none"
+    table = Table(title=f"hadskip bench ({report.backend}, {report.repeats} interleaved rounds, median)",
+                  caption=f"full = {report.full_source}; layer graphs: {layers}"
+                          + "".join(f"\n{n}" for n in report.notes))
+    for col in ("engine", "k", "batch", "seq", "median ms", "rows/s", "avg layers", "ratio to full", "ideal"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    for r in report.rows:
+        k = "" if r.k is None else (f"{r.k:g}" if isinstance(r.k, float) else str(r.k))
+        table.add_row(r.engine, k, str(r.batch), str(r.seq), f"{r.median_ms:.3f}", f"{r.throughput:.1f}",
+                      f"{r.avg_layers:.2f}", f"{r.ratio_to_full:.3f}", f"{r.ideal_ratio:.3f}")
+    console = Console()
+    console.print(table)
+    for p in report.parts:
+        console.print(f"parts at batch {p['batch']} seq {p['seq']}: embeddings {p['emb_ms']:.3f} ms, "
+                      f"layer {p['layer_ms']:.3f} ms, gate {p['gate_ms']:.3f} ms, head {p['head_ms']:.3f} ms")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(predict)
+    app.command()(bench)
