@@ -253,8 +253,9 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
         final_engine, precision, engines = "onnx", "fp16" if onnx_fp16 else "fp32", None
         if engine == "trt":
             try:
-                from hadskip.export.trt import build_engines
+                from hadskip.export.trt import build_engines, require_tensorrt
 
+                require_tensorrt()
                 bar.add(len(specs))
                 engines, trt_diffs = build_engines(specs, raw, tmp, max_batch=max_batch, max_seq_len=max_seq_len,
                                                    hidden_size=cfg.hidden_size, fp16=fp16, cases=cases,

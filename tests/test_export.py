@@ -228,3 +228,16 @@ def test_reexport_replaces_a_model_dir(tmp_path):
     assert first.out_dir == second.out_dir and not (tmp_path / "model" / "stale.txt").exists()
     load_manifest(tmp_path / "model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "run"]
+
+
+def test_a_damaged_export_is_refused_naming_the_file(exported, tmp_path):
+    import shutil
+
+    from hadskip.runtime.manifest import ManifestError
+
+    d = tmp_path / "copy"
+    shutil.copytree(exported["dir"], d)
+    with open(d / "layers" / "00.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ManifestError, match=r"layers/00\.onnx is corrupted"):
+        load_manifest(d)
