@@ -82,10 +82,11 @@ def bench(
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
-    _print_bench(report)
+    print_bench(report)
 
 
-def _print_bench(report) -> None:
+def print_bench(report) -> None:
+    """The bench report as a rich table on stdout, then the parts."""
     from rich.console import Console
     from rich.table import Table
 

@@ -94,6 +94,19 @@ def _load_cudart() -> ctypes.CDLL:
                        "(pip install nvidia-cuda-runtime-cu12) or add its folder to LD_LIBRARY_PATH")
 
 
+def cuda_device_count() -> int:
+    """NVIDIA GPUs the CUDA runtime sees; 0 without a driver, a GPU or libcudart (never raises)."""
+    try:
+        lib = _load_cudart()
+    except HadSkipError:
+        return 0
+    n = ctypes.c_int(0)
+    try:
+        return n.value if lib.cudaGetDeviceCount(ctypes.byref(n)) == 0 else 0
+    except (AttributeError, OSError):
+        return 0
+
+
 class CudaMemory:
     """Device memory and one stream on `device_id`, through the CUDA runtime API (ctypes)."""
 
