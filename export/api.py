@@ -179,7 +179,6 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
 
     from hadskip.checkpoint import load_run
     from hadskip.export import optimize as opt
-    from hadskip.export.spec import validate as check
     from hadskip.export.tokenizer import write_tokenizer
     from hadskip.export.units import build_specs, export_onnx
 
@@ -216,24 +215,11 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
                 fused = scratch / spec.path.replace(".onnx", ".fused.onnx")
                 stats = opt.fuse_bert_layer(raw[spec.name], fused, cfg.num_heads, cfg.hidden_size)
                 candidates.insert(0, ("ort-fused", fused, stats))
-            note = ""
-            for label, path, stats in candidates:
-                if spec.fp16:
-                    half = path.with_suffix(".fp16.onnx")
-                    opt.to_fp16(path, half)
-                    path = half
-                try:
-                    diff = check(spec, path, cases) if validate else None
-                except (ValidationError, ShapeError, ExportError) as exc:
-                    if label == "none":
-                        raise
-                    note = f"fused graph not kept: {exc}"
-                    continue
-                (tmp / spec.path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, tmp / spec.path)
-                reports.append(UnitReport(spec.name, spec.path, (tmp / spec.path).stat().st_size, diff,
-                                          round(time.perf_counter() - t0, 3), label, stats, note))
-                break
+            label, path, diff, stats, note = _settle(spec, candidates, cases, validate)
+            (tmp / spec.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp / spec.path)
+            reports.append(UnitReport(spec.name, spec.path, (tmp / spec.path).stat().st_size, diff,
+                                      round(time.perf_counter() - t0, 3), label, stats, note))
 
         bar.step("tokenizer")
         tokenization = write_tokenizer(run_dir, tokenizer, max_seq_len, tmp / "tokenizer.json")
@@ -241,7 +227,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
         baseline = None
         if with_baseline:
             bar.step("baseline (optimum)")
-            baseline = _baseline(model, tokenizer, labels, tmp, scratch, specs, cases, opset, optimize, validate)
+            baseline = _baseline(model, tokenizer, labels, tmp, scratch, specs, cases, opset, optimize,
+                                 onnx_fp16, validate)
 
         units = {"embeddings": "embeddings.onnx", "layers": [s.path for s in specs if s.kind == "layer"],
                  "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
@@ -318,33 +305,55 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
                         optimization=optimization, baseline=baseline, engines=engines, validation=validation)
 
 
-def _baseline(model, tokenizer, labels, tmp: Path, scratch: Path, specs, cases, opset: int, optimize: bool,
-              validate: bool) -> dict:
-    """MODEL/baseline/: the teacher through optimum-onnx; fused like the layers when optimize=True."""
+def _settle(spec, candidates: list[tuple[str, Path, dict]], cases, validate: bool):
+    """The first candidate graph (fused first, unfused last) that passes validation, converted to fp16 when
+    the spec says so: (label, path, max abs diff, fused op counts, why a fused one was not kept)."""
     from hadskip.export import optimize as opt
-    from hadskip.export.baseline import TeacherLogits, export_baseline
-    from hadskip.export.spec import ExportSpec
     from hadskip.export.spec import validate as check
 
+    note = ""
+    for label, path, stats in candidates:
+        if spec.fp16:
+            half = path.with_suffix(".fp16.onnx")
+            opt.to_fp16(path, half)
+            path = half
+        try:
+            diff = check(spec, path, cases) if validate else None
+        except (ValidationError, ShapeError, ExportError) as exc:
+            if label == "none":
+                raise
+            note = f"fused graph not kept: {exc}"
+            continue
+        return label, path, diff, stats, note
+    raise AssertionError("the unfused candidate comes last and either passes or raises")
+
+
+def _baseline(model, tokenizer, labels, tmp: Path, scratch: Path, specs, cases, opset: int, optimize: bool,
+              fp16: bool, validate: bool) -> dict:
+    """MODEL/baseline/: the teacher through optimum-onnx; fused (and fp16) like the layers when asked."""
+    from hadskip.export import optimize as opt
+    from hadskip.export.baseline import TeacherLogits, export_baseline
+    from hadskip.export.spec import FP16_ATOL, FP32_ATOL, ExportSpec
+
     dst = tmp / "baseline"
+    raw = scratch / "baseline" / "model.onnx"
+    raw.parent.mkdir(parents=True, exist_ok=True)
     export_baseline(model, tokenizer, labels, dst, opset)
+    shutil.move(dst / "model.onnx", raw)
     emb = specs[0]
     spec = ExportSpec(name="baseline", kind="embeddings", path="baseline/model.onnx", module=TeacherLogits(model),
-                      inputs=list(emb.inputs), outputs=["logits"], dynamic_axes={}, sample=emb.sample, opset=opset)
-    optimization, stats, note = "none", {}, ""
+                      inputs=list(emb.inputs), outputs=["logits"], dynamic_axes={}, sample=emb.sample, opset=opset,
+                      fp16=fp16, atol=FP16_ATOL if fp16 else FP32_ATOL)
+    candidates = [("none", raw, {})]
     if optimize:
-        fused = scratch / "baseline.fused.onnx"
-        stats = opt.fuse_bert_layer(dst / "model.onnx", fused, model.config.num_heads, model.config.hidden_size)
-        try:
-            if validate:
-                check(spec, fused, cases)
-            shutil.copyfile(fused, dst / "model.onnx")
-            optimization = "ort-fused"
-        except (ValidationError, ShapeError, ExportError) as exc:
-            note, stats = f"fused graph not kept: {exc}", {}
-    diff = check(spec, dst / "model.onnx", cases) if validate else None
+        fused = scratch / "baseline" / "model.fused.onnx"
+        stats = opt.fuse_bert_layer(raw, fused, model.config.num_heads, model.config.hidden_size)
+        candidates.insert(0, ("ort-fused", fused, stats))
+    label, path, diff, stats, note = _settle(spec, candidates, cases, validate)
+    shutil.copyfile(path, dst / "model.onnx")
     return {"path": "baseline/model.onnx", "dir": "baseline", "max_abs_diff": diff,
-            "optimization": {"mode": optimization, "fused_ops": stats, "note": note,
+            "precision": "fp16" if fp16 else "fp32",
+            "optimization": {"mode": label, "fused_ops": stats, "note": note,
                              "tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0), "
                                      "the same settings as the layer graphs"},
             "exporter": "optimum.exporters.onnx.onnx_export_from_model (task text-classification)"}

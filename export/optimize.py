@@ -17,7 +17,7 @@ from pathlib import Path
 
 FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "Gelu", "FastGelu",
              "EmbedLayerNormalization", "LayerNormalization")
-FP32_OPS = ["LayerNormalization", "SkipLayerNormalization", "Softmax"]
+FP32_OPS = ["LayerNormalization", "Softmax"]  # fused SkipLayerNormalization accumulates in fp32 itself
 
 
 def fuse_bert_layer(src: str | Path, dst: str | Path, num_heads: int, hidden_size: int) -> dict[str, int]:

@@ -64,10 +64,12 @@ def test_a_fused_graph_failing_validation_is_not_kept(run_dir, tmp_path, monkeyp
     assert "Attention" not in ops and "LayerNormalization" in ops
 
 
-def test_fp16_graphs_keep_gates_and_layernorm_fp32(run_dir, tmp_path):
-    report = export_model(run_dir, tmp_path / "model", fp16=True, max_batch=4, progress=False)
+@pytest.mark.parametrize("optimize", [False, True])
+def test_fp16_graphs_keep_gates_and_layernorm_fp32(run_dir, tmp_path, optimize):
+    report = export_model(run_dir, tmp_path / "model", fp16=True, optimize=optimize, max_batch=4, progress=False)
     d, m = tmp_path / "model", load_manifest(tmp_path / "model")
     assert m.precision == "fp16" and report.precision == "fp16"
+    assert m.optimization["layers"] == ("ort-fused" if optimize else "none")
     assert m.io_types["layer"]["hidden"] == "float32"  # io stays fp32: the runtime loop never casts
 
     def init_types(rel):
@@ -76,6 +78,7 @@ def test_fp16_graphs_keep_gates_and_layernorm_fp32(run_dir, tmp_path):
     assert init_types(m.units["layers"][0]) == {onnx.TensorProto.FLOAT16}
     assert all(init_types(rel) == {onnx.TensorProto.FLOAT} for rel in m.units["gates"])
     g = onnx.load(str(d / m.units["layers"][0])).graph
+    assert sum(n.op_type == "LayerNormalization" for n in g.node) == (0 if optimize else 2)  # fused: SkipLN
     casts_to = {n.output[0]: n for n in g.node}
     for ln in (n for n in g.node if n.op_type == "LayerNormalization"):
         src = casts_to.get(ln.input[0])
