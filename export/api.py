@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hadskip.errors import HadSkipError
 from hadskip.export.spec import ExportError, ShapeError, ValidationError
 from hadskip.runtime.manifest import MANIFEST, Manifest, file_table, write_manifest
 
@@ -201,7 +200,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
     scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
     bar = _Progress(progress, len(specs) + 2 + int(with_baseline))
-    trt_error: HadSkipError | None = None
+    trt_error: Exception | None = None
     try:
         reports: list[UnitReport] = []
         raw: dict = {}  # unit name -> its unfused fp32 graph (TensorRT input)
@@ -250,7 +249,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
                 units["engines"] = engines
                 validation.update({f"trt/{k}": v for k, v in trt_diffs.items()})
                 final_engine, precision = "trt", "fp16" if fp16 else "fp32"
-            except HadSkipError as exc:  # keep the validated ONNX export; report after installing it
+            except Exception as exc:  # noqa: BLE001 - tensorrt raises many types; the ONNX part is still good
                 trt_error = exc
                 shutil.rmtree(tmp / "engines", ignore_errors=True)
 
@@ -297,9 +296,14 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
         shutil.rmtree(scratch, ignore_errors=True)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    if trt_error is not None:
-        raise type(trt_error)(f"{trt_error} (the validated ONNX model dir {out} was kept, engine onnx)") \
-            from trt_error
+    if trt_error is not None:  # after the install: the validated ONNX model dir stays usable
+        from hadskip.export.trt import TRTUnavailableError
+
+        kept = f"(the validated ONNX model dir {out} was kept, engine onnx)"
+        if isinstance(trt_error, TRTUnavailableError):
+            raise TRTUnavailableError(f"{trt_error} {kept}") from trt_error
+        first = str(trt_error).strip().splitlines()[0] if str(trt_error).strip() else ""
+        raise ExportError(f"TensorRT build failed: {type(trt_error).__name__}: {first} {kept}") from trt_error
     return ExportReport(out_dir=str(out), seconds=round(time.perf_counter() - start, 3), total_bytes=total,
                         engine=final_engine, precision=precision, opset=opset, units=reports,
                         optimization=optimization, baseline=baseline, engines=engines, validation=validation)

@@ -8,7 +8,9 @@
     MODEL/gates/NN.onnx    hidden, attention_mask -> gate_logits  (B, 2); open = gate_logits[:,1] > [:,0]
     MODEL/head.onnx        hidden, attention_mask -> logits
     MODEL/engines/...      TensorRT plans (engine "trt")
-    MODEL/baseline/...     the full teacher exported by optimum-onnx (--with-baseline)
+    MODEL/baseline/...     the full teacher exported by optimum-onnx (--with-baseline): units["baseline"] is
+                           baseline/model.onnx, one graph input_ids, attention_mask[, token_type_ids] -> logits,
+                           beside config.json and the tokenizer (ORTModelForSequenceClassification loads the dir)
 
 Loading checks the schema version, the fields and their values (engine, precision, opset >= 17, the units
 of every layer), that every listed file exists, and each file's sha256, naming the file that fails.

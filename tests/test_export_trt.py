@@ -52,3 +52,17 @@ def test_trt_engines_built_and_checked(tmp_path, fp16):
     assert all(v <= 1e-4 for k, v in trt_diffs.items() if k.startswith("trt/gate"))
     if fp16:
         assert e["fp32_pinned_layers"] > 0
+
+
+def test_a_failing_trt_build_keeps_the_onnx_dir(tmp_path, monkeypatch):
+    from hadskip.export import ExportError, trt
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("parser exploded\nsecond line")
+
+    monkeypatch.setattr(trt, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt, "build_engines", boom)
+    with pytest.raises(ExportError, match=r"^TensorRT build failed: RuntimeError: parser exploded \(the validated"):
+        export_model(tiny_run(tmp_path / "run", "bert"), tmp_path / "model", engine="trt", max_batch=2,
+                     progress=False)
+    assert load_manifest(tmp_path / "model").engine == "onnx"
