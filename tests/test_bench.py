@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_runtime_support import cached_model
+from test_runtime_support import cached_model, one_torch_thread  # noqa: F401
 
 from hadskip.runtime.bench import run_bench
 
@@ -23,6 +23,7 @@ def test_without_baseline_full_is_the_chained_model(tmp_path_factory):
     assert forced["ideal_ratio"] == pytest.approx(want, rel=1e-3)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_torch_backend_bench_on_a_run_dir(tmp_path_factory):
     run, _ = cached_model(tmp_path_factory, "bert", 0)
     report = run_bench(run, batches=[2], seqs=[8], repeats=1, warmup=0, backend="torch", device="cpu")

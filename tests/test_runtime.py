@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_runtime_support import ARCHS, cached_model, padded_batch, reference
+from test_runtime_support import ARCHS, cached_model, one_torch_thread, padded_batch, reference  # noqa: F401
 
 from hadskip.errors import HadSkipError, MissingExtraError
 from hadskip.runtime import Runtime
@@ -163,6 +163,7 @@ def test_device_backend_on_host_pointers(models, runtimes):
         dev.close()
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_torch_backend_cpu_matches_onnx(models, runtimes):
     for arch in ARCHS:
         run, _ = models[arch]

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ARCHS = ("bert", "roberta", "tinybert")
 
@@ -80,11 +81,18 @@ def cached_model(tmp_path_factory, arch: str = "bert", seed: int = 0, with_basel
     """(run_dir, model_dir) of a tiny random gated model, built once per test session and shared by modules."""
     from hadskip.testing import tiny_run
 
+    import torch
+
     key = (arch, seed, with_baseline, max_len)
     if key not in _CACHE:
         root = tmp_path_factory.mktemp(f"{arch}-{seed}")
-        run = tiny_run(root / "run", arch=arch, seed=seed, max_len=max_len)
-        _CACHE[key] = (run, export_dir(run, root / "model", with_baseline=with_baseline))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # see reference()
+        try:
+            run = tiny_run(root / "run", arch=arch, seed=seed, max_len=max_len)
+            _CACHE[key] = (run, export_dir(run, root / "model", with_baseline=with_baseline))
+        finally:
+            torch.set_num_threads(threads)
     return _CACHE[key]
 
 
@@ -100,9 +108,14 @@ def reference(run_dir: Path, ids, mask, tt, forced=None):
     import torch
 
     model = _load(Path(run_dir))
-    with torch.no_grad():
-        out = model(torch.as_tensor(ids), torch.as_tensor(mask), torch.as_tensor(tt), gates="route",
-                    forced=None if forced is None else torch.as_tensor(forced))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: OpenMP threads only contend (100x slower on a busy 2-core box)
+    try:
+        with torch.no_grad():
+            out = model(torch.as_tensor(ids), torch.as_tensor(mask), torch.as_tensor(tt), gates="route",
+                        forced=None if forced is None else torch.as_tensor(forced))
+    finally:
+        torch.set_num_threads(threads)
     return out.logits.numpy(), out.gates.numpy().astype(bool)
 
 
@@ -117,3 +130,14 @@ def padded_batch(lengths: list[int], vocab: int, seed: int = 0, pad_id: int = 0,
         ids[r, 0], ids[r, n - 1] = cls_id, sep_id
         mask[r, :n] = 1
     return ids, mask, np.zeros_like(ids)
+
+
+@pytest.fixture(scope="module", autouse=False)
+def one_torch_thread():
+    """torch on one thread for a module (the torch backend on tiny models), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
