@@ -90,10 +90,12 @@ def print_bench(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    layers = report.optimization.get("layers", "none") if report.optimization else "none"
+    opt = report.optimization or {}
+    graphs = f"layer graphs: {opt.get('layers', 'none')}"
+    if report.full_source.startswith("baseline"):
+        graphs += f", baseline graph: {(opt.get('baseline') or {}).get('mode', 'none')}"
     table = Table(title=f"hadskip bench ({report.backend}, {report.repeats} interleaved rounds, median)",
-                  caption=f"full = {report.full_source}; layer graphs: {layers}"
-                          + "".join(f"\n{n}" for n in report.notes))
+                  caption=f"full = {report.full_source}; {graphs}" + "".join(f"\n{n}" for n in report.notes))
     for col in ("engine", "k", "batch", "seq", "median ms", "rows/s", "avg layers", "ratio to full", "ideal"):
         table.add_column(col, justify="left" if col == "engine" else "right")
     for r in report.rows:

@@ -94,6 +94,20 @@ def test_padded_batch_equals_each_row_alone(runtimes, arch):
     np.testing.assert_allclose(again.logits, batch.logits, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("arch", ["bert", "tinybert"])
+def test_fused_layer_graphs_match_pytorch(tmp_path_factory, arch):
+    """Layer graphs with onnxruntime's fused attention (export optimize=True) route the same way."""
+    run, md = cached_model(tmp_path_factory, arch, SEEDS[arch], optimize=True)
+    rt = Runtime.load(md)
+    assert rt.info.manifest.optimization["layers"] == "ort-fused"
+    ids, mask, tt = padded_batch(BATCHES["mixed"], _vocab(rt), seed=4)
+    for forced in (None, np.random.default_rng(3).random((len(ids), rt.num_layers)) < 0.5):
+        got = rt.run_batch(ids, mask, tt, forced=forced)
+        logits, gates = reference(run, ids, mask, tt, forced=None if forced is None else forced.astype(np.float32))
+        np.testing.assert_array_equal(got.gates, gates)
+        np.testing.assert_allclose(got.logits, logits, atol=ATOL, rtol=0)
+
+
 def test_tokenizer_matches_the_training_tokenizer(models, runtimes):
     """tokenizer.json through `tokenizers` gives the ids the HF tokenizer of the run gives (pairs included)."""
     from transformers import AutoTokenizer
@@ -176,6 +190,23 @@ def test_torch_backend_cpu_matches_onnx(models, runtimes):
             np.testing.assert_allclose(a.logits, b.logits, atol=ATOL, rtol=0)
         texts = tiny_sentences(9, seed=4)
         assert ref.predict(texts).labels == rt.predict(texts).labels
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_torch_backend_from_a_model_dir_torch_folder(models, runtimes, tmp_path):
+    """The proposed MODEL/torch/{model.safetensors, model_config.json} layout (not written by export yet)."""
+    import shutil
+
+    run, md = models["bert"]
+    copy = tmp_path / "model"
+    shutil.copytree(md, copy)
+    (copy / "torch").mkdir()
+    for name in ("model.safetensors", "model_config.json"):
+        shutil.copy(run / name, copy / "torch" / name)
+    rt = Runtime.load(copy, backend="torch", device="cpu")
+    texts = tiny_sentences(7, seed=5)
+    np.testing.assert_allclose(rt.predict(texts).probabilities, runtimes["bert"].predict(texts).probabilities,
+                               atol=1e-5)
 
 
 def test_row_runs():

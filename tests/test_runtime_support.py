@@ -63,13 +63,13 @@ def _private_export(run_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def export_dir(run_dir: Path, out_dir: Path, with_baseline: bool = False) -> Path:
+def export_dir(run_dir: Path, out_dir: Path, with_baseline: bool = False, optimize: bool = False) -> Path:
     """The exporter without its own validation (these tests compare every unit against PyTorch anyway)."""
     try:
         from hadskip.export import export_model
     except ImportError:
         return _private_export(run_dir, out_dir)
-    export_model(run_dir, out_dir, with_baseline=with_baseline, validate=False, progress=False)
+    export_model(run_dir, out_dir, with_baseline=with_baseline, optimize=optimize, validate=False, progress=False)
     return out_dir
 
 
@@ -77,20 +77,20 @@ _CACHE: dict[tuple, tuple[Path, Path]] = {}
 
 
 def cached_model(tmp_path_factory, arch: str = "bert", seed: int = 0, with_baseline: bool = False,
-                 max_len: int = 32) -> tuple[Path, Path]:
+                 max_len: int = 32, optimize: bool = False) -> tuple[Path, Path]:
     """(run_dir, model_dir) of a tiny random gated model, built once per test session and shared by modules."""
     from hadskip.testing import tiny_run
 
     import torch
 
-    key = (arch, seed, with_baseline, max_len)
+    key = (arch, seed, with_baseline, max_len, optimize)
     if key not in _CACHE:
         root = tmp_path_factory.mktemp(f"{arch}-{seed}")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # see reference()
         try:
             run = tiny_run(root / "run", arch=arch, seed=seed, max_len=max_len)
-            _CACHE[key] = (run, export_dir(run, root / "model", with_baseline=with_baseline))
+            _CACHE[key] = (run, export_dir(run, root / "model", with_baseline=with_baseline, optimize=optimize))
         finally:
             torch.set_num_threads(threads)
     return _CACHE[key]
