@@ -1,0 +1,45 @@
+"""`hadskip serve-local MODEL_DIR`: serve a model dir over HTTP on this machine (hadskip.runtime.server.serve)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+
+def serve_local(
+    model: Annotated[str, typer.Argument(help="Model dir written by `hadskip export` (a run dir for --backend "
+                                              "torch).")],
+    host: Annotated[str, typer.Option(help="Address to bind. Loopback by default; any other prints a warning.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8080,
+    backend: Annotated[str, typer.Option(help="ort-cpu, ort-cuda (extra gpu), trt (extra trt) or torch.")
+                       ] = "ort-cpu",
+    max_batch: Annotated[int, typer.Option(help="Rows per runtime call; requests are merged up to this.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="How long the oldest queued request waits for others to "
+                                                    "join its batch.")] = 5.0,
+    max_queue: Annotated[Optional[int], typer.Option(help="Rows that may wait; beyond it requests get 429 "
+                                                          "(default 32 x max-batch).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="HADSKIP_API_KEY", show_default=False,
+                                                   help="Require 'Authorization: Bearer KEY' on /predict, /info "
+                                                        "and /metrics (/health and /docs stay open). Prefer the "
+                                                        "env var: arguments show in `ps`.")] = None,
+    max_inputs: Annotated[int, typer.Option(help="Inputs per request (more: 413).")] = 32,
+    max_body_bytes: Annotated[int, typer.Option(help="Request body limit in bytes (more: 413).")] = 1 << 20,
+    threads: Annotated[Optional[int], typer.Option(help="Intra-op threads per onnxruntime session "
+                                                        "(default: ORT's).")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")
+                          ] = False,
+) -> None:
+    """Serve a model dir over HTTP with micro-batching: POST /predict, GET /health /info /metrics, /docs."""
+    from hadskip.runtime.server import ServeConfig, serve
+
+    config = ServeConfig(host=host, port=port, backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                         max_queue=max_queue, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
+                         threads=threads, access_log=access_log)
+    serve(model, config)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `serve-local` command to the root app."""
+    app.command("serve-local")(serve_local)
