@@ -45,10 +45,16 @@ def collate(enc: Encoded, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tenso
 
 class BatchIterable(torch.utils.data.IterableDataset):
     """Batches of one epoch. Training shuffles, then groups rows of similar length inside windows of
-    50 batches (less padding, still random); eval goes in length order. `epoch` seeds the shuffle."""
+    50 batches (less padding, still random); eval goes in length order. `epoch` seeds the shuffle.
 
-    def __init__(self, enc: Encoded, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0):
+    Data-parallel training shards whole batches: process `rank` of `world` takes every world-th batch of the
+    same seeded order (each process pads its own batches, so accelerate's batch dispatching, which needs
+    equal shapes, is not used), and every process gets the same number of batches."""
+
+    def __init__(self, enc: Encoded, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world: int = 1):
         self.enc, self.batch_size, self.pad_id, self.shuffle, self.seed = enc, batch_size, pad_id, shuffle, seed
+        self.rank, self.world = rank, world
         self.epoch = 0
 
     def batch_indices(self) -> list[np.ndarray]:
@@ -68,14 +74,22 @@ class BatchIterable(torch.utils.data.IterableDataset):
         rng.shuffle(chunks)
         return chunks
 
-    def __len__(self) -> int:
+    def _num_batches(self) -> int:
         return (len(self.enc) + self.batch_size - 1) // self.batch_size
 
+    def __len__(self) -> int:
+        return max(1, self._num_batches() // self.world)
+
     def __iter__(self):
-        for idx in self.batch_indices():
+        batches = self.batch_indices()
+        if self.world > 1:
+            batches = batches[self.rank::self.world][:len(self)]
+        for idx in batches:
             yield collate(self.enc, idx, self.pad_id)
 
 
-def loader(enc: Encoded, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0):
+def loader(enc: Encoded, batch_size: int, pad_id: int, shuffle: bool, seed: int = 0, rank: int = 0,
+           world: int = 1):
     """A DataLoader over BatchIterable (batch_size=None: the iterable yields whole batches)."""
-    return torch.utils.data.DataLoader(BatchIterable(enc, batch_size, pad_id, shuffle, seed), batch_size=None)
+    ds = BatchIterable(enc, batch_size, pad_id, shuffle, seed, rank, world)
+    return torch.utils.data.DataLoader(ds, batch_size=None)

@@ -104,3 +104,19 @@ def tiny_task_dir(path: str | Path, n_train: int = 64, n_eval: int = 24, seed: i
             for r in rows:
                 w.writerow([r, int(any(word in positive for word in r.split()))])
     return path
+
+
+def tiny_backbone_dir(path: str | Path, arch: str = "bert", seed: int = 0) -> Path:
+    """A local stand-in for a hub backbone: a tiny random transformers model + tokenizer saved with
+    save_pretrained, loadable by name like `bert-base-uncased` would be."""
+    from hadskip.backbone import empty_hf_model
+
+    model, tokenizer = tiny_model(arch, seed=seed)
+    hf = empty_hf_model(model.config.hf_config)
+    hf.embeddings = model.embeddings.emb
+    for i, layer in enumerate(model.layers):
+        hf.encoder.layer[i] = layer.layer
+    path = Path(path)
+    hf.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -70,8 +70,8 @@ class HadSkipConfig(TrainConfig):
     out: str = "runs/hadskip"
     budget: float = 3.0  # K layers of L on average
     teacher: str | None = None  # a finished `hadskip finetune` run to reuse as stage I
-    stage2_epochs: float = 1.0
-    phase_epochs: float = 1.0  # per homotopic phase of stage III
+    stage2_epochs: float = 0.5
+    phase_epochs: float = 0.5  # per homotopic phase of stage III before the last
     final_phase_epochs: float = 1.0  # the last phase (k = K)
     gate_lr: float = 1e-3
     estimator: str = "reinmax"  # "reinmax" | "ste"
@@ -176,6 +176,7 @@ def _run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, de
         while done < steps:
             _set_epoch(dl, epoch)
             for batch in dl:
+                batch = {k: v.to(acc.device) for k, v in batch.items()}
                 parts = step_fn(batch)
                 loss = sum(v for k, v in parts.items() if not k.startswith("_"))
                 acc.backward(loss)
@@ -193,12 +194,7 @@ def _run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, de
 
 
 def _set_epoch(dl, epoch: int) -> None:
-    ds = getattr(dl, "dataset", None)
-    if ds is not None and hasattr(ds, "epoch"):
-        ds.epoch = epoch
-    base = getattr(dl, "base_dataloader", None)  # accelerate's wrapper
-    if base is not None and hasattr(base.dataset, "epoch"):
-        base.dataset.epoch = epoch
+    dl.dataset.epoch = epoch
 
 
 def _load_data(cfg: TrainConfig):
@@ -225,6 +221,12 @@ class Prepared:
         d["label_names"] = list(d.get("label_names") or [])
         d["source"] = self.source
         return d
+
+
+def _train_loader(acc, prep: Prepared, cfg: TrainConfig, seed: int):
+    """This process's shard of the shuffled training batches (see BatchIterable)."""
+    return loader(prep.train, cfg.batch_size, prep.pad_id, shuffle=True, seed=seed, rank=acc.process_index,
+                  world=acc.num_processes)
 
 
 def _steps(n_batches: int, epochs: float) -> int:
@@ -255,8 +257,8 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
     for p in model.gate_parameters():
         p.requires_grad_(False)
     opt = _optimizer(model, [(list(model.backbone_parameters()), cfg.lr)], cfg.weight_decay)
-    dl = loader(prep.train, cfg.batch_size, prep.pad_id, shuffle=True, seed=cfg.seed)
-    model, opt, dl = acc.prepare(model, opt, dl)
+    dl = _train_loader(acc, prep, cfg, cfg.seed)
+    model, opt = acc.prepare(model, opt)
 
     def step(batch):
         out_ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="off")
@@ -397,8 +399,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
             for p in student.backbone_parameters():
                 p.requires_grad_(False)
             opt = _optimizer(student, [(list(student.gate_parameters()), cfg.gate_lr)], 0.0)
-            dl = loader(prep.train, cfg.batch_size, prep.pad_id, shuffle=True, seed=cfg.seed + 2)
-            student_p, opt, dl = acc.prepare(student, opt, dl)
+            dl = _train_loader(acc, prep, cfg, cfg.seed + 2)
+            student_p, opt = acc.prepare(student, opt)
             target = cfg.budget / L
 
             def step2(batch):
@@ -418,7 +420,7 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     teacher = teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    teacher = acc.prepare(teacher)
+    teacher = teacher.to(acc.device)  # frozen: no DDP wrapper (it has nothing to synchronise)
     need_inner = weights.kd_hidden or weights.kd_attention or weights.kd_embedding
     for j, k in enumerate(schedule):
         name = f"stage3-k{k:g}"
@@ -431,8 +433,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
             p.requires_grad_(True)
         opt = _optimizer(student, [(list(student.backbone_parameters()), cfg.lr),
                                    (list(student.gate_parameters()), cfg.gate_lr)], cfg.weight_decay)
-        dl = loader(prep.train, cfg.batch_size, prep.pad_id, shuffle=True, seed=cfg.seed + 10 + j)
-        student_p, opt, dl = acc.prepare(student, opt, dl)
+        dl = _train_loader(acc, prep, cfg, cfg.seed + 10 + j)
+        student_p, opt = acc.prepare(student, opt)
         target = k / L
 
         def step3(batch, student_p=student_p, target=target):

@@ -1,0 +1,140 @@
+"""Training end to end on tiny models: fine-tune, the three HadSkip stages, resume, eval, baselines, DDP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hadskip.checkpoint import load_run, read_info
+from hadskip.errors import HadSkipError
+from hadskip.testing import tiny_backbone_dir, tiny_task_dir
+from hadskip.train import HadSkipConfig, TrainConfig, finetune, homotopy_schedule, train_hadskip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("train")
+    backbone = tiny_backbone_dir(root / "backbone")
+    task = tiny_task_dir(root / "task", n_train=64, n_eval=24)
+    teacher = root / "ft"
+    metrics = finetune(TrainConfig(backbone=str(backbone), task=str(task), out=str(teacher), max_len=32,
+                                   batch_size=16, epochs=2, lr=1e-3, progress=False))
+    return {"root": root, "backbone": backbone, "task": task, "teacher": teacher, "metrics": metrics}
+
+
+def test_homotopy_schedule():
+    assert homotopy_schedule(6, 3) == [6, 5, 4, 3]
+    assert homotopy_schedule(6, 2.5) == [6, 5, 4, 3, 2.5]
+    assert homotopy_schedule(6, 3, homotopy=False) == [3]
+    assert homotopy_schedule(4, 4) == [4]
+    with pytest.raises(HadSkipError):
+        homotopy_schedule(4, 5)
+
+
+def test_finetune_writes_a_loadable_run(env):
+    info = read_info(env["teacher"])
+    assert info.kind == "finetune" and info.max_len == 32
+    assert {"dev", "test", "seconds", "train_examples_per_s"} <= set(env["metrics"])
+    model, tok, _ = load_run(env["teacher"])
+    assert model.num_layers == 3 and tok.pad_token == "[PAD]"
+    log = [json.loads(line) for line in (env["teacher"] / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if "epoch" in r] == [1, 2]
+
+
+def _hadskip_cfg(env, out, **kw):
+    base = dict(backbone=str(env["backbone"]), task=str(env["task"]), out=str(out), teacher=str(env["teacher"]),
+                budget=1.5, max_len=32, batch_size=16, stage2_epochs=0.5, phase_epochs=0.5, final_phase_epochs=0.5,
+                progress=False)
+    base.update(kw)
+    return HadSkipConfig(**base)
+
+
+def test_three_stages_and_resume(env):
+    out = env["root"] / "h"
+    metrics = train_hadskip(_hadskip_cfg(env, out))
+    info = read_info(out)
+    assert info.kind == "hadskip" and info.budget == 1.5
+    progress = json.loads((out / "progress.json").read_text())
+    assert list(progress) == ["stage2", "stage3-k3", "stage3-k2", "stage3-k1.5"]
+    stages = [json.loads(line)["stage"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert stages == ["stage2", "stage3", "stage3", "stage3", "done"]
+    assert 0 <= metrics["test_avg_layers"] <= 3
+    # a kill during the last phase: that phase is lost, the others are kept
+    last = progress.pop("stage3-k1.5")
+    (out / "progress.json").write_text(json.dumps(progress))
+    shutil.rmtree(last)
+    train_hadskip(_hadskip_cfg(env, out, resume=True))
+    stages = [json.loads(line).get("k") for line in (out / "log.jsonl").read_text().splitlines()]
+    assert stages[-2:] == [1.5, None]  # only k=1.5 ran again, then done
+    assert len([s for s in stages if s == 3.0]) == 1
+
+
+def test_ablation_flags(env):
+    out = env["root"] / "ablation"
+    train_hadskip(_hadskip_cfg(env, out, gate_init=False, homotopy=False, kd="none", estimator="ste"))
+    assert list(json.loads((out / "progress.json").read_text())) == ["stage3-k1.5"]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert not any(k.startswith("kd_") for k in log[0])
+    out2 = env["root"] / "pred-kd"
+    train_hadskip(_hadskip_cfg(env, out2, gate_init=False, homotopy=False, kd="logits"))
+    first = json.loads((out2 / "log.jsonl").read_text().splitlines()[0])
+    assert "kd_logits" in first and "kd_hidden" not in first
+
+
+def test_bad_teacher_is_refused(env):
+    with pytest.raises(HadSkipError, match="not a hadskip run dir"):
+        train_hadskip(_hadskip_cfg(env, env["root"] / "x", teacher=str(env["root"])))
+
+
+def test_eval_report_and_plots(env):
+    from hadskip.report import evaluate_path
+
+    out = env["root"] / "h"
+    if not (out / "run.json").exists():
+        pytest.skip("needs test_three_stages_and_resume")
+    r = evaluate_path(str(out), "test", plots_dir=str(env["root"] / "plots"))
+    for key in ("task", "split", "metric", "value", "examples", "num_layers", "avg_layers", "layer_usage",
+                "layers_hist"):
+        assert key in r
+    assert r["examples"] == 24 and len(r["layer_usage"]) == 3
+    assert sum(r["layers_hist"].values()) == 24
+    assert abs(sum(int(k) * v for k, v in r["layers_hist"].items()) / 24 - r["avg_layers"]) < 1e-9
+    assert all(Path(p).stat().st_size > 1000 for p in r["plots"])
+
+
+def test_baselines(env):
+    from hadskip.baselines import early_exit, exit_layers, threshold_for, train_budgeted_exit
+
+    out = env["root"] / "be"
+    train_budgeted_exit(str(env["teacher"]), 2, str(out), epochs=1, progress=False, batch_size=16)
+    model, _, info = load_run(out)
+    assert model.num_layers == 2 and info.kind == "budgeted-exit"
+    res = early_exit(str(env["teacher"]), [1.5, 2.0], epochs=1)
+    assert set(res) == {1.5, 2.0}
+    assert abs(res[2.0].dev_avg_layers - 2.0) <= 0.5
+    ent = np.array([[0.1, 0.5, 0.9], [0.6, 0.2, 0.3], [0.9, 0.8, 0.7]])
+    assert exit_layers(ent, 0.25).tolist() == [0, 1, 2]
+    assert abs(exit_layers(ent, threshold_for(ent, 2.0)).mean() + 1 - 2.0) < 1e-9
+
+
+def test_accelerate_two_processes_agree(env, tmp_path):
+    """Data-parallel fine-tuning with 2 CPU processes (gloo): both ranks end with the same weights."""
+    # torchrun sets WORLD_SIZE/RANK; ACCELERATE_USE_CPU makes accelerate pick MULTI_CPU (gloo) on them
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000),
+           str(Path(__file__).parent / "helpers" / "dist_worker.py"), str(tmp_path), str(env["task"]),
+           str(env["backbone"])]
+    envvars = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=envvars, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [(tmp_path / f"rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert ranks[0][0] == "2" and ranks[1][0] == "2"
+    assert ranks[0][1] == ranks[1][1]
+    assert (tmp_path / "run" / "run.json").is_file()
