@@ -406,18 +406,20 @@ class Batcher:
             if probs is not None and not _all_finite(probs):
                 raise HadSkipError("the model produced non-finite probabilities")
             dicts = preds.to_dicts()
+            failure = None
         except Exception as exc:  # any backend failure becomes a 424 for these requests, never a dead worker
-            elapsed = time.perf_counter() - start
+            failure = exc
+        elapsed = time.perf_counter() - start
+        if failure is not None:
             self.metrics.batch(len(rows), len(batch), elapsed)
             if retry_alone:
                 for job in batch:
                     self._run([job], retry_alone=False)
                 return
-            log.error("runtime call on %d rows failed: %s", len(rows), exc, exc_info=exc)
+            log.error("runtime call on %d rows failed: %s", len(rows), failure, exc_info=failure)
             for job in batch:
-                _resolve(job, exc=BackendFailure(exc))
+                _resolve(job, exc=BackendFailure(failure))
             return
-        elapsed = time.perf_counter() - start
         self.metrics.batch(len(rows), len(batch), elapsed, gates=getattr(preds, "gates", None),
                            truncated=sum(d["truncated"] for d in dicts))
         at = 0
