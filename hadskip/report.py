@@ -68,15 +68,18 @@ def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int):
     from hadskip.runtime import Runtime
 
     rt = Runtime.load(p)
-    data = _task_of(rt.manifest.task, task)
+    manifest = rt.info.manifest
+    data = _task_of(manifest.task, task)
     s = data.split(split)
     inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
-    preds, used = rt.predict_arrays(inputs, batch_size=batch_size)
+    out = rt.predict(inputs, batch_size=batch_size)
+    preds = out.label_ids
+    used = np.asarray(out.gates, dtype=np.float32)  # (N, L)
     avg, usage, hist = layer_stats(used)
     report = {"task": data.spec.name, "split": split, "metric": data.spec.metric,
               "value": compute_metric(data.spec.metric, preds, s.labels, data.spec.num_labels),
               "examples": len(s.labels), "num_layers": used.shape[1], "avg_layers": avg, "layer_usage": usage,
-              "layers_hist": hist, "kind": "model-dir", "budget": rt.manifest.budget}
+              "layers_hist": hist, "kind": "model-dir", "budget": manifest.budget}
     return report, used, np.asarray(s.labels)
 
 
