@@ -138,3 +138,29 @@ def test_accelerate_two_processes_agree(env, tmp_path):
     assert ranks[0][0] == "2" and ranks[1][0] == "2"
     assert ranks[0][1] == ranks[1][1]
     assert (tmp_path / "run" / "run.json").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune", "--task", "no-such-task"], "unknown task"),
+    (["train", "--task", "rotten-tomatoes", "--budget", "0"], "--budget must be > 0"),
+    (["train", "--kd", "some"], "--kd must be"),
+    (["eval", "/nonexistent/run"], "neither a run dir"),
+    (["compare", "--budgets", "x,y"], "--budgets takes numbers"),
+])
+def test_cli_bad_input_is_one_line(args, message, capsys, tmp_path):
+    from hadskip.cli.main import main
+
+    assert main([*args, "--out", str(tmp_path / "o")] if args[0] in ("finetune", "train") else args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_cli_finetune_on_a_bad_folder_task(env, tmp_path, capsys):
+    from hadskip.cli.main import main
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for split in ("train", "dev", "test"):
+        (bad / f"{split}.csv").write_text("sentence,label\nfine movie,1\nbad movie,0\n")
+    assert main(["finetune", "--task", str(bad), "--backbone", str(env["backbone"]), "--out", str(tmp_path / "o")]) == 2
+    assert "text" in capsys.readouterr().err
