@@ -389,13 +389,22 @@ class Batcher:
         return [j for j in batch if not j.future.cancelled()]  # a cancelled request needs no answer
 
     def _work(self) -> None:
-        while (batch := self._next_batch()) is not None:
-            try:
-                if batch:
-                    self._run(batch, retry_alone=len(batch) > 1)
-            finally:
-                with self.cond:
-                    self.busy_rows = 0
+        batch: list[Job] | None = []
+        try:
+            while (batch := self._next_batch()) is not None:
+                try:
+                    if batch:
+                        self._run(batch, retry_alone=len(batch) > 1)
+                finally:
+                    with self.cond:
+                        self.busy_rows = 0
+        finally:  # normally nothing is left here; if the worker died, nobody may wait forever
+            with self.cond:
+                self.closing = True
+                left, self.queued_rows = [*(batch or []), *self.queue], 0
+                self.queue.clear()
+            for job in left:  # answered jobs ignore this (see _resolve)
+                _resolve(job, exc=ApiError(503, "the inference worker stopped", "unavailable"))
 
     def _run(self, batch: list[Job], retry_alone: bool) -> None:
         rows = [r for j in batch for r in j.rows]
@@ -584,9 +593,16 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         log.error("unexpected error on %s", request.url.path, exc_info=exc)
         return error(500, "internal server error", "internal")
 
+    def status() -> str:
+        if state.status == "ok" and not state.batcher.thread.is_alive():
+            return "worker stopped"
+        return state.status
+
     def unavailable() -> ApiError:
-        return ApiError(503, f"the model is {state.status}" if state.status != "failed" else state.error or "",
-                        "unavailable", {"Retry-After": "1"})
+        now = status()
+        message = {"failed": state.error or "", "worker stopped": "the inference worker stopped"}.get(
+            now, f"the model is {now}")
+        return ApiError(503, message, "unavailable", {"Retry-After": "1"})
 
     problems = {c: {"model": ErrorResponse} for c in (401, 413, 415, 422, 424, 429, 503)}
 
@@ -596,7 +612,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
     async def predict(request: Request):
         """Classify one text, a batch, or text pairs: label, probabilities, the layers each input ran, and
         whether it was truncated to max_seq_len. Results come back in input order."""
-        if state.batcher is None or state.status != "ok":
+        if status() != "ok":
             raise unavailable()
         start = time.perf_counter()
         ctype = request.headers.get("content-type")
@@ -604,7 +620,10 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         if ctype is not None and media != "application/json" and not media.endswith("+json"):
             raise ApiError(415, "the body must be JSON (Content-Type: application/json)", "unsupported_media_type")
         body = await _read_body(request, config.max_body_bytes)
-        rows = parse_predict_body(body, config.max_inputs)
+        if len(body) <= 1 << 16:
+            rows = parse_predict_body(body, config.max_inputs)
+        else:  # parsing a large body takes milliseconds: not on the event loop
+            rows = await asyncio.to_thread(parse_predict_body, body, config.max_inputs)
         state.inflight += 1
         try:
             result: JobResult = await state.batcher.submit(rows)
@@ -619,10 +638,8 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
     @app.get("/health", responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}})
     async def health():
         """200 when the model is loaded and the worker runs; 503 while loading or shutting down (no key needed)."""
-        status = state.status
-        if status == "ok" and not state.batcher.thread.is_alive():
-            status = "worker stopped"
-        return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
+        now = status()
+        return JSONResponse({"status": now}, status_code=200 if now == "ok" else 503)
 
     @app.get("/info", dependencies=guarded, responses={401: {"model": ErrorResponse}})
     async def info():

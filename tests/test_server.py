@@ -355,6 +355,22 @@ def test_backend_failure_is_424_and_worker_survives(rt):
         assert metric(text, "hadskip_errors_total", '{endpoint="/predict",code="424"}') == 1
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_worker_answers_503_not_never(rt):
+    def hook(rows):
+        raise SystemExit  # not an Exception: ends the worker thread, as a bug in the server might
+
+    srv, _ = serve(rt, hook=hook)
+    with srv:
+        r = srv.client.post("/predict", json=GOOD)
+        assert r.status_code == 503 and r.json()["error"] == "the inference worker stopped"
+        wait_for(lambda: not srv.state.batcher.thread.is_alive(), "the worker to end")
+        r = srv.client.get("/health")
+        assert (r.status_code, r.json()) == (503, {"status": "worker stopped"})
+        r = srv.client.post("/predict", json=GOOD)
+        assert r.status_code == 503 and r.json()["error"] == "the inference worker stopped"
+
+
 def test_one_failing_request_does_not_fail_its_batch(rt):
     release = threading.Event()
 
