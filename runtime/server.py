@@ -246,16 +246,17 @@ class Metrics:
             if code >= 400:
                 self.errors[(endpoint, code)] += 1
 
-    def batch(self, rows: int, jobs: int, inference_s: float, gates=None, truncated: int = 0) -> None:
-        """One runtime call; `gates` (rows, L) bool when it succeeded."""
+    def batch(self, rows: int, jobs: int, inference_s: float, ok: bool, gates=None, truncated: int = 0) -> None:
+        """One runtime call; `gates` (rows, L) bool: the layers each row ran."""
         with self.lock:
-            self.calls["ok" if gates is not None else "error"] += 1
+            self.calls["ok" if ok else "error"] += 1
             self.batch_rows.observe(rows)
             self.batch_requests.observe(jobs)
             self.infer_s.observe(inference_s)
-            if gates is not None:
+            if ok:
                 self.rows += rows
                 self.truncated += truncated
+            if gates is not None:
                 used = gates.sum(axis=1)  # (rows,)
                 self.layers_run += int(used.sum())
                 for k, n in zip(*_unique(used), strict=True):
@@ -420,7 +421,7 @@ class Batcher:
             failure = exc
         elapsed = time.perf_counter() - start
         if failure is not None:
-            self.metrics.batch(len(rows), len(batch), elapsed)
+            self.metrics.batch(len(rows), len(batch), elapsed, ok=False)
             if retry_alone:
                 for job in batch:
                     self._run([job], retry_alone=False)
@@ -429,7 +430,7 @@ class Batcher:
             for job in batch:
                 _resolve(job, exc=BackendFailure(failure))
             return
-        self.metrics.batch(len(rows), len(batch), elapsed, gates=getattr(preds, "gates", None),
+        self.metrics.batch(len(rows), len(batch), elapsed, ok=True, gates=getattr(preds, "gates", None),
                            truncated=sum(d["truncated"] for d in dicts))
         at = 0
         for job in batch:
