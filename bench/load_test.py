@@ -202,7 +202,8 @@ def run_mode(args, mode: str, max_batch: int, payloads: list[bytes], workdir: Pa
     calls = (metric(a, "hadskip_batch_size_count") or 0) - (metric(b, "hadskip_batch_size_count") or 0)
     rows = (metric(a, "hadskip_batch_size_sum") or 0) - (metric(b, "hadskip_batch_size_sum") or 0)
     res.update(mode=mode, max_batch=max_batch, runtime_calls=int(calls), rows_per_call=rows / calls if calls else 0,
-               skip_rate=metric(a, "hadskip_skip_rate"), server_exit=proc.returncode)
+               skip_rate=metric(a, "hadskip_skip_rate"), server_exit=proc.returncode,
+               stopped_gracefully="Application shutdown complete" in logfile.read_text())
     return res
 
 
@@ -265,6 +266,8 @@ def print_table(report: dict) -> None:
     print(f"throughput ratio batching / no batching: {report['throughput_ratio']:.2f}x; "
           f"zero 5xx: {'yes' if report['zero_5xx'] else 'NO'}")
     for r in report["rows"]:
+        if not r["stopped_gracefully"]:
+            print(f"{r['mode']}: the server did not shut down gracefully on SIGTERM (exit {r['server_exit']})")
         if r["timed_out"]:
             print(f"{r['mode']}: stopped by --time-limit-s after {r['sent']} requests")
 
