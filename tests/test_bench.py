@@ -29,3 +29,18 @@ def test_torch_backend_bench_on_a_run_dir(tmp_path_factory):
     report = run_bench(run, batches=[2], seqs=[8], repeats=1, warmup=0, backend="torch", device="cpu")
     assert report.backend == "torch-cpu" and report.full_source == "chained, all gates open"
     assert all(r.median_ms > 0 for r in report.rows)
+
+
+def test_seq_past_max_seq_len_is_timed_with_a_note_and_past_positions_refused(tmp_path_factory):
+    from hadskip.errors import HadSkipError
+    from hadskip.runtime import Runtime
+
+    _, model = cached_model(tmp_path_factory, "bert", 0)
+    rt = Runtime.load(model)
+    longer = rt.max_seq_len + 8
+    report = run_bench(model, batches=[1], seqs=[longer], repeats=1, warmup=0, ks=[1])
+    assert {r.seq for r in report.rows} == {longer}
+    assert any("timed on synthetic tokens only" in n for n in report.notes)
+    positions = rt.info.manifest.backbone["max_position_embeddings"]
+    with pytest.raises(HadSkipError, match="position table"):
+        run_bench(model, batches=[1], seqs=[positions + 1], repeats=1, warmup=0, ks=[1])
