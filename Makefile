@@ -45,6 +45,7 @@ export: $(MODELS)/h$(BUDGET)/manifest.json
 
 bench: $(RUNS)/compare/compare.json $(MODELS)/h$(BUDGET)/manifest.json
 	hadskip eval $(RUNS)/h$(BUDGET) --split test
+	$(PY) bench/parity.py $(RUNS)/h$(BUDGET) $(MODELS)/h$(BUDGET) --split test
 	cat $(RUNS)/compare/compare.md
 	hadskip bench $(MODELS)/h$(BUDGET) --batch 1,32 --seq 128 --k 3,6 --repeats 30 | tee $(RUNS)/bench.txt
 

@@ -71,8 +71,8 @@ class HadSkipConfig(TrainConfig):
     budget: float = 3.0  # K layers of L on average
     teacher: str | None = None  # a finished `hadskip finetune` run to reuse as stage I
     stage2_epochs: float = 0.5
-    phase_epochs: float = 0.5  # per homotopic phase of stage III before the last
-    final_phase_epochs: float = 1.0  # the last phase (k = K)
+    phase_epochs: float = 1.0  # per homotopic phase of stage III before the last
+    final_phase_epochs: float = 2.0  # the last phase (k = K)
     gate_lr: float = 1e-3
     estimator: str = "reinmax"  # "reinmax" | "ste"
     tau: float = 1.0
