@@ -54,10 +54,14 @@ def predict(model, enc: Encoded, pad_id: int, batch_size: int = 64, gates: str =
     return logits, used, enc.labels
 
 
-def evaluate(model, enc: Encoded, metric: str, pad_id: int, batch_size: int = 64, gates: str = "route") -> EvalResult:
-    logits, used, labels = predict(model, enc, pad_id, batch_size, gates)
+def summarize(logits: np.ndarray, used: np.ndarray, labels: np.ndarray, metric: str) -> EvalResult:
+    """EvalResult from predict()'s outputs."""
     preds = logits.argmax(axis=1)
     avg, usage, hist = layer_stats(used)
-    return EvalResult(metric=metric, value=compute_metric(metric, preds, labels, logits.shape[1]), examples=len(labels),
-                      num_layers=used.shape[1], avg_layers=avg, layer_usage=usage, layers_hist=hist,
-                      predictions=preds)
+    return EvalResult(metric=metric, value=compute_metric(metric, preds, labels, logits.shape[1]),
+                      examples=len(labels), num_layers=used.shape[1], avg_layers=avg, layer_usage=usage,
+                      layers_hist=hist, predictions=preds)
+
+
+def evaluate(model, enc: Encoded, metric: str, pad_id: int, batch_size: int = 64, gates: str = "route") -> EvalResult:
+    return summarize(*predict(model, enc, pad_id, batch_size, gates), metric)

@@ -47,17 +47,15 @@ def evaluate_path(path: str, split: str = "test", task: str | None = None, plots
 def _eval_run(p: Path, split: str, task: str | None, batch_size: int):
     from hadskip.batches import encode_split
     from hadskip.checkpoint import load_run
-    from hadskip.evaluate import evaluate
+    from hadskip.evaluate import predict, summarize
 
     model, tokenizer, info = load_run(p)
     data = _task_of(info.task, task)
     enc = encode_split(data.split(split), tokenizer, info.max_len)
-    gated = info.kind not in ("finetune",) and info.budget is not None
+    gated = info.kind != "finetune" and info.budget is not None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    res = evaluate(model, enc, data.spec.metric, pad, batch_size, gates="route" if gated else "off")
-    from hadskip.evaluate import predict
-
-    _, used, labels = predict(model, enc, pad, batch_size, gates="route" if gated else "off")
+    logits, used, labels = predict(model, enc, pad, batch_size, gates="route" if gated else "off")
+    res = summarize(logits, used, labels, data.spec.metric)
     report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget}
     return report, used, labels
 

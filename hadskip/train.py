@@ -174,7 +174,7 @@ def _run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, de
     with _progress(progress and acc.is_main_process) as bar:
         task = bar.add_task(desc, total=steps, status="")
         while done < steps:
-            _set_epoch(dl, epoch)
+            dl.dataset.epoch = epoch  # reseeds the shuffle
             for batch in dl:
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 parts = step_fn(batch)
@@ -191,10 +191,6 @@ def _run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, de
                     break
             epoch += 1
     return {k: v / max(1, done) for k, v in sums.items()}
-
-
-def _set_epoch(dl, epoch: int) -> None:
-    dl.dataset.epoch = epoch
 
 
 def _load_data(cfg: TrainConfig):
