@@ -124,7 +124,8 @@ def _report(d: dict, as_json: bool) -> None:
 
 
 def compare(
-    task: Task = "rotten-tomatoes",
+    task: Annotated[Optional[str], typer.Option(
+        help="Task (default: the --teacher's task, else rotten-tomatoes); registry name or folder.")] = None,
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets K, e.g. 2,3,4.")] = "2,3,4",
     out: Annotated[str, typer.Option(help="Folder for the runs it trains and compare.md/json.")] = "runs/compare",
     backbone: Backbone = "minilm-l6",

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hadskip.errors import HadSkipError
+
 
 @dataclass
 class Encoded:
@@ -56,6 +58,9 @@ class BatchIterable(torch.utils.data.IterableDataset):
         self.enc, self.batch_size, self.pad_id, self.shuffle, self.seed = enc, batch_size, pad_id, shuffle, seed
         self.rank, self.world = rank, world
         self.epoch = 0
+        if self._num_batches() < world:
+            raise HadSkipError(f"{len(enc)} training examples make {self._num_batches()} batches of {batch_size}, "
+                               f"fewer than the {world} processes; use more data or a smaller batch size")
 
     def batch_indices(self) -> list[np.ndarray]:
         n, bs = len(self.enc), self.batch_size

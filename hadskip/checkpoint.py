@@ -36,9 +36,8 @@ class RunInfo:
 def save_run(path: str | Path, model, tokenizer, info: RunInfo) -> Path:
     """Save into PATH (created if needed), leaving other files there (e.g. stages/) alone.
 
-    Everything is first written to PATH/.saving/ and then moved into place with run.json last, so a kill
-    mid-save leaves either the previous run.json (and a model it no longer describes is never read
-    without it) or the new one."""
+    run.json is removed first and written last, so a dir killed mid-save has no run.json and is not taken
+    for a run (nothing half-written is ever loaded)."""
     from safetensors.torch import save_file
 
     path = Path(path)

@@ -22,11 +22,12 @@ def _have(run_dir: Path) -> bool:
         return False
 
 
-def compare(task: str, budgets: list[float], out: str = "runs/compare", backbone: str = "minilm-l6",
+def compare(task: str | None, budgets: list[float], out: str = "runs/compare", backbone: str = "minilm-l6",
             teacher: str | None = None, hadskip_runs: dict[float, str] | None = None, max_len: int = 64,
             epochs: float = 3.0, exit_epochs: float = 2.0, hadskip_options: dict | None = None,
             progress: bool = True) -> dict:
-    """Build (or reuse) every row and return {"task", "metric", "rows": [...]}; writes compare.md/json."""
+    """Build (or reuse) every row and return {"task", "metric", "rows": [...]}; writes compare.md/json.
+    With a teacher, every row uses the teacher's task (and column options); `task` may only repeat it."""
     from hadskip.baselines import early_exit, nearest_int_budget, train_budgeted_exit
     from hadskip.report import evaluate_path
     from hadskip.train import HadSkipConfig, TrainConfig, finetune, train_hadskip
@@ -34,6 +35,14 @@ def compare(task: str, budgets: list[float], out: str = "runs/compare", backbone
     if not budgets:
         raise HadSkipError("give at least one budget, e.g. --budgets 2,3,4")
     root = Path(out)
+    options: dict = {}
+    if teacher:
+        src = dict(read_info(teacher).task.get("source") or {"task": read_info(teacher).task["name"]})
+        if task is not None and task != src["task"]:
+            raise HadSkipError(f"--task {task} differs from the teacher's task {src['task']} ({teacher})")
+        task = src.pop("task")
+        options = {k: v for k, v in src.items() if v is not None}
+    task = task or "rotten-tomatoes"
     root.mkdir(parents=True, exist_ok=True)
     teacher_dir = Path(teacher) if teacher else root / "full"
     if not _have(teacher_dir):
@@ -61,7 +70,7 @@ def compare(task: str, budgets: list[float], out: str = "runs/compare", backbone
         if not _have(hdir):
             train_hadskip(HadSkipConfig(backbone=backbone, task=task, out=str(hdir), budget=k,
                                         teacher=str(teacher_dir), max_len=max_len, progress=progress,
-                                        **(hadskip_options or {})))
+                                        **options, **(hadskip_options or {})))
         h = evaluate_path(str(hdir), "test", plots_dir=None)
         rows.append({"method": "hadskip", "budget": k, "value": h["value"], "avg_layers": h["avg_layers"]})
     result = {"task": full["task"], "metric": full["metric"], "rows": rows,

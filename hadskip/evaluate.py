@@ -41,16 +41,18 @@ def predict(model, enc: Encoded, pad_id: int, batch_size: int = 64, gates: str =
             forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(logits (N, C), gate decisions (N, L), ...) in the order of `enc`. gates="off" counts every layer."""
     model.eval()
+    device = next(model.parameters()).device
     dl = loader(enc, batch_size, pad_id, shuffle=False)
     n, layers = len(enc), model.num_layers
     logits = np.zeros((n, model.config.num_labels), dtype=np.float32)
     used = np.ones((n, layers), dtype=np.float32)
     for idx, batch in zip(dl.dataset.batch_indices(), dl, strict=True):
-        f = None if forced is None else torch.from_numpy(forced[idx]).float()
-        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates=gates, forced=f)
-        logits[idx] = out.logits.float().numpy()
+        f = None if forced is None else torch.from_numpy(forced[idx]).float().to(device)
+        b = {k: v.to(device) for k, v in batch.items()}
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], gates=gates, forced=f)
+        logits[idx] = out.logits.float().cpu().numpy()
         if out.gates is not None:
-            used[idx] = out.gates.float().numpy()
+            used[idx] = out.gates.float().cpu().numpy()
     return logits, used, enc.labels
 
 

@@ -189,6 +189,9 @@ def _run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, de
                 bar.update(task, advance=1, status=f"loss {float(loss.detach()):.3f}")
                 if done >= steps:
                     break
+            else:
+                if done == 0:
+                    raise HadSkipError("an epoch yielded no training batch")
             epoch += 1
     return {k: v / max(1, done) for k, v in sums.items()}
 
@@ -260,7 +263,9 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
         out_ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="off")
         return {"task": task_loss(out_.logits, batch["labels"])}
 
-    best, examples, done = None, 0, 0
+    # the best epoch is kept in memory and the run dir written once at the end: a run.json on disk always
+    # means a finished run (make, compare and --teacher rely on that)
+    best, best_state, best_epoch, examples, done = None, None, 0, 0, 0
     epochs = math.ceil(cfg.epochs)
     total = _steps(len(dl), cfg.epochs)
     for epoch in range(epochs):
@@ -272,23 +277,23 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
         examples += steps * cfg.batch_size
         dev = _eval(acc, model, prep.dev, prep, cfg, gates="off")
         log(stage=kind, epoch=epoch + 1, **parts, dev=dev.value, metric=dev.metric)
-        if acc.is_main_process and (best is None or dev.value > best):
-            best = dev.value
-            save_run(out, acc.unwrap_model(model), tokenizer, RunInfo(
-                task=prep.task_dict(), max_len=cfg.max_len, kind=kind,
-                metrics={"dev": dev.value, "epoch": epoch + 1},
-                extra={"config": _jsonable(cfg)}))
+        if best is None or dev.value > best:
+            best, best_epoch = dev.value, epoch + 1
+            best_state = {k: v.detach().cpu().clone() for k, v in acc.unwrap_model(model).state_dict().items()}
     acc.wait_for_everyone()
     seconds = time.time() - t0
-    final, tok, info = load_run(out)
+    final = acc.unwrap_model(model).cpu()
+    final.load_state_dict(best_state)
     test = evaluate(final, prep.test, prep.spec.metric, prep.pad_id, cfg.eval_batch_size, gates="off")
-    info.metrics.update(test=test.value, seconds=round(seconds, 1),
-                        train_examples_per_s=round(examples / seconds, 2))
+    metrics = {"dev": best, "epoch": best_epoch, "test": test.value, "seconds": round(seconds, 1),
+               "train_examples_per_s": round(examples * acc.num_processes / seconds, 2)}
     if acc.is_main_process:
-        from hadskip.checkpoint import write_info
-        write_info(out, info)
+        save_run(out, final, tokenizer, RunInfo(task=prep.task_dict(), max_len=cfg.max_len, kind=kind,
+                                                metrics=metrics, extra={"config": _jsonable(cfg)}))
+    acc.wait_for_everyone()
+    acc.free_memory()
     log(stage=kind, done=True, test=test.value, seconds=round(seconds, 1))
-    return info.metrics
+    return metrics
 
 
 def _jsonable(cfg) -> dict:
@@ -302,22 +307,35 @@ def _jsonable(cfg) -> dict:
 # --------------------------------------------------------------------------------------------- stages II-III
 
 
-class _Progress:
-    """OUT/progress.json: the stages and phases done, each with its run dir."""
+# settings that do not change what a finished phase contains (so --resume may change them)
+_RESUMABLE = ("out", "resume", "progress", "eval_batch_size")
 
-    def __init__(self, out: Path, resume: bool):
-        self.file = out / "progress.json"
+
+class _Progress:
+    """OUT/progress.json: the settings and the stages/phases done, each with its run dir. Only the main
+    process writes it. --resume refuses a progress file written with other settings."""
+
+    def __init__(self, out: Path, cfg, resume: bool, is_main: bool):
+        self.file, self.is_main = out / "progress.json", is_main
+        self.settings = {k: v for k, v in _jsonable(cfg).items() if k not in _RESUMABLE}
         self.done: dict[str, str] = {}
         if resume and self.file.is_file():
-            self.done = json.loads(self.file.read_text())
-        elif self.file.exists():
-            self.file.unlink()
+            saved = json.loads(self.file.read_text())
+            if saved.get("settings") != self.settings:
+                changed = sorted(k for k in set(self.settings) | set(saved.get("settings", {}))
+                                 if self.settings.get(k) != saved.get("settings", {}).get(k))
+                raise HadSkipError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); "
+                                   "use the same options, or a new --out without --resume")
+            self.done = saved["done"]
+        elif is_main:
+            self.file.unlink(missing_ok=True)
 
     def mark(self, name: str, run_dir: Path) -> None:
         self.done[name] = str(run_dir)
-        tmp = self.file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.done, indent=2))
-        tmp.replace(self.file)
+        if self.is_main:
+            tmp = self.file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"settings": self.settings, "done": self.done}, indent=2))
+            tmp.replace(self.file)
 
 
 def train_hadskip(cfg: HadSkipConfig) -> dict:
@@ -325,7 +343,9 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = out / "stages"
-    progress = _Progress(out, cfg.resume)
+    acc = _accelerator(cfg.seed)
+    progress = _Progress(out, cfg, cfg.resume, acc.is_main_process)
+    acc.wait_for_everyone()
     log = Log(out, cfg.progress)
     t0 = time.time()
     timings: dict[str, float] = {}
@@ -357,7 +377,6 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     L = teacher.num_layers
     schedule = homotopy_schedule(L, cfg.budget, cfg.homotopy)
     weights = cfg.loss_weights()
-    acc = _accelerator(cfg.seed)
 
     def student_from(run_dir: Path):
         m, _, _ = load_run(run_dir)
@@ -411,6 +430,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
             log(stage="stage2", **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
             last = save_stage("stage2", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers})
             timings["stage2"] = time.time() - t
+            student = student_p = opt = None  # noqa: F841  (drop the last references before freeing)
+            acc.free_memory()  # accelerate keeps every prepared model/optimizer otherwise
 
     # stage III: joint training with KD under the homotopic budget
     teacher = teacher.eval()
@@ -454,6 +475,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
         log(stage="stage3", k=k, **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
         last = save_stage(name, student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers, "k": k})
         timings[name] = time.time() - t
+        student = student_p = opt = step3 = None  # noqa: F841  (drop the last references before freeing)
+        acc.free_memory()
 
     final, _, _ = load_run(last)
     dev = evaluate(final, prep.dev, prep.spec.metric, prep.pad_id, cfg.eval_batch_size)

@@ -61,31 +61,44 @@ def test_three_stages_and_resume(env):
     metrics = train_hadskip(_hadskip_cfg(env, out))
     info = read_info(out)
     assert info.kind == "hadskip" and info.budget == 1.5
-    progress = json.loads((out / "progress.json").read_text())
+    saved = json.loads((out / "progress.json").read_text())
+    progress = saved["done"]
     assert list(progress) == ["stage2", "stage3-k3", "stage3-k2", "stage3-k1.5"]
     stages = [json.loads(line)["stage"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert stages == ["stage2", "stage3", "stage3", "stage3", "done"]
     assert 0 <= metrics["test_avg_layers"] <= 3
     # a kill during the last phase: that phase is lost, the others are kept
     last = progress.pop("stage3-k1.5")
-    (out / "progress.json").write_text(json.dumps(progress))
+    (out / "progress.json").write_text(json.dumps(saved))
     shutil.rmtree(last)
     train_hadskip(_hadskip_cfg(env, out, resume=True))
     stages = [json.loads(line).get("k") for line in (out / "log.jsonl").read_text().splitlines()]
     assert stages[-2:] == [1.5, None]  # only k=1.5 ran again, then done
     assert len([s for s in stages if s == 3.0]) == 1
+    # resuming with settings that change what the finished phases contain is refused
+    with pytest.raises(HadSkipError, match=r"other settings \(budget\)"):
+        train_hadskip(_hadskip_cfg(env, out, resume=True, budget=2.0))
 
 
 def test_ablation_flags(env):
     out = env["root"] / "ablation"
     train_hadskip(_hadskip_cfg(env, out, gate_init=False, homotopy=False, kd="none", estimator="ste"))
-    assert list(json.loads((out / "progress.json").read_text())) == ["stage3-k1.5"]
+    assert list(json.loads((out / "progress.json").read_text())["done"]) == ["stage3-k1.5"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert not any(k.startswith("kd_") for k in log[0])
     out2 = env["root"] / "pred-kd"
     train_hadskip(_hadskip_cfg(env, out2, gate_init=False, homotopy=False, kd="logits"))
     first = json.loads((out2 / "log.jsonl").read_text().splitlines()[0])
     assert "kd_logits" in first and "kd_hidden" not in first
+
+
+def test_fewer_batches_than_processes_is_an_error_not_a_hang():
+    from hadskip.batches import Encoded, loader
+
+    enc = Encoded([[1, 2, 3]] * 16, [[0, 0, 0]] * 16, np.zeros(16, dtype=np.int64))
+    with pytest.raises(HadSkipError, match="fewer than the 2 processes"):
+        loader(enc, 32, 0, shuffle=True, rank=1, world=2)
+    assert len(loader(enc, 8, 0, shuffle=True, rank=1, world=2)) == 1
 
 
 def test_bad_teacher_is_refused(env):
@@ -164,3 +177,19 @@ def test_cli_finetune_on_a_bad_folder_task(env, tmp_path, capsys):
         (bad / f"{split}.csv").write_text("sentence,label\nfine movie,1\nbad movie,0\n")
     assert main(["finetune", "--task", str(bad), "--backbone", str(env["backbone"]), "--out", str(tmp_path / "o")]) == 2
     assert "text" in capsys.readouterr().err
+
+
+def test_compare_table_uses_the_teachers_task(env, tmp_path):
+    from hadskip.compare import compare
+
+    with pytest.raises(HadSkipError, match="differs from the teacher's task"):
+        compare("glue/sst2", [2.0], out=str(tmp_path / "x"), teacher=str(env["teacher"]), progress=False)
+    h = env["root"] / "h"
+    runs = {1.5: str(h)} if (h / "run.json").exists() else None
+    result = compare(None, [1.5], out=str(tmp_path / "cmp"), teacher=str(env["teacher"]), hadskip_runs=runs,
+                     backbone=str(env["backbone"]), max_len=32, progress=False)
+    assert [r["method"] for r in result["rows"]] == ["full", "budgeted-exit", "early-exit", "hadskip"]
+    assert result["task"] == str(env["task"]) and result["rows"][1]["avg_layers"] == 2.0
+    assert all(0 <= r["value"] <= 1 for r in result["rows"])
+    assert "| hadskip | 1.5 |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["metric"] == "accuracy"
