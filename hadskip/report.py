@@ -65,12 +65,12 @@ def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int):
     from hadskip.evaluate import layer_stats
     from hadskip.runtime import Runtime
 
-    rt = Runtime.load(p)
-    manifest = rt.info.manifest
-    data = _task_of(manifest.task, task)
-    s = data.split(split)
-    inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
-    out = rt.predict(inputs, batch_size=batch_size)
+    with Runtime.load(p) as rt:
+        manifest = rt.info.manifest
+        data = _task_of(manifest.task, task)
+        s = data.split(split)
+        inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
+        out = rt.predict(inputs, batch_size=batch_size)
     preds = out.label_ids
     used = np.asarray(out.gates, dtype=np.float32)  # (N, L)
     avg, usage, hist = layer_stats(used)

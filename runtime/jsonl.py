@@ -72,12 +72,10 @@ def predict_file(model: str | Path, input: str, output: str = "-", backend: str 
                  **load_options) -> dict:
     """Classify every input of `input` ("-": stdin) into JSONL at `output` ("-": stdout); returns a summary
     {"inputs", "avg_layers", "truncated", "backend", "output"}."""
+    if input != "-" and not Path(input).is_file():
+        raise HadSkipError(f"input file {input} does not exist")  # before the (slow) model load
     rt = Runtime.load(model, backend=backend, **load_options)
-    src = sys.stdin if input == "-" else None
-    if src is None:
-        if not Path(input).is_file():
-            raise HadSkipError(f"input file {input} does not exist")
-        src = open(input, encoding="utf-8")  # noqa: SIM115 - closed below
+    src = sys.stdin if input == "-" else open(input, encoding="utf-8")  # noqa: SIM115 - closed below
     dst = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
     count, layers, truncated = 0, 0, 0
     try:
