@@ -124,7 +124,8 @@ class Runtime:
              optimization: str = "all", verify: bool = True) -> Runtime:
         """Load a model dir on `backend`.
 
-        threads: intra-op threads per ORT session (None: onnxruntime's default). device_id: the GPU for
+        threads: intra-op threads per ORT session (None: onnxruntime's default); for the torch backend,
+        torch's (process-wide) intra-op thread count; trt has no host threads to set. device_id: the GPU for
         ort-cuda/trt. device: torch device for the torch backend ("cpu", "cuda:0"; None: CUDA if present).
         max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt only.
         optimization: ORT graph optimisation level (disable|basic|extended|all). verify: check sha256s.
@@ -134,7 +135,7 @@ class Runtime:
         if backend not in BACKENDS:
             raise HadSkipError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "torch":
-            return cls._load_torch(path, device)
+            return cls._load_torch(path, device, threads)
         manifest = load_manifest(path, verify=verify)
         info = _info_from_manifest(path, manifest)
         if backend == "ort-cpu":
@@ -153,8 +154,13 @@ class Runtime:
         return cls(be, info)
 
     @classmethod
-    def _load_torch(cls, path: Path, device: str | None) -> Runtime:
+    def _load_torch(cls, path: Path, device: str | None, threads: int | None = None) -> Runtime:
         from hadskip.runtime.backends.torch_backend import TorchBackend, load_units
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
 
         model, run_info = load_units(path)
         if run_info is not None:  # a run dir
