@@ -20,13 +20,12 @@ import numpy as np
 def parity(run_dir: str, model_dir: str, split: str = "test", batch_size: int = 32, backend: str = "ort-cpu") -> dict:
     import torch
 
-    from hadskip.checkpoint import load_run
-    from hadskip.report import _task_of
+    from hadskip.checkpoint import load_run, load_run_task
     from hadskip.runtime import Runtime
 
     model, _, info = load_run(run_dir)
     rt = Runtime.load(model_dir, backend=backend)
-    data = _task_of(info.task, None).split(split)
+    data = load_run_task(info.task).split(split)
     inputs = list(zip(data.texts, data.pairs, strict=True)) if data.pairs is not None else list(data.texts)
     enc = rt.encode(inputs)
     order = np.argsort(enc.lengths, kind="stable")

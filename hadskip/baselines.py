@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from hadskip.batches import encode_split, loader
-from hadskip.checkpoint import load_run
-from hadskip.data import load_task
+from hadskip.checkpoint import load_run, load_run_task, task_source
 from hadskip.data.metrics import compute_metric
 from hadskip.errors import HadSkipError
 
@@ -39,20 +38,15 @@ def truncate(model, k: int):
     return m
 
 
-def _source(info) -> dict:
-    return dict(info.task.get("source") or {"task": info.task["name"]})
-
-
 def train_budgeted_exit(teacher_dir: str, k: int, out: str, epochs: float = 2.0, progress: bool = True,
                         **train_options) -> dict:
     """Fine-tune the teacher's first k layers; the run dir `out` is a plain k-layer model."""
     from hadskip.train import TrainConfig, finetune
 
     teacher, tokenizer, info = load_run(teacher_dir)
-    src = _source(info)
-    cfg = TrainConfig(backbone=teacher.config.backbone, task=src.pop("task"), out=out, max_len=info.max_len,
-                      epochs=epochs, progress=progress, **{k_: v for k_, v in src.items() if v is not None},
-                      **train_options)
+    task, options = task_source(info.task)
+    cfg = TrainConfig(backbone=teacher.config.backbone, task=task, out=out, max_len=info.max_len,
+                      epochs=epochs, progress=progress, **options, **train_options)
     return finetune(cfg, init=(truncate(teacher, k).train(), tokenizer), kind="budgeted-exit")
 
 
@@ -107,8 +101,7 @@ def early_exit(teacher_dir: str, budgets: list[float], out: str | None = None, e
                batch_size: int = 64, seed: int = 0) -> dict[float, EarlyExitResult]:
     """Train exit classifiers on the frozen teacher, pick a threshold per budget on dev, score on test."""
     teacher, tokenizer, info = load_run(teacher_dir)
-    src = _source(info)
-    data = load_task(src.pop("task"), **{k: v for k, v in src.items() if v is not None})
+    data = load_run_task(info.task)
     pad = tokenizer.pad_token_id or 0
     feats = {s: _layer_features(teacher, encode_split(data.split(s), tokenizer, info.max_len), pad)
              for s in ("train", "dev", "test")}

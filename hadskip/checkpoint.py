@@ -60,6 +60,22 @@ def save_run(path: str | Path, model, tokenizer, info: RunInfo) -> Path:
     return path
 
 
+def task_source(task: dict) -> tuple[str, dict]:
+    """(task name or folder, load_task options) that load a run's task again. Runs record how they loaded it
+    under task["source"]; older ones only have the registry name."""
+    src = dict(task.get("source") or {"task": task.get("name")})
+    name = src.pop("task")
+    return name, {k: v for k, v in src.items() if v is not None}
+
+
+def load_run_task(task: dict, override: str | None = None):
+    """The TaskData of a run's (or manifest's) task dict; `override` loads that task instead."""
+    from hadskip.data import load_task
+
+    name, options = (override, {}) if override else task_source(task)
+    return load_task(name, **options)
+
+
 def read_info(path: str | Path) -> RunInfo:
     path = Path(path)
     f = path / "run.json"

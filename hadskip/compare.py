@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hadskip.checkpoint import read_info
+from hadskip.checkpoint import read_info, task_source
 from hadskip.errors import HadSkipError
 
 
@@ -37,11 +37,10 @@ def compare(task: str | None, budgets: list[float], out: str = "runs/compare", b
     root = Path(out)
     options: dict = {}
     if teacher:
-        src = dict(read_info(teacher).task.get("source") or {"task": read_info(teacher).task["name"]})
-        if task is not None and task != src["task"]:
-            raise HadSkipError(f"--task {task} differs from the teacher's task {src['task']} ({teacher})")
-        task = src.pop("task")
-        options = {k: v for k, v in src.items() if v is not None}
+        teacher_task, options = task_source(read_info(teacher).task)
+        if task is not None and task != teacher_task:
+            raise HadSkipError(f"--task {task} differs from the teacher's task {teacher_task} ({teacher})")
+        task = teacher_task
     task = task or "rotten-tomatoes"
     root.mkdir(parents=True, exist_ok=True)
     teacher_dir = Path(teacher) if teacher else root / "full"

@@ -15,16 +15,6 @@ import numpy as np
 from hadskip.errors import HadSkipError
 
 
-def _task_of(task_dict: dict, override: str | None):
-    from hadskip.data import load_task
-
-    src = dict(task_dict.get("source") or {"task": task_dict.get("name")})
-    if override:
-        src = {"task": override}
-    name = src.pop("task")
-    return load_task(name, **{k: v for k, v in src.items() if v is not None})
-
-
 def evaluate_path(path: str, split: str = "test", task: str | None = None, plots_dir: str | None = "",
                   batch_size: int = 64) -> dict:
     """Evaluate PATH (a run dir with run.json, or a model dir with manifest.json) on a split.
@@ -46,11 +36,11 @@ def evaluate_path(path: str, split: str = "test", task: str | None = None, plots
 
 def _eval_run(p: Path, split: str, task: str | None, batch_size: int):
     from hadskip.batches import encode_split
-    from hadskip.checkpoint import load_run
+    from hadskip.checkpoint import load_run, load_run_task
     from hadskip.evaluate import predict, summarize
 
     model, tokenizer, info = load_run(p)
-    data = _task_of(info.task, task)
+    data = load_run_task(info.task, task)
     enc = encode_split(data.split(split), tokenizer, info.max_len)
     gated = info.kind != "finetune" and info.budget is not None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -61,13 +51,14 @@ def _eval_run(p: Path, split: str, task: str | None, batch_size: int):
 
 
 def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int):
+    from hadskip.checkpoint import load_run_task
     from hadskip.data.metrics import compute_metric
     from hadskip.evaluate import layer_stats
     from hadskip.runtime import Runtime
 
     with Runtime.load(p) as rt:
         manifest = rt.info.manifest
-        data = _task_of(manifest.task, task)
+        data = load_run_task(manifest.task, task)
         s = data.split(split)
         inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
         out = rt.predict(inputs, batch_size=batch_size)
