@@ -52,8 +52,7 @@ def _eval_run(p: Path, split: str, task: str | None, batch_size: int):
 
 def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int):
     from hadskip.checkpoint import load_run_task
-    from hadskip.data.metrics import compute_metric
-    from hadskip.evaluate import layer_stats
+    from hadskip.evaluate import summarize
     from hadskip.runtime import Runtime
 
     with Runtime.load(p) as rt:
@@ -62,14 +61,12 @@ def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int):
         s = data.split(split)
         inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
         out = rt.predict(inputs, batch_size=batch_size)
-    preds = out.label_ids
     used = np.asarray(out.gates, dtype=np.float32)  # (N, L)
-    avg, usage, hist = layer_stats(used)
-    report = {"task": data.spec.name, "split": split, "metric": data.spec.metric,
-              "value": compute_metric(data.spec.metric, preds, s.labels, data.spec.num_labels),
-              "examples": len(s.labels), "num_layers": used.shape[1], "avg_layers": avg, "layer_usage": usage,
-              "layers_hist": hist, "kind": "model-dir", "budget": manifest.budget}
-    return report, used, np.asarray(s.labels)
+    labels = np.asarray(s.labels)
+    res = summarize(out.probabilities, used, labels, data.spec.metric)  # argmax of probabilities = of logits
+    report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": "model-dir",
+              "budget": manifest.budget}
+    return report, used, labels
 
 
 def plot_layer_usage(gates: np.ndarray, labels: np.ndarray, out: Path, title: str = "") -> list[str]:

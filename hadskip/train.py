@@ -289,19 +289,11 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
                "train_examples_per_s": round(examples * acc.num_processes / seconds, 2)}
     if acc.is_main_process:
         save_run(out, final, tokenizer, RunInfo(task=prep.task_dict(), max_len=cfg.max_len, kind=kind,
-                                                metrics=metrics, extra={"config": _jsonable(cfg)}))
+                                                metrics=metrics, extra={"config": asdict(cfg)}))
     acc.wait_for_everyone()
     acc.free_memory()
     log(stage=kind, done=True, test=test.value, seconds=round(seconds, 1))
     return metrics
-
-
-def _jsonable(cfg) -> dict:
-    d = {}
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        d[f.name] = asdict(v) if hasattr(v, "__dataclass_fields__") else v
-    return d
 
 
 # --------------------------------------------------------------------------------------------- stages II-III
@@ -317,7 +309,7 @@ class _Progress:
 
     def __init__(self, out: Path, cfg, resume: bool, is_main: bool):
         self.file, self.is_main = out / "progress.json", is_main
-        self.settings = {k: v for k, v in _jsonable(cfg).items() if k not in _RESUMABLE}
+        self.settings = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
         self.done: dict[str, str] = {}
         if resume and self.file.is_file():
             saved = json.loads(self.file.read_text())
@@ -387,8 +379,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     def fresh_student():
         from hadskip.model import Gate
 
-        m, _, _ = load_run(teacher_dir)
-        m.config.estimator, m.config.tau, m.config.gate_hidden = cfg.estimator, cfg.tau, cfg.gate_hidden
+        m = student_from(teacher_dir)
+        m.config.gate_hidden = cfg.gate_hidden
         torch.manual_seed(cfg.seed)
         m.gates = torch.nn.ModuleList(Gate(m.config.hidden_size, cfg.gate_hidden, m.config.gate_open_bias)
                                       for _ in range(L))
@@ -478,17 +470,17 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
         student = student_p = opt = step3 = None  # noqa: F841  (drop the last references before freeing)
         acc.free_memory()
 
-    final, _, _ = load_run(last)
-    dev = evaluate(final, prep.dev, prep.spec.metric, prep.pad_id, cfg.eval_batch_size)
+    final, _, last_info = load_run(last)
+    dev = last_info.metrics  # the last phase was evaluated on dev when it was saved
     test = evaluate(final, prep.test, prep.spec.metric, prep.pad_id, cfg.eval_batch_size)
     total = time.time() - t0 + (timings["stage1"] if cfg.teacher else 0.0)
-    metrics = {"dev": dev.value, "dev_avg_layers": dev.avg_layers, "test": test.value,
+    metrics = {"dev": dev["dev"], "dev_avg_layers": dev["dev_avg_layers"], "test": test.value,
                "test_avg_layers": test.avg_layers, "teacher_test": tinfo.metrics.get("test"),
                "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_seconds": round(total, 1)}
     if acc.is_main_process:
         save_run(out, final, tokenizer, RunInfo(task=prep.task_dict(), max_len=cfg.max_len, kind="hadskip",
                                                  budget=cfg.budget, metrics=metrics,
-                                                 extra={"config": _jsonable(cfg), "teacher": str(teacher_dir),
+                                                 extra={"config": asdict(cfg), "teacher": str(teacher_dir),
                                                         "schedule": schedule}))
     log(stage="done", test=test.value, test_avg_layers=test.avg_layers, total_seconds=round(total, 1))
     return metrics
