@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_AREAS = ("data", "train", "export", "run", "serve")
+_AREAS = ("data", "train", "export", "run", "serve", "triton")
 
 
 def _register() -> None:

