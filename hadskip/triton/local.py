@@ -42,13 +42,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hadskip.assets import WheelAsset, cache_dir, extract_folder
+from hadskip.assets import WheelAsset, cache_dir, extract_folder, wheel_path
 from hadskip.errors import HadSkipError
 
 PYTRITON_VERSION = "0.7.0"  # tritonserver 2.51 (NGC 24.10)
 SERVER = WheelAsset("nvidia-pytriton", PYTRITON_VERSION, "pytriton/tritonserver/")
 LIBS = WheelAsset("nvidia-pytriton", PYTRITON_VERSION, "nvidia_pytriton.libs/")
-STUB_NUMPY = "numpy==1.26.4"  # the last numpy 1.x; the stub's bindings need numpy < 2
+STUB_NUMPY = WheelAsset("numpy", "1.26.4", "")  # the last numpy 1.x; the stub's bindings need numpy < 2
 SHM = Path("/dev/shm")
 
 
@@ -112,13 +112,15 @@ def stub_env() -> Path:
         subprocess.run([sys.executable, "-m", "venv", "--clear", "--without-pip", str(env)], check=True,
                        capture_output=True)
         purelib = Path(sysconfig.get_path("purelib", vars={"base": str(env), "platbase": str(env)}))
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--target", str(purelib), STUB_NUMPY]
+        wheel = wheel_path(STUB_NUMPY)  # cached like every offline asset: a carried cache works offline
+        if f"-cp{sys.version_info[0]}{sys.version_info[1]}-" not in wheel.name:
+            raise HadSkipError(f"{wheel} does not fit Python {_python_tag()}; remove it from the cache")
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target",
+               str(purelib), str(wheel)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise HadSkipError(f"could not fetch {STUB_NUMPY} for Triton's Python stub ({last}); check network "
-                               "access to the package index")
+            raise HadSkipError(f"could not install {wheel.name} for Triton's Python stub ({last})")
         (purelib / "hadskip_site_dirs.pth").write_text(
             f"import site; list(map(site.addsitedir, {sites!r}))\n")  # exec scope: no comprehension
         (env / ".complete").touch()
