@@ -29,6 +29,7 @@ import hadskip.runtime
 from hadskip.runtime import Runtime
 from hadskip.runtime import bench, jsonl  # noqa: F401  (the rest of the package imports cleanly too)
 from hadskip.runtime.backends import device, memory, ort  # noqa: F401
+import hadskip.triton  # noqa: F401  (the Triton repo writer and launcher too)
 from hadskip.errors import MissingExtraError
 
 model = sys.argv[1]

@@ -118,10 +118,10 @@ def test_cli(model_dir, tmp_path, capsys):
 
 
 # -- a real tritonserver --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+def _need_triton() -> None:
+    """Skip, saying why, where the server wheel (or the numpy<2 wheel its stub needs) cannot be fetched."""
     pytest.importorskip("tritonclient.grpc", reason="tritonclient is not installed: pip install 'hadskip[triton]'")
-    from hadskip.triton.local import LocalTriton, install, stub_env
+    from hadskip.triton.local import install, stub_env
 
     try:
         install()
@@ -130,6 +130,13 @@ def server(model_dir, tmp_path_factory):
         if "could not fetch" in str(exc):
             pytest.skip(f"Triton server wheel unavailable: {exc}")
         raise
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    from hadskip.triton.local import LocalTriton
+
+    _need_triton()
     repo = tmp_path_factory.mktemp("triton") / "repo"
     write_repo(model_dir, repo, TritonRepoConfig(max_batch=MAX_BATCH, max_text_bytes=MAX_TEXT_BYTES))
     write_repo(model_dir, repo, TritonRepoConfig(name="batched", max_batch=MAX_BATCH, preferred_batch=(7,),
@@ -323,3 +330,22 @@ def test_start_failure_is_reported(tmp_path):
 
     with pytest.raises(HadSkipError, match="does not exist"):
         LocalTriton(tmp_path / "missing").start()
+
+
+def test_a_killed_server_is_cleaned_up(model_dir, tmp_path):
+    """SIGKILL (a crash) leaves the stub processes and /dev/shm regions behind; `stop` ends and removes them."""
+    import os
+    import signal
+
+    from hadskip.triton.local import LocalTriton, _alive
+
+    _need_triton()
+    write_repo(model_dir, tmp_path / "repo", TritonRepoConfig())
+    srv = LocalTriton(tmp_path / "repo").start()
+    pid, stubs, regions = srv.pid, set(srv.stubs), srv.shm_regions()
+    assert stubs and regions
+    os.kill(pid, signal.SIGKILL)
+    srv.proc.wait()
+    assert all(r.exists() for r in regions) and any(_alive(p) for p in stubs)  # what a crash leaves
+    srv.stop()
+    assert not [p for p in stubs if _alive(p)] and not any(r.exists() for r in regions)

@@ -176,6 +176,7 @@ class LocalTriton:
     proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     ports: dict = field(default_factory=dict, init=False)
     shm_prefix: str = field(default="", init=False)
+    stubs: set = field(default_factory=set, init=False)  # stub PIDs seen when ready (a crashed server's linger)
     _own_log: bool = field(default=False, init=False, repr=False)
 
     @property
@@ -238,6 +239,7 @@ class LocalTriton:
                                              stdin=subprocess.DEVNULL, cwd=cwd)
             try:
                 self._wait_ready()
+                self.stubs = _children(self.proc.pid)
                 return self
             except HadSkipError:
                 busy = "address already in use" in self.log_tail().lower()
@@ -278,7 +280,8 @@ class LocalTriton:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        stubs = _children(proc.pid)
+        stubs = self.stubs | _children(proc.pid)
+        self.stubs = set()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -286,13 +289,16 @@ class LocalTriton:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while any(_alive(p) for p in stubs) and time.monotonic() < deadline:
-            time.sleep(0.1)  # a stub notices its parent is gone and exits by itself
-        for p in stubs:
+            time.sleep(0.1)  # after a graceful stop the stubs are gone already
+        for p in stubs:  # after a crash of the server they linger: they are its children, so ours to end
             if _alive(p):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in stubs) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for region in self.shm_regions():
             region.unlink(missing_ok=True)
         if self._own_log and not keep_log:
