@@ -55,8 +55,3 @@ def _print(info: dict) -> None:
     for ex in info["examples"]:
         examples.add_row(*(Text(ex[k]) for k in ("label", "text", "pair") if k in ex))  # data is not markup
     console.print(examples)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `data` command group to the root app."""
-    app.add_typer(data_app, name="data")

@@ -52,8 +52,3 @@ def export(
     typer.echo(f"exported {run} -> {report.out_dir} ({report.engine}, {report.precision}, "
                f"{len(report.units)} units, {report.total_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s; "
                f"{worst}{fused_text}")
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `export` command to the root app."""
-    app.command("export")(export)

@@ -9,19 +9,28 @@ import typer
 
 Model = Annotated[str, typer.Argument(help="Model dir written by `hadskip export` (a run dir for --backend torch).")]
 Backend = Annotated[str, typer.Option(help="ort-cpu, ort-cuda (extra gpu), trt (extra trt) or torch (extra train).")]
-Threads = Annotated[Optional[int], typer.Option(help="Intra-op threads per onnxruntime session (default: ORT's).")]
-DeviceId = Annotated[int, typer.Option(help="GPU index for ort-cuda / trt.")]
+Threads = Annotated[Optional[int], typer.Option(min=1, max=1024,
+                                                help="Intra-op threads per onnxruntime session (default: ORT's).")]
+DeviceId = Annotated[int, typer.Option(min=0, max=1024, help="GPU index for ort-cuda / trt.")]
 Device = Annotated[Optional[str], typer.Option(help="torch backend device: cpu, cuda, cuda:1 (default: CUDA if any).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")]
 
 
-def _ints(value: str, name: str) -> list[int]:
+MAX_BENCH_BATCH = 4096  # rows per benchmarked call; beyond this the synthetic inputs alone take gigabytes
+
+
+def _ints(value: str, name: str, low: int = 1, high: int | None = None) -> list[int]:
+    """Comma-separated integers, each between `low` and `high`."""
     try:
         out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"{name} must be comma-separated integers, got {value!r}") from exc
     if not out:
         raise typer.BadParameter(f"{name} is empty")
+    for v in out:
+        if v < low or (high is not None and v > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise typer.BadParameter(f"{name} values must be {bounds}, got {v}")
     return out
 
 
@@ -37,10 +46,14 @@ def _load_options(backend: str, threads: Optional[int], device_id: int, device: 
 def predict(
     model: Model,
     input: Annotated[str, typer.Option("--input", "-i", help="JSONL ({'text', 'text_pair'?, 'id'?}), .txt lines, "
-                                                              "or - for stdin.")],
+                                       "or - for stdin. 'index' in the output is the input's line number from 0; "
+                                       "a blank .txt line (or a JSONL record with blank text) gives "
+                                       "{'index', 'error': 'empty text'} instead of a prediction, and blank "
+                                       "JSONL lines give nothing.")],
     output: Annotated[str, typer.Option("--output", "-o", help="JSONL file to write, or - for stdout.")] = "-",
     backend: Backend = "ort-cpu",
-    batch_size: Annotated[int, typer.Option(help="Inputs per batch (sorted by length first).")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, max=1 << 20, help="Inputs per batch (sorted by length first).")
+                          ] = 32,
     fmt: Annotated[str, typer.Option("--format", help="auto (by suffix / first line), jsonl or txt.")] = "auto",
     threads: Threads = None,
     device_id: DeviceId = 0,
@@ -53,16 +66,18 @@ def predict(
     summary = predict_file(model, input, output, backend=backend, batch_size=batch_size, fmt=fmt,
                            **_load_options(backend, threads, device_id, device))
     if not quiet:
+        empty = f", {summary['empty']} empty (error entries)" if summary["empty"] else ""
         typer.echo(f"{summary['inputs']} inputs on {summary['backend']}: {summary['avg_layers']:.2f} layers on "
-                   f"average, {summary['truncated']} truncated", err=True)
+                   f"average, {summary['truncated']} truncated{empty}", err=True)
 
 
 def bench(
     model: Model,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
     seq: Annotated[str, typer.Option(help="Sequence lengths (exact, synthetic tokens), comma-separated.")] = "64,128",
-    repeats: Annotated[int, typer.Option(help="Timed rounds; every engine runs once per round, interleaved.")] = 20,
-    warmup: Annotated[int, typer.Option(help="Untimed calls per engine before the rounds.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, max=100_000,
+                                         help="Timed rounds; every engine runs once per round, interleaved.")] = 20,
+    warmup: Annotated[int, typer.Option(min=0, max=1000, help="Untimed calls per engine before the rounds.")] = 2,
     k: Annotated[Optional[str], typer.Option(help="Forced K values, comma-separated (default 0..L).")] = None,
     backend: Backend = "ort-cpu",
     threads: Threads = None,
@@ -76,8 +91,9 @@ def bench(
     from hadskip.runtime.bench import run_bench
 
     progress = None if quiet else (lambda msg: typer.echo(msg, err=True))
-    report = run_bench(model, batches=_ints(batch, "--batch"), seqs=_ints(seq, "--seq"), repeats=repeats,
-                       warmup=warmup, backend=backend, ks=_ints(k, "--k") if k else None, progress=progress,
+    report = run_bench(model, batches=_ints(batch, "--batch", high=MAX_BENCH_BATCH),
+                       seqs=_ints(seq, "--seq"), repeats=repeats,
+                       warmup=warmup, backend=backend, ks=_ints(k, "--k", low=0) if k else None, progress=progress,
                        **_load_options(backend, threads, device_id, device))
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
@@ -107,8 +123,3 @@ def print_bench(report) -> None:
     for p in report.parts:
         console.print(f"parts at batch {p['batch']} seq {p['seq']}: embeddings {p['emb_ms']:.3f} ms, "
                       f"layer {p['layer_ms']:.3f} ms, gate {p['gate_ms']:.3f} ms, head {p['head_ms']:.3f} ms")
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(predict)
-    app.command()(bench)

@@ -38,8 +38,3 @@ def serve_local(
                          max_queue=max_queue, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
                          threads=threads, access_log=access_log)
     serve(model, config)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `serve-local` command to the root app."""
-    app.command("serve-local")(serve_local)

@@ -152,10 +152,3 @@ def compare(
         typer.echo(json.dumps(result))
     else:
         typer.echo(to_markdown(result))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune)
-    app.command("train")(train)
-    app.command("eval")(evaluate)
-    app.command("compare")(compare)

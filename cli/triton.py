@@ -73,7 +73,3 @@ def triton_repo(
     typer.echo(f"wrote {target} ({config.backend}, {config.instances} x {config.kind}, max batch "
                f"{config.max_batch}); serve it with: tritonserver --model-repository={Path(out).resolve()}")
 
-
-def register(app: typer.Typer) -> None:
-    """Add the `triton-repo` command to the root app."""
-    app.command("triton-repo")(triton_repo)

@@ -29,10 +29,10 @@ def resolve(name: str) -> str:
     return name  # a hub name
 
 
-def load_hf(name: str):
-    """(hf_model, tokenizer) for a BERT-family backbone, with eager attention (attentions for distillation,
-    plain ops for ONNX export). Raises HadSkipError for unknown names or other architectures."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+def load_config(name: str):
+    """The transformers config of backbone `name`; HadSkipError for unknown names or other architectures.
+    Cheap (no weights), so training checks it before creating its run dir."""
+    from transformers import AutoConfig
 
     from hadskip.model import SUPPORTED_MODEL_TYPES
 
@@ -49,6 +49,39 @@ def load_hf(name: str):
             f"backbone {name!r} is a {config.model_type!r} model; hadskip supports BERT-family encoders "
             f"({', '.join(SUPPORTED_MODEL_TYPES)})"
         )
+    return config
+
+
+# RoBERTa-family embeddings number positions from padding_idx + 1 (padding_idx = pad_token_id)
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
+
+
+def max_tokens(hf_config: dict) -> int:
+    """The longest input (in tokens, specials included) the backbone's position table can embed."""
+    table = int(hf_config.get("max_position_embeddings") or 0)
+    if hf_config.get("model_type") in _POSITIONS_AFTER_PADDING:
+        return table - int(hf_config.get("pad_token_id") or 0) - 1
+    return table
+
+
+def check_max_len(max_len: int, hf_config: dict, name: str) -> None:
+    """HadSkipError (one line) if inputs of `max_len` tokens do not fit the backbone's position table."""
+    usable = max_tokens(hf_config)
+    if max_len > usable:
+        why = f"its position table has {hf_config.get('max_position_embeddings')} rows"
+        if hf_config.get("model_type") in _POSITIONS_AFTER_PADDING:
+            why += f" and its positions start at padding_idx + 1 = {int(hf_config.get('pad_token_id') or 0) + 1}"
+        raise HadSkipError(f"--max-len {max_len} is more than backbone {name} can take ({why}); use --max-len "
+                           f"{usable} or less")
+
+
+def load_hf(name: str):
+    """(hf_model, tokenizer) for a BERT-family backbone, with eager attention (attentions for distillation,
+    plain ops for ONNX export). Raises HadSkipError for unknown names or other architectures."""
+    from transformers import AutoModel, AutoTokenizer
+
+    load_config(name)
+    location = resolve(name)
     model = AutoModel.from_pretrained(location, attn_implementation="eager")
     tokenizer = AutoTokenizer.from_pretrained(location, use_fast=True)
     if not getattr(tokenizer, "is_fast", False):

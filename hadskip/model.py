@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from hadskip.reinmax import ESTIMATORS, hard_argmax
+from hadskip.runtime.text import uses_token_types
 
 GateMode = Literal["off", "sample", "hard", "route"]
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
@@ -183,8 +184,9 @@ class GatedEncoder(nn.Module):
                 forced: torch.Tensor | None = None, output_hidden: bool = False,
                 output_attentions: bool = False, generator: torch.Generator | None = None) -> EncoderOutput:
         """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route"."""
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+        if token_type_ids is None or not uses_token_types(self.config.model_type,
+                                                          self.config.hf_config.get("type_vocab_size")):
+            token_type_ids = torch.zeros_like(input_ids)  # the runtime's rule (runtime/text.py)
         if gates == "route" and output_attentions:
             raise ValueError("attentions are only defined when every layer runs on every row")
         sample = ESTIMATORS[self.config.estimator]

@@ -33,6 +33,7 @@ from hadskip.data import load_task
 from hadskip.errors import HadSkipError
 from hadskip.evaluate import evaluate
 from hadskip.losses import LossWeights, budget_penalty, distillation, task_loss
+from hadskip.preflight import check_finetune, check_hadskip
 
 
 @dataclass
@@ -245,6 +246,7 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
     best dev epoch as the run dir cfg.out, of the given `kind`. Returns its metrics."""
     from hadskip.backbone import build_gated
 
+    check_finetune(cfg, init)  # before the run dir exists
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out, cfg.progress)
@@ -332,6 +334,7 @@ class _Progress:
 
 def train_hadskip(cfg: HadSkipConfig) -> dict:
     """Stages I (or --teacher), II and III. The final model is the run dir cfg.out. Returns its metrics."""
+    check_hadskip(cfg)  # before the run dir exists
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = out / "stages"

@@ -19,7 +19,9 @@ from hadskip.errors import HadSkipError
 from hadskip.runtime.backends import BACKENDS
 from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest
 from hadskip.runtime.router import Backend, BatchResult, route
-from hadskip.runtime.text import ROBERTA_LIKE, Encoded, TextEncoder, TextInput
+from hadskip.runtime.text import Encoded, TextEncoder, TextInput, uses_token_types
+
+OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
 
 
 @dataclass
@@ -32,6 +34,7 @@ class ModelInfo:
     model_type: str
     tokenizer_file: Path
     pad_token_id: int | None = None
+    type_vocab_size: int | None = None  # None: not recorded (older model dirs)
     budget: float | None = None
     manifest: Manifest | None = None  # None when loaded from a run dir (torch backend)
 
@@ -114,8 +117,7 @@ class Runtime:
 
     def __init__(self, backend: Backend, info: ModelInfo):
         self.backend, self.info = backend, info
-        types = info.manifest.backbone.get("type_vocab_size") if info.manifest else None
-        zero_types = info.model_type in ROBERTA_LIKE or types == 1
+        zero_types = not uses_token_types(info.model_type, info.type_vocab_size)
         self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, zero_types)
 
     @classmethod
@@ -134,6 +136,8 @@ class Runtime:
         path = Path(model_dir)
         if backend not in BACKENDS:
             raise HadSkipError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if optimization not in OPTIMIZATIONS:
+            raise HadSkipError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATIONS)}")
         if backend == "torch":
             return cls._load_torch(path, device, threads)
         manifest = load_manifest(path, verify=verify)
@@ -168,7 +172,8 @@ class Runtime:
             labels = task.get("label_names") or [str(k) for k in range(model.config.num_labels)]
             info = ModelInfo(labels=list(labels), max_seq_len=int(run_info.max_len), num_layers=model.num_layers,
                              model_type=model.config.model_type, tokenizer_file=path / "tokenizer" / "tokenizer.json",
-                             pad_token_id=model.config.hf_config.get("pad_token_id"), budget=run_info.budget)
+                             pad_token_id=model.config.hf_config.get("pad_token_id"),
+                             type_vocab_size=model.config.hf_config.get("type_vocab_size"), budget=run_info.budget)
         else:
             info = _info_from_manifest(path, load_manifest(path))
         if not info.tokenizer_file.is_file():
@@ -243,4 +248,6 @@ def _info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
     return ModelInfo(labels=list(manifest.labels), max_seq_len=int(manifest.max_seq_len),
                      num_layers=manifest.num_layers, model_type=str(manifest.backbone.get("model_type", "bert")),
                      tokenizer_file=path / manifest.units["tokenizer"],
-                     pad_token_id=manifest.backbone.get("pad_token_id"), budget=manifest.budget, manifest=manifest)
+                     pad_token_id=manifest.backbone.get("pad_token_id"),
+                     type_vocab_size=manifest.backbone.get("type_vocab_size"), budget=manifest.budget,
+                     manifest=manifest)

@@ -20,6 +20,14 @@ TextInput = Union[str, tuple[str, str]]
 ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")  # type_vocab_size 1: every token type must be 0
 
 
+def uses_token_types(model_type: str, type_vocab_size: int | None) -> bool:
+    """The one token-type rule of training (hadskip.model) and every runtime backend: a backbone sees the
+    tokenizer's token types (1 on a pair's second text) only if it has at least two of them and is not
+    RoBERTa-family; otherwise every token type is 0. None (not recorded) counts as BERT's two."""
+    few = isinstance(type_vocab_size, int) and type_vocab_size < 2
+    return model_type not in ROBERTA_LIKE and not few
+
+
 @dataclass
 class Encoded:
     """Token ids of N inputs, unpadded."""

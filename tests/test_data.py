@@ -240,6 +240,28 @@ def test_max_examples_and_split_names(tmp_path):
     assert len(Split(["a", "b"], None, [0, 1]).subset([1])) == 1
 
 
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_folder_integral_float_labels_are_integers(tmp_path, fmt):
+    # 1.0 (a JSON number, or text in csv/tsv) is the integer label 1, not a class named "1.0"
+    labels = ["0.0", "1.0", "2.0", "1"] if fmt != "jsonl" else [0.0, 1.0, 2.0, 1]
+    folder = write_task(tmp_path / "t", fmt, {"train": rows(labels), "dev": rows([1.0]), "test": rows(["2"])})
+    data = load_task(str(folder))
+    assert data.spec.label_names == () and data.spec.num_labels == 3
+    assert data.train.labels.tolist() == [0, 1, 2, 1] and data.dev.labels.tolist() == [1]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+@pytest.mark.parametrize("labels", [[0, 0.5, 1, 2.5], [0.1 * i for i in range(96)], ["1e-3", "2"], [1, float("nan")]])
+def test_folder_real_valued_labels_are_refused_in_one_line(tmp_path, fmt, labels):
+    if fmt == "jsonl" and any(isinstance(v, float) and v != v for v in labels):
+        labels = [1, "nan"]  # JSON has no NaN number; the text form is still a number
+    folder = write_task(tmp_path / "t", fmt, {"train": rows(labels), "dev": rows([0]), "test": rows([0])})
+    with pytest.raises(HadSkipError, match=r"train\.\w+ line \d+: label .* is a real number; .* regression is "
+                                           r"not supported") as err:
+        load_task(str(folder))
+    assert "\n" not in str(err.value) and str(err.value).count(",") <= 1  # no list of 96 "labels"
+
+
 def _good(tmp_path, fmt="csv"):
     return write_task(tmp_path / "t", fmt, {"train": rows([0, 1]), "dev": rows([1]), "test": rows([0])})
 

@@ -41,17 +41,40 @@ def test_predict_jsonl_file_to_stdout(model, tmp_path):
 
 def test_predict_txt_and_stdin_to_file(model, tmp_path):
     txt = tmp_path / "in.txt"
-    txt.write_text("fun film\n\nnot very good\n")
+    txt.write_text("fun film\n\n \t \nnot very good\n")
     dst = tmp_path / "out.jsonl"
     res = CliRunner().invoke(app, ["predict", str(model), "-i", str(txt), "-o", str(dst), "--quiet"])
     assert res.exit_code == 0, res.output
     from_file = _jsonl(dst.read_text())
-    assert len(from_file) == 2
+    # index is the line number: blank and whitespace-only lines keep their place as error entries
+    assert [o["index"] for o in from_file] == [0, 1, 2, 3]
+    assert from_file[1] == {"index": 1, "error": "empty text"} and from_file[2] == {"index": 2, "error": "empty text"}
+    predicted = [from_file[0], from_file[3]]
+    assert all("label" in o and "error" not in o for o in predicted)
     res = CliRunner().invoke(app, ["predict", str(model), "-i", "-"], input="fun film\nnot very good\n")
     assert res.exit_code == 0, res.output
-    assert [o["probs"] for o in _jsonl(res.stdout)] == [o["probs"] for o in from_file]
-    res = CliRunner().invoke(app, ["predict", str(model), "-i", "-"], input='{"text": "fun film"}\n')
+    assert [o["probs"] for o in _jsonl(res.stdout)] == [o["probs"] for o in predicted]
+    res = CliRunner().invoke(app, ["predict", str(model), "-i", "-"], input='\n{"text": "fun film"}\n')
     assert _jsonl(res.stdout)[0]["probs"] == from_file[0]["probs"]
+    assert _jsonl(res.stdout)[0]["index"] == 1  # JSONL: a blank line gives nothing but still counts
+
+
+def test_predict_jsonl_blank_text_and_bom(model, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('\ufeff{"text": "fun", "id": 7}\n\n{"text": "  ", "id": "b"}\n{"text": "a", "text_pair": ""}\n',
+                   encoding="utf-8")
+    res = CliRunner().invoke(app, ["predict", str(model), "-i", str(src), "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = _jsonl(res.stdout)
+    assert [o["index"] for o in out] == [0, 2, 3] and out[0]["id"] == 7 and "label" in out[0]
+    assert out[1] == {"index": 2, "id": "b", "error": "empty text"} and out[2]["error"] == "empty text"
+
+
+def test_runtime_load_refuses_an_unknown_optimization(model):
+    from hadskip.errors import HadSkipError
+
+    with pytest.raises(HadSkipError, match="unknown optimization 'bogus'; choose one of disable, basic"):
+        Runtime.load(model, optimization="bogus")
 
 
 def test_predict_errors_are_one_line(model, tmp_path, capsys):

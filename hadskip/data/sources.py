@@ -330,16 +330,37 @@ def _column(path: Path, columns: list[str], rows: list[tuple[int, dict]], col: s
     return values
 
 
+_INT = re.compile(r"\s*[+-]?\d+(\.0*)?\s*")  # 3, -1, 2.0: integer labels, also as text
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*|\s*[+-]?(nan|inf|infinity)\s*", re.IGNORECASE)
+
+
 def _as_int(value) -> int | None:
+    """The integer a label stands for (3, 3.0, "3", "3.0"), or None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-        return int(value)
+    if isinstance(value, str) and _INT.fullmatch(value):
+        return int(float(value)) if "." in value else int(value)
     return None
+
+
+def _is_number(value) -> bool:
+    """A real number, as a JSON number or as text (0.5, "2.5", "1e-3"): the label of a regression task."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value) is not None)
+
+
+def _refuse_regression(path: Path, labels: list, lines: list[int]) -> None:
+    """Real-valued labels would otherwise become one class per distinct value: say what is going on."""
+    if not labels or not all(_is_number(v) for v in labels):
+        return
+    line, value = next((n, v) for v, n in zip(labels, lines, strict=True) if _as_int(v) is None)
+    raise HadSkipError(f"{path} line {line}: label {value!r} is a real number; hadskip trains classifiers on "
+                       "integer or text labels, and regression is not supported")
 
 
 def _load_folder(folder: Path, text_col, pair_col, label_col, metric: str) -> TaskData:
@@ -360,6 +381,8 @@ def _load_folder(folder: Path, text_col, pair_col, label_col, metric: str) -> Ta
 
     train_labels = raw["train"][2]
     as_ints = [_as_int(v) for v in train_labels]
+    if any(v is None for v in as_ints):
+        _refuse_regression(files["train"], train_labels, raw["train"][3])
     splits, train_file = {}, files["train"].name
     if all(v is not None for v in as_ints):  # integer labels: num_labels = max + 1
         names: tuple[str, ...] = ()

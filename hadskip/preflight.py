@@ -1,0 +1,53 @@
+"""Checks `finetune` and `train` make before they create a run dir or train a step.
+
+A refused backbone, a --max-len beyond the backbone's position table, a budget beyond its layers or a teacher
+of the wrong kind would otherwise surface after an epoch of training, or leave an empty run dir behind.
+These read configs only (the backbone's config.json, the teacher's run.json and model_config.json): no
+weights and no task data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hadskip.backbone import check_max_len, load_config
+from hadskip.checkpoint import read_info
+from hadskip.errors import HadSkipError
+
+
+def check_finetune(cfg, init=None) -> None:
+    """For `finetune(cfg, init)`: the backbone loads and is supported, and cfg.max_len fits its positions.
+    `init` (model, tokenizer) replaces the backbone, as in the baselines."""
+    hf_config = init[0].config.hf_config if init is not None else load_config(cfg.backbone).to_dict()
+    check_max_len(cfg.max_len, hf_config, cfg.backbone)
+
+
+def check_hadskip(cfg) -> None:
+    """For `train_hadskip(cfg)`: the teacher (or backbone) is usable, its max_len fits, the budget fits its layers."""
+    if cfg.teacher:
+        teacher = Path(cfg.teacher)
+        info = read_info(teacher)
+        if info.kind != "finetune":
+            raise HadSkipError(f"--teacher {teacher} is a {info.kind!r} run, not a finetune run")
+        model_config = _model_config(teacher)
+        hf_config, num_layers, max_len, name = (model_config["hf_config"], int(model_config["num_layers"]),
+                                                 info.max_len, str(teacher))
+    else:
+        config = load_config(cfg.backbone)
+        hf_config, num_layers, max_len, name = config.to_dict(), config.num_hidden_layers, cfg.max_len, cfg.backbone
+    check_max_len(max_len, hf_config, name)
+    from hadskip.train import homotopy_schedule  # the schedule the run will use; raises for budget > layers
+
+    homotopy_schedule(num_layers, cfg.budget, cfg.homotopy)
+
+
+def _model_config(run: Path) -> dict:
+    f = run / "model_config.json"
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HadSkipError(f"cannot read {f}: {exc}") from exc
+    if not isinstance(d, dict) or not isinstance(d.get("hf_config"), dict) or "num_layers" not in d:
+        raise HadSkipError(f"{f} lacks hf_config or num_layers; is {run} a hadskip run dir?")
+    return d
