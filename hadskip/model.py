@@ -1,18 +1,18 @@
 """The gated encoder: a BERT-family backbone with a binary gate before every layer (HadSkip).
 
 The model is four kinds of unit with the same signatures as the exported graphs, so export is per unit
-and the PyTorch eval path and every runtime share one routing rule:
+and the PyTorch eval path and every runtime share one gate rule (`gate_open`; docs/architecture.md):
 
     embeddings(input_ids, attention_mask, token_type_ids) -> hidden        # (B, T, H)
-    gates[i](hidden, attention_mask)                      -> gate logits   # (B, 2); open = logit1 > logit0
+    gates[i](hidden, attention_mask)                      -> gate logits   # (B, 2); open: l1 - l0 > offset
     layers[i](hidden, attention_mask)                     -> hidden        # (B, T, H)
     head(hidden, attention_mask)                          -> logits        # (B, num_labels)
 
 Gate modes of `GatedEncoder.forward`:
     "off"    plain encoder, every layer on every row (stage I, the teacher)
     "sample" training: ReinMax (or STE) samples g, h_i = g*f_i(h) + (1-g)*h
-    "hard"   g = argmax, same masked formula, every layer computed on every row (a reference for tests)
-    "route"  g = argmax, each layer runs only on its open rows (gather, run, scatter) - the eval path
+    "hard"   g = gate_open, same masked formula, every layer computed on every row (a reference for tests)
+    "route"  g = gate_open, each layer runs only on its open rows (gather, run, scatter) - the eval path
 Not included: cross-attention / decoder use of the backbone, token-level (rather than row-level) skipping.
 """
 
@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hadskip.reinmax import ESTIMATORS, hard_argmax
+from hadskip.reinmax import ESTIMATORS
 
 GateMode = Literal["off", "sample", "hard", "route"]
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
@@ -62,6 +62,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**d)
+
+
+def gate_open(gate_logits: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """The gate rule, open iff logit_open - logit_closed > offset: the torch mirror of
+    hadskip.runtime.router.gate_open (same float64 margin, ties and NaN closed), pinned to it by
+    tests/test_gate_rule.py.  # (..., 2) -> (...,) bool"""
+    return (gate_logits[..., 1].double() - gate_logits[..., 0].double()) > offset
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -181,8 +188,10 @@ class GatedEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, *, gates: GateMode = "route",
                 forced: torch.Tensor | None = None, output_hidden: bool = False,
-                output_attentions: bool = False, generator: torch.Generator | None = None) -> EncoderOutput:
-        """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route"."""
+                output_attentions: bool = False, generator: torch.Generator | None = None,
+                gate_offset: float = 0.0) -> EncoderOutput:
+        """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route";
+        otherwise they are gate_open(gate logits, gate_offset)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if gates == "route" and output_attentions:
@@ -202,7 +211,7 @@ class GatedEncoder(nn.Module):
                 elif gates == "sample":
                     g = sample(logits_i, self.config.tau, generator)[:, 1]  # (B,) hard 0/1 with a gradient
                 else:
-                    g = hard_argmax(logits_i)[:, 1]
+                    g = gate_open(logits_i, gate_offset).to(h.dtype)
                 g_all.append(g)
             if gates == "route":
                 h = self._route(layer, h, attention_mask, g)

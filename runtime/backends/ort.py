@@ -76,8 +76,7 @@ class OrtCpuBackend:
                                              "token_type_ids": token_type_ids})
 
     def run_gate(self, i, h, attention_mask) -> np.ndarray:
-        logits = self._run(("gate", i), {"hidden": h, "attention_mask": attention_mask})  # (B, 2)
-        return logits[:, 1] > logits[:, 0]
+        return self._run(("gate", i), {"hidden": h, "attention_mask": attention_mask})  # (B, 2)
 
     def run_layer(self, i, h, attention_mask) -> np.ndarray:
         return self._run(("layer", i), {"hidden": h, "attention_mask": attention_mask})

@@ -79,8 +79,7 @@ class TorchBackend:
 
     def run_gate(self, i, h, attention_mask) -> np.ndarray:
         with self.torch.inference_mode():
-            logits = self.model.gates[i](h, self._m(attention_mask))  # (B, 2)
-            return (logits[:, 1] > logits[:, 0]).cpu().numpy()
+            return self.model.gates[i](h, self._m(attention_mask)).float().cpu().numpy()  # (B, 2)
 
     def run_layer(self, i, h, attention_mask):
         with self.torch.inference_mode():
