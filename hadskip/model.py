@@ -233,7 +233,9 @@ class GatedEncoder(nn.Module):
 
     @staticmethod
     def _route(layer: Layer, h: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Run `layer` only on the rows whose gate is open (gather, run, scatter)."""
+        """Run `layer` only on the rows whose gate is open (gather, run, scatter). The runtime's loop
+        (hadskip.runtime.router.route) does the same and also trims padding; docs/architecture.md ("The routing
+        loop") says why this one stays, and tests/test_gate_rule.py pins the two together."""
         rows = g.bool()
         if bool(rows.all()):
             return layer(h, mask)
