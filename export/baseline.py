@@ -22,6 +22,8 @@ def teacher_model(model, labels: list[str]):
     """A transformers XForSequenceClassification holding the GatedEncoder's backbone and head weights."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from hadskip.checkpoint import load_weights
+
     d = dict(model.config.hf_config)
     config = AutoConfig.for_model(d.pop("model_type"), **d)
     config.num_labels = model.config.num_labels
@@ -46,11 +48,7 @@ def teacher_model(model, labels: list[str]):
     for ours, theirs in targets.items():
         for name, p in head[ours].state_dict().items():
             state[f"{theirs}.{name}"] = p
-    missing, unexpected = hf.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-    if missing or unexpected:
-        raise ExportError(f"baseline weights do not map onto {type(hf).__name__} "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_weights(hf, state, f"baseline weights do not map onto {type(hf).__name__}", ExportError)
     return hf.eval()
 
 

@@ -97,27 +97,44 @@ def write_info(path: str | Path, info: RunInfo) -> None:
     tmp.replace(f)
 
 
-def load_run(path: str | Path, map_location: str = "cpu"):
-    """(GatedEncoder in eval mode, tokenizer, RunInfo) from a run dir."""
+# buffers the backbone rebuilds itself, so a checkpoint may lack them
+REBUILT_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def load_weights(module, state: dict, mismatch: str, error: type[HadSkipError] = HadSkipError) -> None:
+    """module.load_state_dict(state), where only REBUILT_BUFFERS may be missing; any other missing or unexpected
+    key raises `error`: "<mismatch> (missing [...], unexpected [...])"."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(REBUILT_BUFFERS)]
+    if missing or unexpected:
+        raise error(f"{mismatch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_model(folder: str | Path, map_location: str = "cpu"):
+    """The GatedEncoder (eval mode) in FOLDER/{model_config.json, model.safetensors}: a run dir, or the torch/
+    folder of a model dir."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
 
     from hadskip.backbone import empty_hf_model
     from hadskip.model import GatedEncoder, ModelConfig
+
+    folder = Path(folder)
+    config = ModelConfig.from_dict(json.loads((folder / "model_config.json").read_text()))
+    model = GatedEncoder(config, empty_hf_model(config.hf_config))
+    weights = folder / "model.safetensors"
+    load_weights(model, load_file(str(weights), device=map_location), f"{weights} does not match its config")
+    return model.eval()
+
+
+def load_run(path: str | Path, map_location: str = "cpu"):
+    """(GatedEncoder in eval mode, tokenizer, RunInfo) from a run dir."""
+    from transformers import AutoTokenizer
 
     path = Path(path)
     info = read_info(path)
     for name in ("model.safetensors", "model_config.json", "tokenizer"):
         if not (path / name).exists():
             raise HadSkipError(f"run dir {path} is missing {name}")
-    config = ModelConfig.from_dict(json.loads((path / "model_config.json").read_text()))
-    model = GatedEncoder(config, empty_hf_model(config.hf_config))
-    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors"),
-                                                          device=map_location), strict=False)
-    # position_ids/token_type_ids buffers are rebuilt by the backbone; anything else must match
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-    if missing or unexpected:
-        raise HadSkipError(f"{path / 'model.safetensors'} does not match its config "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model = load_model(path, map_location)
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), use_fast=True)
-    return model.eval(), tokenizer, info
+    return model, tokenizer, info

@@ -2,7 +2,7 @@
 
 Rows: full (the fine-tuned teacher), budgeted exit, entropy early exit and HadSkip, each with the budget,
 the task metric on test and the measured average layers. Saved as OUT/compare.md and OUT/compare.json
-(keys of DESIGN.md §10).
+(keys of docs/architecture.md, JSON outputs).
 """
 
 from __future__ import annotations

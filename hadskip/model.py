@@ -1,18 +1,18 @@
 """The gated encoder: a BERT-family backbone with a binary gate before every layer (HadSkip).
 
 The model is four kinds of unit with the same signatures as the exported graphs, so export is per unit
-and the PyTorch eval path and every runtime share one routing rule:
+and the PyTorch eval path and every runtime share one gate rule (`gate_open`; docs/architecture.md):
 
     embeddings(input_ids, attention_mask, token_type_ids) -> hidden        # (B, T, H)
-    gates[i](hidden, attention_mask)                      -> gate logits   # (B, 2); open = logit1 > logit0
+    gates[i](hidden, attention_mask)                      -> gate logits   # (B, 2); open: l1 - l0 > offset
     layers[i](hidden, attention_mask)                     -> hidden        # (B, T, H)
     head(hidden, attention_mask)                          -> logits        # (B, num_labels)
 
 Gate modes of `GatedEncoder.forward`:
     "off"    plain encoder, every layer on every row (stage I, the teacher)
     "sample" training: ReinMax (or STE) samples g, h_i = g*f_i(h) + (1-g)*h
-    "hard"   g = argmax, same masked formula, every layer computed on every row (a reference for tests)
-    "route"  g = argmax, each layer runs only on its open rows (gather, run, scatter) - the eval path
+    "hard"   g = gate_open, same masked formula, every layer computed on every row (a reference for tests)
+    "route"  g = gate_open, each layer runs only on its open rows (gather, run, scatter) - the eval path
 Not included: cross-attention / decoder use of the backbone, token-level (rather than row-level) skipping.
 """
 
@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hadskip.reinmax import ESTIMATORS, hard_argmax
+from hadskip.reinmax import ESTIMATORS
 from hadskip.runtime.text import uses_token_types
 
 GateMode = Literal["off", "sample", "hard", "route"]
@@ -63,6 +63,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**d)
+
+
+def gate_open(gate_logits: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """The gate rule, open iff logit_open - logit_closed > offset: the torch mirror of
+    hadskip.runtime.router.gate_open (same float64 margin, ties and NaN closed), pinned to it by
+    tests/test_gate_rule.py.  # (..., 2) -> (...,) bool"""
+    return (gate_logits[..., 1].double() - gate_logits[..., 0].double()) > offset
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -182,8 +189,10 @@ class GatedEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, *, gates: GateMode = "route",
                 forced: torch.Tensor | None = None, output_hidden: bool = False,
-                output_attentions: bool = False, generator: torch.Generator | None = None) -> EncoderOutput:
-        """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route"."""
+                output_attentions: bool = False, generator: torch.Generator | None = None,
+                gate_offset: float = 0.0) -> EncoderOutput:
+        """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route";
+        otherwise they are gate_open(gate logits, gate_offset)."""
         if token_type_ids is None or not uses_token_types(self.config.model_type,
                                                           self.config.hf_config.get("type_vocab_size")):
             token_type_ids = torch.zeros_like(input_ids)  # the runtime's rule (runtime/text.py)
@@ -204,7 +213,7 @@ class GatedEncoder(nn.Module):
                 elif gates == "sample":
                     g = sample(logits_i, self.config.tau, generator)[:, 1]  # (B,) hard 0/1 with a gradient
                 else:
-                    g = hard_argmax(logits_i)[:, 1]
+                    g = gate_open(logits_i, gate_offset).to(h.dtype)
                 g_all.append(g)
             if gates == "route":
                 h = self._route(layer, h, attention_mask, g)
@@ -226,7 +235,9 @@ class GatedEncoder(nn.Module):
 
     @staticmethod
     def _route(layer: Layer, h: torch.Tensor, mask: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Run `layer` only on the rows whose gate is open (gather, run, scatter)."""
+        """Run `layer` only on the rows whose gate is open (gather, run, scatter). The runtime's loop
+        (hadskip.runtime.router.route) does the same and also trims padding; docs/architecture.md ("The routing
+        loop") says why this one stays, and tests/test_gate_rule.py pins the two together."""
         rows = g.bool()
         if bool(rows.all()):
             return layer(h, mask)

@@ -4,13 +4,13 @@ ReinMax follows Algorithm 1 of "Bridging Discrete and Backpropagation: Straight-
 (reference implementation: github.com/microsoft/ReinMax). The forward value is the hard one-hot sample D;
 the backward pass is the second-order (Heun's method) estimate 2*dpi_1 - 0.5*dpi_0, where
 pi_1 = softmax(stop_grad(ln((D + softmax(theta/tau)) / 2) - theta) + theta).
-Not included: the Gumbel-softmax family (the paper shows ReinMax dominates it for this use).
+Not included: the Gumbel-softmax family (the paper shows ReinMax dominates it for this use). The inference
+rule, which samples nothing, is hadskip.model.gate_open.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def _one_hot_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -43,8 +43,3 @@ def straight_through(logits: torch.Tensor, tau: float = 1.0, generator: torch.Ge
 
 
 ESTIMATORS = {"reinmax": reinmax, "ste": straight_through}
-
-
-def hard_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """The inference rule: one-hot of argmax (ties go to index 0, i.e. a closed gate)."""
-    return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(logits.dtype)

@@ -1,8 +1,8 @@
 """`hadskip eval`: evaluate a run dir (PyTorch) or an exported model dir (runtime) and plot layer usage.
 
-JSON keys follow DESIGN.md §10: task, split, metric, value, examples, num_layers, avg_layers, layer_usage,
-layers_hist. Plots (the paper's Fig. 2-5 kinds): per-layer usage probability, histogram of layers used per
-input, and per-layer usage split by gold label.
+JSON keys follow docs/architecture.md (JSON outputs): task, split, metric, value, examples, num_layers,
+avg_layers, layer_usage, layers_hist. Plots (the paper's Fig. 2-5 kinds): per-layer usage probability,
+histogram of layers used per input, and per-layer usage split by gold label.
 """
 
 from __future__ import annotations

@@ -5,33 +5,33 @@
     stage III  everything trains: task + KD(logits, hidden, attention, embeddings) + budget penalty,
                homotopic budget k = L, L-1, ..., K (one phase per k, each from the previous phase's weights)
 
-DESIGN.md §3 trains stage II without the budget term; gates then only learn to stay open (their initial
-state), which initialises nothing. We keep the budget at the target s in stage II so the gates learn which
-layers each input can spare while the backbone cannot adapt, and stage III's homotopy then starts at k = L.
+Stage II keeps the budget term at the target s (the paper's stage II has none, and its gates then only learn
+to stay open, their initial state, which initialises nothing): the gates learn which layers each input can
+spare while the backbone cannot adapt, and stage III's homotopy then starts at k = L.
 
 Every stage and phase is saved as a run dir under OUT/stages/ and recorded in OUT/progress.json;
 `resume=True` skips what is recorded, losing at most the phase that was running. Training goes through
-`accelerate`, so `accelerate launch -m hadskip.cli train ...` runs data-parallel. Not included: mixed
-precision flags (accelerate's own config applies), gradient accumulation.
+`accelerate` (the loop itself is hadskip.loop), so `accelerate launch -m hadskip.cli train ...` runs
+data-parallel. One function per stage: `finetune` (I), `_stage2`, `_stage3_phase`; `train_hadskip` chains them.
+Not included: mixed precision flags (accelerate's own config applies), gradient accumulation.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from hadskip.batches import encode_split, loader
+from hadskip import loop
 from hadskip.checkpoint import RunInfo, load_run, read_info, save_run
-from hadskip.data import load_task
 from hadskip.errors import HadSkipError
 from hadskip.evaluate import evaluate
+from hadskip.loop import Log, Prepared, adamw, eval_split, num_steps, train_loader
 from hadskip.losses import LossWeights, budget_penalty, distillation, task_loss
 from hadskip.preflight import check_finetune, check_hadskip
 
@@ -114,131 +114,13 @@ def homotopy_schedule(num_layers: int, budget: float, homotopy: bool = True) -> 
     return ks
 
 
-# --------------------------------------------------------------------------------------------- plumbing
-
-
-class Log:
-    """Per-phase records to OUT/log.jsonl and one line each to stderr."""
-
-    def __init__(self, out: Path, enabled: bool = True):
-        self.file = out / "log.jsonl"
-        self.enabled = enabled
-
-    def __call__(self, **record) -> None:
-        record["time"] = round(time.time(), 1)
-        with open(self.file, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self.enabled:
-            parts = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                             if k != "time")
-            print(parts, file=sys.stderr, flush=True)
-
-
-def _accelerator(seed: int):
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    acc = Accelerator()
-    set_seed(seed)
-    return acc
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-    from rich.console import Console
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                    console=Console(stderr=True), disable=not enabled, transient=False)
-
-
-def _optimizer(model, groups: list[tuple[list, float]], weight_decay: float):
-    params = [{"params": [p for p in ps if p.requires_grad], "lr": lr, "weight_decay": weight_decay}
-              for ps, lr in groups]
-    params = [g for g in params if g["params"]]
-    return torch.optim.AdamW(params)
-
-
-def _run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, desc: str, progress: bool,
-               offset: int = 0, total: int | None = None, first_epoch: int = 0):
-    """`steps` optimisation steps over `dl` (re-iterated per epoch) with linear warmup/decay.
-    `step_fn(batch)` returns loss parts; parts named "_x" are only logged (as "x"). Returns their means."""
-    # linear warmup then linear decay over `total` steps, of which this call runs [offset, offset + steps)
-    total = total or steps
-    warm = max(1, int(total * warmup))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + offset + 1) / warm, max(0.0, (total - s - offset) / max(1, total - warm))))
-    sums: dict[str, float] = defaultdict(float)
-    done, epoch = 0, first_epoch
-    model.train()
-    with _progress(progress and acc.is_main_process) as bar:
-        task = bar.add_task(desc, total=steps, status="")
-        while done < steps:
-            dl.dataset.epoch = epoch  # reseeds the shuffle
-            for batch in dl:
-                batch = {k: v.to(acc.device) for k, v in batch.items()}
-                parts = step_fn(batch)
-                loss = sum(v for k, v in parts.items() if not k.startswith("_"))
-                acc.backward(loss)
-                optimizer.step()
-                sched.step()
-                optimizer.zero_grad(set_to_none=True)
-                for k, v in parts.items():
-                    sums[k.lstrip("_")] += float(v.detach())
-                done += 1
-                bar.update(task, advance=1, status=f"loss {float(loss.detach()):.3f}")
-                if done >= steps:
-                    break
-            else:
-                if done == 0:
-                    raise HadSkipError("an epoch yielded no training batch")
-            epoch += 1
-    return {k: v / max(1, done) for k, v in sums.items()}
-
-
-def _load_data(cfg: TrainConfig):
-    return load_task(cfg.task, text_col=cfg.text_col, pair_col=cfg.pair_col, label_col=cfg.label_col,
-                     metric=cfg.metric, seed=cfg.seed, max_examples=cfg.max_examples)
-
-
-class Prepared:
-    """Task data tokenised once, shared by every stage."""
-
-    def __init__(self, cfg: TrainConfig, tokenizer, data=None):
-        self.data = data if data is not None else _load_data(cfg)
-        self.source = {"task": cfg.task, "text_col": cfg.text_col, "pair_col": cfg.pair_col,
-                       "label_col": cfg.label_col, "metric": cfg.metric}
-        self.spec = self.data.spec
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.train = encode_split(self.data.train, tokenizer, cfg.max_len)
-        self.dev = encode_split(self.data.dev, tokenizer, cfg.max_len)
-        self.test = encode_split(self.data.test, tokenizer, cfg.max_len)
-
-    def task_dict(self) -> dict:
-        """The TaskSpec plus how to load it again (`source` and column options) for `hadskip eval`."""
-        d = asdict(self.spec)
-        d["label_names"] = list(d.get("label_names") or [])
-        d["source"] = self.source
-        return d
-
-
-def _train_loader(acc, prep: Prepared, cfg: TrainConfig, seed: int):
-    """This process's shard of the shuffled training batches (see BatchIterable)."""
-    return loader(prep.train, cfg.batch_size, prep.pad_id, shuffle=True, seed=seed, rank=acc.process_index,
-                  world=acc.num_processes)
-
-
-def _steps(n_batches: int, epochs: float) -> int:
-    return max(1, math.ceil(n_batches * epochs))
-
-
-def _eval(acc, model, enc, prep: Prepared, cfg: TrainConfig, gates: str):
-    m = acc.unwrap_model(model)
-    return evaluate(m, enc, prep.spec.metric, prep.pad_id, cfg.eval_batch_size, gates=gates)
-
-
 # --------------------------------------------------------------------------------------------- stage I
+
+
+def _task_step(model, batch) -> dict:
+    """Stage I: the task loss of the plain encoder (every layer on every row)."""
+    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="off")
+    return {"task": task_loss(out.logits, batch["labels"])}
 
 
 def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
@@ -250,34 +132,31 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out, cfg.progress)
-    acc = _accelerator(cfg.seed)
+    acc = loop.accelerator(cfg.seed)
     t0 = time.time()
-    data = _load_data(cfg)
+    data = loop.load_data(cfg)
     model, tokenizer = init if init is not None else build_gated(cfg.backbone, num_labels=data.spec.num_labels)
     prep = Prepared(cfg, tokenizer, data)
     for p in model.gate_parameters():
         p.requires_grad_(False)
-    opt = _optimizer(model, [(list(model.backbone_parameters()), cfg.lr)], cfg.weight_decay)
-    dl = _train_loader(acc, prep, cfg, cfg.seed)
+    opt = adamw([(list(model.backbone_parameters()), cfg.lr)], cfg.weight_decay)
+    dl = train_loader(acc, prep, cfg, cfg.seed)
     model, opt = acc.prepare(model, opt)
-
-    def step(batch):
-        out_ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="off")
-        return {"task": task_loss(out_.logits, batch["labels"])}
 
     # the best epoch is kept in memory and the run dir written once at the end: a run.json on disk always
     # means a finished run (make, compare and --teacher rely on that)
     best, best_state, best_epoch, examples, done = None, None, 0, 0, 0
     epochs = math.ceil(cfg.epochs)
-    total = _steps(len(dl), cfg.epochs)
+    total = num_steps(len(dl), cfg.epochs)
     for epoch in range(epochs):
         steps = min(len(dl), total - done)
         # one warmup/decay schedule over all epochs, evaluated on dev after each
-        parts = _run_steps(acc, model, dl, opt, steps, cfg.warmup, step, f"{kind} epoch {epoch + 1}/{epochs}",
-                           cfg.progress, offset=done, total=total, first_epoch=epoch)
+        parts = loop.run_steps(acc, model, dl, opt, steps, cfg.warmup, partial(_task_step, model),
+                               f"{kind} epoch {epoch + 1}/{epochs}", cfg.progress, offset=done, total=total,
+                               first_epoch=epoch)
         done += steps
         examples += steps * cfg.batch_size
-        dev = _eval(acc, model, prep.dev, prep, cfg, gates="off")
+        dev = eval_split(acc, model, prep.dev, prep, cfg, gates="off")
         log(stage=kind, epoch=epoch + 1, **parts, dev=dev.value, metric=dev.metric)
         if best is None or dev.value > best:
             best, best_epoch = dev.value, epoch + 1
@@ -305,7 +184,7 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
 _RESUMABLE = ("out", "resume", "progress", "eval_batch_size")
 
 
-class _Progress:
+class _ProgressFile:
     """OUT/progress.json: the settings and the stages/phases done, each with its run dir. Only the main
     process writes it. --resume refuses a progress file written with other settings."""
 
@@ -332,34 +211,141 @@ class _Progress:
             tmp.replace(self.file)
 
 
-def train_hadskip(cfg: HadSkipConfig) -> dict:
-    """Stages I (or --teacher), II and III. The final model is the run dir cfg.out. Returns its metrics."""
-    check_hadskip(cfg)  # before the run dir exists
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = out / "stages"
-    acc = _accelerator(cfg.seed)
-    progress = _Progress(out, cfg, cfg.resume, acc.is_main_process)
-    acc.wait_for_everyone()
-    log = Log(out, cfg.progress)
-    t0 = time.time()
-    timings: dict[str, float] = {}
+@dataclass
+class _Stages:
+    """What stages II and III of one train_hadskip call share."""
 
-    # stage I: the teacher
+    cfg: HadSkipConfig
+    acc: object  # accelerate.Accelerator
+    record: _ProgressFile
+    log: Log
+    teacher_dir: Path
+    tokenizer: object
+    prep: Prepared
+    num_layers: int
+    weights: LossWeights
+
+    def student_from(self, run_dir: Path):
+        m, _, _ = load_run(run_dir)
+        m.config.estimator, m.config.tau = self.cfg.estimator, self.cfg.tau
+        return m
+
+    def fresh_student(self):
+        """The teacher with fresh gates of the requested size (seeded)."""
+        from hadskip.model import Gate
+
+        m = self.student_from(self.teacher_dir)
+        m.config.gate_hidden = self.cfg.gate_hidden
+        torch.manual_seed(self.cfg.seed)
+        m.gates = torch.nn.ModuleList(Gate(m.config.hidden_size, self.cfg.gate_hidden, m.config.gate_open_bias)
+                                      for _ in range(self.num_layers))
+        return m
+
+    def save(self, name: str, model, metrics: dict) -> Path:
+        """Save a finished stage/phase as the run dir OUT/stages/NAME and record it in progress.json."""
+        d = Path(self.cfg.out) / "stages" / name
+        if self.acc.is_main_process:
+            save_run(d, self.acc.unwrap_model(model), self.tokenizer, RunInfo(
+                task=self.prep.task_dict(), max_len=self.cfg.max_len, kind=name, budget=self.cfg.budget,
+                metrics=metrics))
+        self.acc.wait_for_everyone()
+        self.record.mark(name, d)
+        return d
+
+
+def _stage1(cfg: HadSkipConfig, record: _ProgressFile, timings: dict) -> Path:
+    """The teacher's run dir: --teacher (checked to be a finetune run), or stage I run now (or resumed)."""
     if cfg.teacher:
         teacher_dir = Path(cfg.teacher)
         info = read_info(teacher_dir)
         if info.kind != "finetune":
             raise HadSkipError(f"--teacher {teacher_dir} is a {info.kind!r} run, not a finetune run")
-    else:
-        teacher_dir = stages / "stage1"
-        if "stage1" not in progress.done:
-            tc = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
-            tc.out = str(teacher_dir)
-            t = time.time()
-            finetune(tc)
-            timings["stage1"] = time.time() - t
-            progress.mark("stage1", teacher_dir)
+        return teacher_dir
+    teacher_dir = Path(cfg.out) / "stages" / "stage1"
+    if "stage1" not in record.done:
+        tc = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
+        tc.out = str(teacher_dir)
+        t = time.time()
+        finetune(tc)
+        timings["stage1"] = time.time() - t
+        record.mark("stage1", teacher_dir)
+    return teacher_dir
+
+
+def _gate_step(student, weights: LossWeights, target: float, batch) -> dict:
+    """Stage II: task loss + budget penalty of the sampled gates (the backbone is frozen)."""
+    o = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="sample")
+    return {"task": task_loss(o.logits, batch["labels"]),
+            "budget": weights.budget * budget_penalty(o.gates, target),
+            "_mean_gate": o.gates.mean()}
+
+
+def _stage2(st: _Stages) -> Path:
+    """Gate initialisation: train only the gates of a fresh student at the target budget. Returns its run dir."""
+    cfg, acc = st.cfg, st.acc
+    student = st.fresh_student()
+    for p in student.backbone_parameters():
+        p.requires_grad_(False)
+    opt = adamw([(list(student.gate_parameters()), cfg.gate_lr)], 0.0)
+    dl = train_loader(acc, st.prep, cfg, cfg.seed + 2)
+    student_p, opt = acc.prepare(student, opt)
+    step = partial(_gate_step, student_p, st.weights, cfg.budget / st.num_layers)
+    parts = loop.run_steps(acc, student_p, dl, opt, num_steps(len(dl), cfg.stage2_epochs), cfg.warmup, step,
+                           "stage II (gates)", cfg.progress)
+    dev = eval_split(acc, student_p, st.prep.dev, st.prep, cfg, gates="route")
+    st.log(stage="stage2", **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
+    return st.save("stage2", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers})
+
+
+def _joint_step(student, teacher, weights: LossWeights, target: float, batch) -> dict:
+    """Stage III: task + distillation from the frozen teacher + budget penalty at the phase's target."""
+    need_inner = bool(weights.kd_hidden or weights.kd_attention or weights.kd_embedding)
+    ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    s = student(ids, mask, tt, gates="sample", output_hidden=need_inner, output_attentions=bool(weights.kd_attention))
+    parts = {"task": weights.task * task_loss(s.logits, batch["labels"]),
+             "budget": weights.budget * budget_penalty(s.gates, target)}
+    if weights.kd_logits or need_inner:
+        with torch.no_grad():
+            te = teacher(ids, mask, tt, gates="off", output_hidden=need_inner,
+                         output_attentions=bool(weights.kd_attention))
+        parts.update(distillation(s, te, mask, weights))
+    parts["_mean_gate"] = s.gates.mean()
+    return parts
+
+
+def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Path | None) -> Path:
+    """Phase j of stage III (budget k = schedule[j]): joint training from the previous phase's run dir `last`
+    (or a fresh student). Returns the phase's run dir."""
+    cfg, acc, k, L = st.cfg, st.acc, schedule[j], st.num_layers
+    student = st.student_from(last) if last is not None else st.fresh_student()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    opt = adamw([(list(student.backbone_parameters()), cfg.lr), (list(student.gate_parameters()), cfg.gate_lr)],
+                cfg.weight_decay)
+    dl = train_loader(acc, st.prep, cfg, cfg.seed + 10 + j)
+    student_p, opt = acc.prepare(student, opt)
+    epochs = cfg.final_phase_epochs if j == len(schedule) - 1 else cfg.phase_epochs
+    parts = loop.run_steps(acc, student_p, dl, opt, num_steps(len(dl), epochs), cfg.warmup,
+                           partial(_joint_step, student_p, teacher, st.weights, k / L),
+                           f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})", cfg.progress)
+    dev = eval_split(acc, student_p, st.prep.dev, st.prep, cfg, gates="route")
+    st.log(stage="stage3", k=k, **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
+    return st.save(f"stage3-k{k:g}", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers, "k": k})
+
+
+def train_hadskip(cfg: HadSkipConfig) -> dict:
+    """Stages I (or --teacher), II and III. The final model is the run dir cfg.out. Returns its metrics."""
+    check_hadskip(cfg)  # before the run dir exists
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    acc = loop.accelerator(cfg.seed)
+    record = _ProgressFile(out, cfg, cfg.resume, acc.is_main_process)
+    acc.wait_for_everyone()
+    log = Log(out, cfg.progress)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    teacher_dir = _stage1(cfg, record, timings)
     teacher, tokenizer, tinfo = load_run(teacher_dir)
     if tinfo.max_len != cfg.max_len:
         log(note=f"teacher was trained with max_len {tinfo.max_len}; using it instead of {cfg.max_len}")
@@ -369,108 +355,31 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     if prep.spec.num_labels != teacher.config.num_labels:
         raise HadSkipError(f"teacher has {teacher.config.num_labels} labels, task {prep.spec.name} has "
                            f"{prep.spec.num_labels}")
-    L = teacher.num_layers
-    schedule = homotopy_schedule(L, cfg.budget, cfg.homotopy)
-    weights = cfg.loss_weights()
-
-    def student_from(run_dir: Path):
-        m, _, _ = load_run(run_dir)
-        m.config.estimator, m.config.tau = cfg.estimator, cfg.tau
-        return m
-
-    # the student starts as the teacher with fresh gates of the requested size
-    def fresh_student():
-        from hadskip.model import Gate
-
-        m = student_from(teacher_dir)
-        m.config.gate_hidden = cfg.gate_hidden
-        torch.manual_seed(cfg.seed)
-        m.gates = torch.nn.ModuleList(Gate(m.config.hidden_size, cfg.gate_hidden, m.config.gate_open_bias)
-                                      for _ in range(L))
-        return m
-
-    def save_stage(name: str, model, metrics: dict) -> Path:
-        d = stages / name
-        if acc.is_main_process:
-            save_run(d, acc.unwrap_model(model), tokenizer, RunInfo(
-                task=prep.task_dict(), max_len=cfg.max_len, kind=name, budget=cfg.budget, metrics=metrics))
-        acc.wait_for_everyone()
-        progress.mark(name, d)
-        return d
+    st = _Stages(cfg, acc, record, log, teacher_dir, tokenizer, prep, teacher.num_layers, cfg.loss_weights())
+    schedule = homotopy_schedule(st.num_layers, cfg.budget, cfg.homotopy)
 
     last = None
-    # stage II: gate initialisation
     if cfg.gate_init:
-        if "stage2" in progress.done:
-            last = Path(progress.done["stage2"])
+        if "stage2" in record.done:
+            last = Path(record.done["stage2"])
         else:
             t = time.time()
-            student = fresh_student()
-            for p in student.backbone_parameters():
-                p.requires_grad_(False)
-            opt = _optimizer(student, [(list(student.gate_parameters()), cfg.gate_lr)], 0.0)
-            dl = _train_loader(acc, prep, cfg, cfg.seed + 2)
-            student_p, opt = acc.prepare(student, opt)
-            target = cfg.budget / L
-
-            def step2(batch):
-                o = student_p(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="sample")
-                return {"task": task_loss(o.logits, batch["labels"]),
-                        "budget": weights.budget * budget_penalty(o.gates, target),
-                        "_mean_gate": o.gates.mean()}
-
-            parts = _run_steps(acc, student_p, dl, opt, _steps(len(dl), cfg.stage2_epochs), cfg.warmup, step2,
-                               "stage II (gates)", cfg.progress)
-            dev = _eval(acc, student_p, prep.dev, prep, cfg, gates="route")
-            log(stage="stage2", **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
-            last = save_stage("stage2", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers})
+            last = _stage2(st)
             timings["stage2"] = time.time() - t
-            student = student_p = opt = None  # noqa: F841  (drop the last references before freeing)
             acc.free_memory()  # accelerate keeps every prepared model/optimizer otherwise
 
-    # stage III: joint training with KD under the homotopic budget
     teacher = teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher = teacher.to(acc.device)  # frozen: no DDP wrapper (it has nothing to synchronise)
-    need_inner = weights.kd_hidden or weights.kd_attention or weights.kd_embedding
     for j, k in enumerate(schedule):
         name = f"stage3-k{k:g}"
-        if name in progress.done:
-            last = Path(progress.done[name])
+        if name in record.done:
+            last = Path(record.done[name])
             continue
         t = time.time()
-        student = student_from(last) if last is not None else fresh_student()
-        for p in student.parameters():
-            p.requires_grad_(True)
-        opt = _optimizer(student, [(list(student.backbone_parameters()), cfg.lr),
-                                   (list(student.gate_parameters()), cfg.gate_lr)], cfg.weight_decay)
-        dl = _train_loader(acc, prep, cfg, cfg.seed + 10 + j)
-        student_p, opt = acc.prepare(student, opt)
-        target = k / L
-
-        def step3(batch, student_p=student_p, target=target):
-            ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-            s = student_p(ids, mask, tt, gates="sample", output_hidden=bool(need_inner),
-                          output_attentions=bool(weights.kd_attention))
-            parts = {"task": weights.task * task_loss(s.logits, batch["labels"]),
-                     "budget": weights.budget * budget_penalty(s.gates, target)}
-            if weights.kd_logits or need_inner:
-                with torch.no_grad():
-                    te = teacher(ids, mask, tt, gates="off", output_hidden=bool(need_inner),
-                                 output_attentions=bool(weights.kd_attention))
-                parts.update(distillation(s, te, mask, weights))
-            parts["_mean_gate"] = s.gates.mean()
-            return parts
-
-        epochs = cfg.final_phase_epochs if j == len(schedule) - 1 else cfg.phase_epochs
-        parts = _run_steps(acc, student_p, dl, opt, _steps(len(dl), epochs), cfg.warmup, step3,
-                           f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})", cfg.progress)
-        dev = _eval(acc, student_p, prep.dev, prep, cfg, gates="route")
-        log(stage="stage3", k=k, **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
-        last = save_stage(name, student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers, "k": k})
+        last = _stage3_phase(st, teacher, schedule, j, last)
         timings[name] = time.time() - t
-        student = student_p = opt = step3 = None  # noqa: F841  (drop the last references before freeing)
         acc.free_memory()
 
     final, _, last_info = load_run(last)

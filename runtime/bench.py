@@ -1,4 +1,5 @@
-"""Latency benchmark: the full model vs our per-row routing, in one process, interleaved (DESIGN.md §8, §10).
+"""Latency benchmark: the full model vs our per-row routing, in one process, interleaved
+(docs/architecture.md: Benchmarks, JSON outputs).
 
 For each (batch, seq) the engines below run round-robin, one call each per repeat (the starting engine
 rotates), so machine noise hits all of them alike; the medians are compared.

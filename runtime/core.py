@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hadskip.errors import HadSkipError
-from hadskip.runtime.backends import BACKENDS
+from hadskip.runtime.backends import BUILTIN, BackendOptions, plugin_opener
 from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest
 from hadskip.runtime.router import Backend, BatchResult, route
 from hadskip.runtime.text import Encoded, TextEncoder, TextInput, uses_token_types
@@ -131,54 +131,19 @@ class Runtime:
         ort-cuda/trt. device: torch device for the torch backend ("cpu", "cuda:0"; None: CUDA if present).
         max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt only.
         optimization: ORT graph optimisation level (disable|basic|extended|all). verify: check sha256s.
-        The torch backend also takes a run dir (hadskip.checkpoint) instead of a model dir.
+        The torch backend also takes a run dir (hadskip.checkpoint) instead of a model dir. Backends other
+        than ort-cpu, ort-cuda and trt are plug-ins (hadskip.runtime.backends), torch among them.
         """
         path = Path(model_dir)
-        if backend not in BACKENDS:
-            raise HadSkipError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if optimization not in OPTIMIZATIONS:
             raise HadSkipError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATIONS)}")
-        if backend == "torch":
-            return cls._load_torch(path, device, threads)
-        manifest = load_manifest(path, verify=verify)
-        info = _info_from_manifest(path, manifest)
-        if backend == "ort-cpu":
-            from hadskip.runtime.backends.ort import OrtCpuBackend
-
-            be = OrtCpuBackend(path, manifest, threads=threads, optimization=optimization)
-        elif backend == "ort-cuda":
-            from hadskip.runtime.backends.ort import OrtDeviceBackend
-
-            be = OrtDeviceBackend(path, manifest, device="cuda", device_id=device_id, threads=threads,
-                                  max_batch=max_batch, optimization=optimization)
+        options = BackendOptions(threads=threads, device_id=device_id, device=device, max_batch=max_batch,
+                                 cuda_graphs=cuda_graphs, optimization=optimization, verify=verify)
+        if backend in BUILTIN:
+            be, info = _open_builtin(path, options, backend)
         else:
-            from hadskip.runtime.backends.trt import TrtBackend
-
-            be = TrtBackend(path, manifest, device_id=device_id, max_batch=max_batch, cuda_graphs=cuda_graphs)
+            be, info = plugin_opener(backend)(path, options)
         return cls(be, info)
-
-    @classmethod
-    def _load_torch(cls, path: Path, device: str | None, threads: int | None = None) -> Runtime:
-        from hadskip.runtime.backends.torch_backend import TorchBackend, load_units
-
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
-
-        model, run_info = load_units(path)
-        if run_info is not None:  # a run dir
-            task = run_info.task
-            labels = task.get("label_names") or [str(k) for k in range(model.config.num_labels)]
-            info = ModelInfo(labels=list(labels), max_seq_len=int(run_info.max_len), num_layers=model.num_layers,
-                             model_type=model.config.model_type, tokenizer_file=path / "tokenizer" / "tokenizer.json",
-                             pad_token_id=model.config.hf_config.get("pad_token_id"),
-                             type_vocab_size=model.config.hf_config.get("type_vocab_size"), budget=run_info.budget)
-        else:
-            info = _info_from_manifest(path, load_manifest(path))
-        if not info.tokenizer_file.is_file():
-            raise HadSkipError(f"{info.tokenizer_file} is missing (a fast tokenizer is needed)")
-        return cls(TorchBackend(model, device), info)
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -198,9 +163,11 @@ class Runtime:
         return self.backend.name
 
     # -- running ------------------------------------------------------------------------------------------
-    def run_batch(self, input_ids, attention_mask, token_type_ids=None, forced=None) -> BatchResult:
-        """One right-padded batch: logits (B, C) and gate decisions (B, L); `forced` (B, L) 0/1 sets the gates."""
-        return route(self.backend, input_ids, attention_mask, token_type_ids, forced)
+    def run_batch(self, input_ids, attention_mask, token_type_ids=None, forced=None,
+                  gate_offset: float = 0.0) -> BatchResult:
+        """One right-padded batch: logits (B, C) and gate decisions (B, L); `forced` (B, L) 0/1 sets the gates,
+        else a gate opens where its margin logit_open - logit_closed > gate_offset (router.gate_open)."""
+        return route(self.backend, input_ids, attention_mask, token_type_ids, forced, gate_offset)
 
     def encode(self, inputs: Sequence[TextInput]) -> Encoded:
         return self.encoder.encode(inputs)
@@ -242,7 +209,26 @@ class Runtime:
         return f"Runtime(backend={self.backend.name!r}, layers={self.num_layers}, labels={self.labels})"
 
 
-def _info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
+def _open_builtin(path: Path, options: BackendOptions, backend: str):
+    """(backend, ModelInfo) for ort-cpu, ort-cuda or trt on a model dir."""
+    manifest = load_manifest(path, verify=options.verify)
+    info = info_from_manifest(path, manifest)
+    if backend == "ort-cpu":
+        from hadskip.runtime.backends.ort import OrtCpuBackend
+
+        return OrtCpuBackend(path, manifest, threads=options.threads, optimization=options.optimization), info
+    if backend == "ort-cuda":
+        from hadskip.runtime.backends.ort import OrtDeviceBackend
+
+        return OrtDeviceBackend(path, manifest, device="cuda", device_id=options.device_id, threads=options.threads,
+                                max_batch=options.max_batch, optimization=options.optimization), info
+    from hadskip.runtime.backends.trt import TrtBackend
+
+    return TrtBackend(path, manifest, device_id=options.device_id, max_batch=options.max_batch,
+                      cuda_graphs=options.cuda_graphs), info
+
+
+def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
     if not manifest.labels:
         raise HadSkipError(f"{path / MANIFEST} lists no labels")
     return ModelInfo(labels=list(manifest.labels), max_seq_len=int(manifest.max_seq_len),

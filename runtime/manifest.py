@@ -5,7 +5,7 @@
     MODEL/embeddings.onnx  input_ids, attention_mask, token_type_ids -> hidden   (inputs a graph does not use
                            may be absent from it: feed the ones `session.get_inputs()` names)
     MODEL/layers/NN.onnx   hidden, attention_mask -> hidden_out   (same io names for every layer)
-    MODEL/gates/NN.onnx    hidden, attention_mask -> gate_logits  (B, 2); open = gate_logits[:,1] > [:,0]
+    MODEL/gates/NN.onnx    hidden, attention_mask -> gate_logits  (B, 2) closed, open: router.gate_open decides
     MODEL/head.onnx        hidden, attention_mask -> logits
     MODEL/engines/...      TensorRT plans (engine "trt")
     MODEL/baseline/...     the full teacher exported by optimum-onnx (--with-baseline): units["baseline"] is

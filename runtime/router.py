@@ -1,15 +1,16 @@
-"""Per-row routing (DESIGN.md §6): every backend runs the same loop through a small Protocol.
+"""Per-row routing (docs/architecture.md, "The routing loop"): every backend runs this one loop through a
+small Protocol, and the gate rule below is the one every runtime backend uses.
 
     h = embeddings(batch)                      # trimmed to the longest row first
     for i in range(L):
-        g = gate[i](h, mask)                   # bool per row (or the forced pattern)
+        g = gate_open(gate[i](h, mask), offset)  # bool per row (or the forced pattern)
         rows = nonzero(g)
         if rows is all:  h = layer[i](h, mask)
         elif rows:       h[rows, :t] = layer[i](h[rows, :t], mask[rows, :t])   # t = longest open row
     logits = head(h, mask)
 
 Hidden states stay in the backend's memory (host for ORT-CPU, the GPU for the others); ids, masks and
-row indices are host numpy arrays, and only gate bits and logits come back to the host.
+row indices are host numpy arrays, and only gate logits (2 numbers a row) and logits come back to the host.
 Inputs must be right-padded (a mask row is ones then zeros), which makes trimming a slice.
 """
 
@@ -32,7 +33,7 @@ class Backend(Protocol):
     def run_embeddings(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                        token_type_ids: np.ndarray) -> Any: ...  # (B, T, hidden)
 
-    def run_gate(self, i: int, h: Any, attention_mask: np.ndarray) -> np.ndarray: ...  # (B,) bool, on the host
+    def run_gate(self, i: int, h: Any, attention_mask: np.ndarray) -> np.ndarray: ...  # (B, 2) gate logits, host
 
     def run_layer(self, i: int, h: Any, attention_mask: np.ndarray) -> Any: ...  # (B, T, hidden)
 
@@ -53,6 +54,26 @@ class BatchResult:
         return self.gates.sum(axis=1)  # (B,)
 
 
+def gate_margin(gate_logits: np.ndarray) -> np.ndarray:
+    """logit_open - logit_closed of each row, in float64 whatever the graph's dtype.  # (B, 2) -> (B,)
+
+    Both logits are widened first: the float64 difference of two fp32/fp16 numbers is 0 only when they are
+    equal and never has the wrong sign, so `margin > 0` is exactly `logit_open > logit_closed`."""
+    z = np.asarray(gate_logits, dtype=np.float64)  # exact for fp16/fp32; no np.errstate here: it costs 8 us a call
+    if z.shape[-1:] != (2,):
+        raise HadSkipError(f"gate logits must be (..., 2) (closed, open), got shape {z.shape}")
+    return z[..., 1] - z[..., 0]  # inf - inf is NaN (numpy warns): a closed gate
+
+
+def gate_open(gate_logits: np.ndarray, offset: float = 0.0) -> np.ndarray:
+    """The gate rule: open iff logit_open - logit_closed > offset.  # (B, 2) -> (B,) bool
+
+    offset 0 is the argmax of the two logits with a tie closing the gate; a larger offset closes more gates
+    (the budget dial's knob), a smaller one opens more. A NaN margin closes the gate. hadskip.model.gate_open
+    is the PyTorch mirror, pinned to this function by tests/test_gate_rule.py."""
+    return gate_margin(gate_logits) > float(offset)
+
+
 def row_lengths(attention_mask: np.ndarray) -> np.ndarray:
     """(B,) number of attended tokens per row; refuses masks that are not right-padded."""
     mask = np.asarray(attention_mask)
@@ -65,8 +86,9 @@ def row_lengths(attention_mask: np.ndarray) -> np.ndarray:
 
 
 def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
-          forced: np.ndarray | None = None) -> BatchResult:
-    """Run one batch through `backend`, each row on its own path. `forced` (B, L) 0/1 replaces the gates."""
+          forced: np.ndarray | None = None, gate_offset: float = 0.0) -> BatchResult:
+    """Run one batch through `backend`, each row on its own path. `forced` (B, L) 0/1 replaces the gates;
+    otherwise gate i is `gate_open(backend.run_gate(i, ...), gate_offset)`."""
     ids = np.asarray(input_ids, dtype=np.int64)
     lengths = row_lengths(attention_mask)
     t = max(1, int(lengths.max(initial=0)))  # trim the batch to its longest row
@@ -83,7 +105,7 @@ def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, t
 
     h = backend.run_embeddings(ids, mask, tt)  # (B, T, H)
     for i in range(n_layers):
-        g = forced[:, i] if forced is not None else backend.run_gate(i, h, mask)  # (B,) bool
+        g = forced[:, i] if forced is not None else gate_open(backend.run_gate(i, h, mask), gate_offset)  # (B,)
         gates[:, i] = g
         rows = np.flatnonzero(g)
         if rows.size == b:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hadskip.reinmax import hard_argmax, reinmax, straight_through
+from hadskip.reinmax import reinmax, straight_through
 
 
 @pytest.mark.parametrize("fn", [reinmax, straight_through])
@@ -58,7 +58,3 @@ def test_ste_gradient_hand_computed():
     out = straight_through(t[None], 1.0, sample=torch.tensor([[1.0, 0.0]], dtype=torch.float64))
     (out[0] * torch.tensor(w)).sum().backward()
     np.testing.assert_allclose(t.grad.numpy(), _jac(_softmax(theta)) @ w, rtol=1e-10)
-
-
-def test_hard_argmax_ties_close_the_gate():
-    assert hard_argmax(torch.tensor([[0.5, 0.5], [0.1, 0.2]])).tolist() == [[1.0, 0.0], [0.0, 1.0]]

@@ -123,7 +123,7 @@ class PointerBackend:
         self._run_unit(("gate", i), {"hidden": h, "attention_mask": self._mask(attention_mask)}, {"gate_logits": out})
         logits = np.empty((b, 2), dtype=out.dtype)
         self.mem.d2h(logits, out.ptr)  # the only per-layer copy to the host: 2 numbers a row
-        return logits[:, 1] > logits[:, 0]
+        return logits
 
     def run_layer(self, i: int, h: DeviceTensor, attention_mask) -> DeviceTensor:
         out = self._tensor(PARTNER[h.slot], h.shape, "hidden")

@@ -2,7 +2,7 @@
 
 One InferenceSession per graph. They run one after another, so each is sequential with inter_op 1 and
 non-spinning intra-op threads: a first try with per-session spinning pools on 2 cores cost 3x
-(DESIGN.md §6; https://onnxruntime.ai/docs/performance/tune-performance/threading.html).
+(docs/architecture.md, Benchmarks; https://onnxruntime.ai/docs/performance/tune-performance/threading.html).
 `OrtDeviceBackend(device="cpu")` runs the ort-cuda code path on host pointers, which is how it is tested
 without a GPU. Not included: ORT's own CUDA graphs (they need fixed shapes per session); see the trt backend.
 """
@@ -76,8 +76,7 @@ class OrtCpuBackend:
                                              "token_type_ids": token_type_ids})
 
     def run_gate(self, i, h, attention_mask) -> np.ndarray:
-        logits = self._run(("gate", i), {"hidden": h, "attention_mask": attention_mask})  # (B, 2)
-        return logits[:, 1] > logits[:, 0]
+        return self._run(("gate", i), {"hidden": h, "attention_mask": attention_mask})  # (B, 2)
 
     def run_layer(self, i, h, attention_mask) -> np.ndarray:
         return self._run(("layer", i), {"hidden": h, "attention_mask": attention_mask})

@@ -5,10 +5,11 @@ import hashlib
 import sys
 from pathlib import Path
 
+import hadskip.loop as loop
 import hadskip.train as train
 
 out, task, backbone = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-original = train._run_steps
+original = loop.run_steps
 
 
 def recording(acc, model, *args, **kwargs):
@@ -21,6 +22,6 @@ def recording(acc, model, *args, **kwargs):
     return result
 
 
-train._run_steps = recording
+loop.run_steps = recording
 train.finetune(train.TrainConfig(backbone=backbone, task=task, out=str(out / "run"), max_len=32, batch_size=8,
                                  epochs=1, progress=False))

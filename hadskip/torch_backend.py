@@ -1,14 +1,17 @@
-"""`torch`: the routing loop over the PyTorch units of a GatedEncoder (CPU or CUDA).
+"""The runtime's `torch` backend: the routing loop over the PyTorch units of a GatedEncoder (CPU or CUDA).
+
+A core object implementing the runtime's Backend Protocol (hadskip.runtime.router), so it lives here, beside
+the model, and the runtime finds it by name: pyproject.toml registers `open_backend` under the entry-point
+group `hadskip.backends` as `torch`, and hadskip.runtime never imports this module itself.
 
 The reference backend, and the GPU path on machines without onnxruntime-gpu or tensorrt: the units come
 from a run dir (hadskip.checkpoint.load_run) or from MODEL/torch/{model.safetensors, model_config.json}
-when the exporter wrote them. Needs the `train` extra (torch, transformers).
+when the exporter wrote them. Needs the `train` extra (torch, transformers); importing this module does not.
 Not included: fp16/bf16 autocast (the torch backend computes in fp32, like the exported graphs).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,25 +31,40 @@ def load_units(path: str | Path):
         return model, info
     tdir = path / "torch"
     if (tdir / "model.safetensors").is_file() and (tdir / "model_config.json").is_file():
-        from safetensors.torch import load_file
+        from hadskip.checkpoint import load_model
 
-        from hadskip.backbone import empty_hf_model
-        from hadskip.model import GatedEncoder, ModelConfig
-
-        config = ModelConfig.from_dict(json.loads((tdir / "model_config.json").read_text()))
-        model = GatedEncoder(config, empty_hf_model(config.hf_config))
-        missing, unexpected = model.load_state_dict(load_file(str(tdir / "model.safetensors")), strict=False)
-        missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-        if missing or unexpected:
-            raise HadSkipError(f"{tdir / 'model.safetensors'} does not match its config "
-                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        return model.eval(), None
+        return load_model(tdir), None
     raise HadSkipError(f"the torch backend needs a run dir (with run.json) or a model dir with "
                        f"torch/model.safetensors; {path} has neither")
 
 
+def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
+    """The runtime's opener for backend="torch": (TorchBackend, hadskip.runtime.core.ModelInfo) for a run dir
+    or a model dir with a torch/ folder. options: hadskip.runtime.backends.BackendOptions (threads, device,
+    verify are used)."""
+    from hadskip.runtime.core import ModelInfo, info_from_manifest
+    from hadskip.runtime.manifest import load_manifest
+
+    torch = require("torch", "train", "the torch backend")
+    if options.threads:
+        torch.set_num_threads(int(options.threads))
+    path = Path(path)
+    model, run_info = load_units(path)
+    if run_info is not None:  # a run dir
+        labels = run_info.task.get("label_names") or [str(k) for k in range(model.config.num_labels)]
+        info = ModelInfo(labels=list(labels), max_seq_len=int(run_info.max_len), num_layers=model.num_layers,
+                         model_type=model.config.model_type, tokenizer_file=path / "tokenizer" / "tokenizer.json",
+                         pad_token_id=model.config.hf_config.get("pad_token_id"),
+                         type_vocab_size=model.config.hf_config.get("type_vocab_size"), budget=run_info.budget)
+    else:
+        info = info_from_manifest(path, load_manifest(path, verify=options.verify))
+    if not info.tokenizer_file.is_file():
+        raise HadSkipError(f"{info.tokenizer_file} is missing (a fast tokenizer is needed)")
+    return TorchBackend(model, options.device), info
+
+
 class TorchBackend:
-    """Hidden states are torch tensors on `device`; gate bits and logits come back as numpy."""
+    """Hidden states are torch tensors on `device`; gate logits and logits come back as numpy."""
 
     name = "torch"
 
@@ -79,8 +97,7 @@ class TorchBackend:
 
     def run_gate(self, i, h, attention_mask) -> np.ndarray:
         with self.torch.inference_mode():
-            logits = self.model.gates[i](h, self._m(attention_mask))  # (B, 2)
-            return (logits[:, 1] > logits[:, 0]).cpu().numpy()
+            return self.model.gates[i](h, self._m(attention_mask)).float().cpu().numpy()  # (B, 2)
 
     def run_layer(self, i, h, attention_mask):
         with self.torch.inference_mode():
