@@ -141,7 +141,10 @@ def write_repo(model_dir: str | Path, out: str | Path, config: TritonRepoConfig 
     target = repo / config.name
     if target.exists() and not force:
         raise HadSkipError(f"{target} exists; choose another --out or --name, or pass --force to replace it")
-    repo.mkdir(parents=True, exist_ok=True)
+    try:
+        repo.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission, read-only file system
+        raise HadSkipError(f"cannot create the repository folder {repo}: {exc.strerror or exc}") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{config.name}.", dir=repo))  # a dot name: Triton skips it
     try:
         version = tmp / str(config.version)
