@@ -19,6 +19,7 @@ as is. The graph is validated against `model(..., gates="off")`, the same weight
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from hadskip.export.spec import ExportError
@@ -73,7 +74,6 @@ class TeacherLogits:
 def export_baseline(model, tokenizer, labels: list[str], dst: str | Path, opset: int) -> list[str]:
     """Write MODEL/baseline/ (model.onnx, config.json, tokenizer files); returns the written file names."""
     import logging
-    import warnings
 
     import torch
 
@@ -158,7 +158,9 @@ def teacher_source(run_dir: Path, model, tokenizer, info):
             why = f"the recorded teacher {d} does not match the run: {bad}"
             continue
         return teacher, {"model": "teacher", "teacher_run": str(d.resolve()), "note": "the run's recorded teacher"}
-    return model, {"model": STUDENT, "teacher_run": None, "note": f"{why}: the run's model with every gate open"}
+    note = f"{why}: the run's model with every gate open"
+    warnings.warn(f"baseline: {note}", stacklevel=2)  # a recorded teacher was expected; say so, not only in JSON
+    return model, {"model": STUDENT, "teacher_run": None, "note": note}
 
 
 def build_baseline(model, tokenizer, labels, tmp: Path, scratch: Path, specs, cases, opset: int, optimize: bool,
