@@ -8,9 +8,12 @@
     MODEL/gates/NN.onnx    hidden, attention_mask -> gate_logits  (B, 2); open = gate_logits[:,1] > [:,0]
     MODEL/head.onnx        hidden, attention_mask -> logits
     MODEL/engines/...      TensorRT plans (engine "trt")
-    MODEL/baseline/...     the full teacher exported by optimum-onnx (--with-baseline): units["baseline"] is
+    MODEL/baseline/...     the full model exported by optimum-onnx (--with-baseline): units["baseline"] is
                            baseline/model.onnx, one graph input_ids, attention_mask[, token_type_ids] -> logits,
-                           beside config.json and the tokenizer (ORTModelForSequenceClassification loads the dir)
+                           beside config.json and the tokenizer (ORTModelForSequenceClassification loads the dir);
+                           export["baseline"]["model"] says which model: "teacher" (the run's fine-tuned teacher,
+                           export["baseline"]["teacher_run"]) or "student-all-gates-open" (the run's own weights,
+                           every layer run: same cost as the teacher, not its accuracy)
 
 Loading checks the schema version, the type of every field (a bool is not an integer), their values
 (engine, precision, opset >= 17, the units of every layer), that no file the manifest names resolves outside
