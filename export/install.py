@@ -43,6 +43,10 @@ def _owned(out: Path) -> set[str]:
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
         raise ExportError(f"--out {out} has a {MANIFEST} without a file list; refusing to replace it")
+    for rel in files:
+        if not rel or "\0" in rel or os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise ExportError(f"--out {out} has a {MANIFEST} that lists a path outside it ({rel!r}); refusing to "
+                              "replace it")
     return {MANIFEST, *(os.path.normpath(k) for k in files)}
 
 

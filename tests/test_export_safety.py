@@ -119,6 +119,23 @@ def test_refusals_of_unreadable_or_foreign_dirs(run_dir, tmp_path):
     assert (foreign / "a.txt").read_text() == "x" and (broken / "manifest.json").is_file()
 
 
+@pytest.mark.parametrize("listed", ["../victim.txt", "/tmp/victim.txt", "layers/../../victim.txt", "a\0b"])
+def test_a_manifest_listing_paths_outside_is_refused_and_nothing_outside_is_touched(run_dir, model_dir, tmp_path,
+                                                                                    listed):
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    (tmp_path / "victim.txt").write_text("precious")
+    data = json.loads((d / "manifest.json").read_text())
+    data["files"][listed.replace("/tmp/", f"{tmp_path}/")] = {"sha256": "0" * 64, "bytes": 8}
+    (d / "manifest.json").write_text(json.dumps(data))
+    before = snapshot(tmp_path)
+    with pytest.raises(ExportError, match="lists a path outside it"):
+        export_model(run_dir, d, max_batch=2, validate=False, progress=False)
+    assert snapshot(tmp_path) == before
+
+
 def test_an_empty_dir_is_a_fine_target(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     export_model(run_dir, tmp_path / "empty", max_batch=2, validate=False, progress=False)
