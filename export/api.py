@@ -15,13 +15,12 @@ and then raises, naming what is missing. SIGTERM / SIGINT / SIGHUP remove the te
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hadskip.export.install import SignalGuard, check_target, install
+from hadskip.export.install import SignalGuard, check_target, install, temp_dirs
 from hadskip.export.progress import ExportProgress
 from hadskip.export.spec import RULE, ExportError, settle
 from hadskip.runtime.manifest import ENGINES, MANIFEST, MIN_OPSET, Manifest, file_table, write_manifest
@@ -162,10 +161,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
     trt_error: Exception | None = None
     try:
         with guard.deferred():  # a signal between the two mkdtemps must not orphan the first
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-            tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
-            scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
+            tmp, scratch = temp_dirs(out)
         reports: list[UnitReport] = []
         raw: dict = {}  # unit name -> its unfused fp32 graph (TensorRT input)
         for spec in specs:

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import uuid
 import warnings
@@ -96,16 +98,43 @@ def check_target(out: Path) -> set[str]:
     return owned
 
 
+def temp_dirs(out: Path) -> tuple[Path, Path]:
+    """(a temp dir beside `out` that the model dir is built in, a scratch dir in the system temp dir)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise ExportError(f"cannot write the model dir {out}: {exc.strerror or exc} ({exc.filename or out.parent})"
+                          ) from exc
+    tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"cannot create a scratch dir in {tempfile.gettempdir()}: {exc.strerror or exc}") from exc
+    return tmp, scratch
+
+
 def install(tmp: Path, out: Path) -> None:
     """Rename `tmp` into place. An old model dir at `out` is checked again, moved aside, and then only the files
     it owned are removed; anything else found there by then is kept where it was moved, with a warning."""
     if not out.exists():
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError as exc:
+            raise ExportError(f"cannot move the export into place at {out}: {exc.strerror or exc}") from exc
         return
     owned = check_target(out)
     old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-    out.rename(old)
-    tmp.rename(out)
+    try:
+        out.rename(old)
+    except OSError as exc:
+        raise ExportError(f"cannot move the old model dir {out} aside: {exc.strerror or exc}") from exc
+    try:
+        tmp.rename(out)
+    except OSError as exc:
+        old.rename(out)  # put the old model dir back
+        raise ExportError(f"cannot move the export into place at {out}: {exc.strerror or exc}") from exc
     for rel in sorted(owned):
         p = old / rel
         if p.is_file() and not p.is_symlink():

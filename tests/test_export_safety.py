@@ -136,6 +136,13 @@ def test_a_manifest_listing_paths_outside_is_refused_and_nothing_outside_is_touc
     assert snapshot(tmp_path) == before
 
 
+def test_an_out_under_a_file_is_one_line(run_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ExportError, match=r"cannot write the model dir .*afile/model") as err:
+        export_model(run_dir, tmp_path / "afile" / "model", max_batch=2, validate=False, progress=False)
+    assert "\n" not in str(err.value) and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_an_empty_dir_is_a_fine_target(run_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     export_model(run_dir, tmp_path / "empty", max_batch=2, validate=False, progress=False)
