@@ -2,10 +2,11 @@
 
     export_model(run_dir, out_dir, engine="onnx"|"trt", ...) -> ExportReport
 
-Modules: api (the orchestration, atomic install), spec (ExportSpec, validation, typed errors), units (the
-GatedEncoder's units as specs, TorchScript ONNX export), optimize (onnxruntime fusions, fp16), tokenizer,
-baseline (the full teacher through optimum-onnx), trt (TensorRT plans). Importing this package is light:
-torch, onnx and tensorrt are imported inside the functions that need them.
+Modules: api (the orchestration), install (the --out rule, the swap into place, cleanup on signals), spec
+(ExportSpec, validation with a relative + absolute tolerance, typed errors), units (the GatedEncoder's units as
+specs, TorchScript ONNX export), optimize (onnxruntime fusions, fp16), tokenizer, baseline (the full model
+through optimum-onnx: the run's teacher when it is recorded and present), trt (TensorRT plans), progress.
+Importing this package is light: torch, onnx and tensorrt are imported inside the functions that need them.
 """
 
 from hadskip.export.api import ExportReport, UnitReport, export_model

@@ -5,27 +5,26 @@ Order of work, all inside a temp dir beside the target:
        layers with optimize=True: fuse, validate, else keep the unfused graph
     2. tokenizer.json with truncation/padding; [baseline/ through optimum-onnx, validated]
     3. [engine "trt": a TensorRT plan per unit, validated on the GPU]
-    4. manifest.json with every file's sha256, then one rename into place.
+    4. manifest.json with every file's sha256, then one rename into place (export/install.py: an existing
+       --out is replaced only when it holds nothing but an earlier export's files).
 A failed validation raises (ValidationError / ShapeError) and leaves no model dir. A TensorRT step that
 cannot run (no tensorrt, no GPU) or fails still installs the validated ONNX model dir (engine "onnx")
-and then raises, naming what is missing.
+and then raises, naming what is missing. SIGTERM / SIGINT / SIGHUP remove the temp dirs first (install.py).
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hadskip.export.spec import ExportError, ShapeError, ValidationError
-from hadskip.runtime.manifest import MANIFEST, Manifest, file_table, write_manifest
+from hadskip.export.install import SignalGuard, check_target, install, temp_dirs
+from hadskip.export.progress import ExportProgress
+from hadskip.export.spec import RULE, ExportError, settle
+from hadskip.runtime.manifest import ENGINES, MANIFEST, MIN_OPSET, Manifest, file_table, write_manifest
 
-ENGINES = ("onnx", "trt")
-MIN_OPSET = 17  # LayerNormalization is one op from opset 17 on (TensorRT fp16 needs to see it whole)
 DUMMY = (2, 8)  # (batch, seq) the graphs are traced at; validation uses other shapes too
 
 
@@ -69,64 +68,6 @@ def validation_cases(max_seq_len: int, max_batch: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys(cases))
 
 
-class _Progress:
-    """A rich progress bar on stderr (or nothing): one step per unit."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("export {task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-            self.task = self.bar.add_task("", total=total)
-            self.bar.start()
-        self.started = False
-        self.live = self.bar is not None
-
-    def step(self, name: str) -> None:
-        if self.bar is not None:
-            if self.started:
-                self.bar.advance(self.task)
-            self.started = True
-            self.bar.update(self.task, description=name)
-
-    def add(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, total=self.bar.tasks[0].total + n)
-
-    def finish(self) -> None:
-        if self.live:
-            if self.started:
-                self.bar.advance(self.task)
-            self.bar.update(self.task, description="done")
-        self.stop()
-
-    def stop(self) -> None:
-        if self.live:
-            self.bar.stop()
-            self.live = False
-
-
-def _check_target(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file; give a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise ExportError(f"--out {out} exists and is not a hadskip model dir; refusing to replace it")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Rename tmp into place; an existing model dir is moved aside first and removed after."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def _tool_versions(*extra: str) -> dict:
     from importlib import metadata
 
@@ -162,7 +103,9 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
 
     engine: "onnx" (graphs only) or "trt" (also a TensorRT plan per unit; needs tensorrt and a GPU).
     optimize: onnxruntime BERT fusions in the layer graphs (unfused kept where a fused one fails validation).
-    with_baseline: also the full teacher through optimum-onnx into MODEL/baseline/.
+    with_baseline: also the full model through optimum-onnx into MODEL/baseline/: the run's fine-tuned teacher
+        when it records one that is still there, else the run's model with every gate open (the manifest's
+        export.baseline says which; see export/baseline.py).
     fp16: fp16 graphs (engine onnx) or fp16 plans (engine trt); gates, LayerNorm and softmax stay fp32.
     max_batch: the largest batch the TensorRT profile accepts, and the bound of the validation batches.
     """
@@ -174,8 +117,26 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
         raise ExportError(f"max_batch must be >= 1, got {max_batch}")
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir).expanduser().resolve()
-    _check_target(out)
+    check_target(out)  # refuse before any work; install checks again
+    with SignalGuard() as guard:
+        report, trt_error = _export(run_dir, out, guard, engine=engine, opset=opset, optimize=optimize,
+                                    with_baseline=with_baseline, fp16=fp16, max_batch=max_batch, validate=validate,
+                                    progress=progress)
+    if trt_error is not None:  # after the install: the validated ONNX model dir stays usable
+        from hadskip.export.trt import TRTUnavailableError
 
+        kept = f"(the validated ONNX model dir {out} was kept, engine onnx)"
+        if isinstance(trt_error, TRTUnavailableError):
+            raise TRTUnavailableError(f"{trt_error} {kept}") from trt_error
+        first = str(trt_error).strip().splitlines()[0] if str(trt_error).strip() else ""
+        raise ExportError(f"TensorRT build failed: {type(trt_error).__name__}: {first} {kept}") from trt_error
+    report.seconds = round(time.perf_counter() - start, 3)
+    return report
+
+
+def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset: int, optimize: bool,
+            with_baseline: bool, fp16: bool, max_batch: int, validate: bool, progress: bool):
+    """The export proper: (ExportReport, the TensorRT error to raise after the install or None)."""
     from hadskip.checkpoint import load_run
     from hadskip.export import optimize as opt
     from hadskip.export.tokenizer import write_tokenizer
@@ -195,13 +156,12 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     cases = validation_cases(max_seq_len, max_batch)
     dummy = (DUMMY[0], min(DUMMY[1], max_seq_len))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
-    scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
-    bar = _Progress(progress, len(specs) + 2 + int(with_baseline))
+    tmp = scratch = None
+    bar = ExportProgress(progress, len(specs) + 2 + int(with_baseline))
     trt_error: Exception | None = None
     try:
+        with guard.deferred():  # a signal between the two mkdtemps must not orphan the first
+            tmp, scratch = temp_dirs(out)
         reports: list[UnitReport] = []
         raw: dict = {}  # unit name -> its unfused fp32 graph (TensorRT input)
         for spec in specs:
@@ -214,7 +174,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
                 fused = scratch / spec.path.replace(".onnx", ".fused.onnx")
                 stats = opt.fuse_bert_layer(raw[spec.name], fused, cfg.num_heads, cfg.hidden_size)
                 candidates.insert(0, ("ort-fused", fused, stats))
-            label, path, diff, stats, note = _settle(spec, candidates, cases, validate)
+            label, path, diff, stats, note = settle(spec, candidates, cases, validate)
             (tmp / spec.path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, tmp / spec.path)
             reports.append(UnitReport(spec.name, spec.path, (tmp / spec.path).stat().st_size, diff,
@@ -225,9 +185,12 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
 
         baseline = None
         if with_baseline:
+            from hadskip.export.baseline import build_baseline, teacher_source
+
             bar.step("baseline (optimum)")
-            baseline = _baseline(model, tokenizer, labels, tmp, scratch, specs, cases, opset, optimize,
-                                 onnx_fp16, validate)
+            full, source = teacher_source(run_dir, model, tokenizer, info)
+            baseline = build_baseline(full, tokenizer, labels, tmp, scratch, specs, cases, opset, optimize,
+                                      onnx_fp16, validate, source)
 
         units = {"embeddings": "embeddings.onnx", "layers": [s.path for s in specs if s.kind == "layer"],
                  "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
@@ -254,19 +217,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
                 shutil.rmtree(tmp / "engines", ignore_errors=True)
 
         bar.step("manifest")
-        fused = {r.name: r.fused_ops for r in reports if r.fused_ops and r.optimization == "ort-fused"}
-        optimization = {"layers": "none"}
-        if optimize:
-            kept = [r for r in reports if r.optimization == "ort-fused"]
-            n_layers = len(units["layers"])
-            optimization = {
-                "layers": "ort-fused" if len(kept) == n_layers else ("mixed" if kept else "none"),
-                "tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0)",
-                "fused_ops": fused,
-                "not_kept": {r.name: r.note for r in reports if r.note},
-            }
-            if baseline:
-                optimization["baseline"] = baseline["optimization"]
+        optimization = _optimization(optimize, reports, len(units["layers"]), baseline)
         rels = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         files = file_table(tmp, rels)
         manifest = Manifest(
@@ -285,79 +236,39 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
             export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
                     "fp16": fp16, "optimize": optimize, "max_batch": max_batch,
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
-                    "atol": {s.name: s.atol for s in specs}},
+                    "atol": {s.name: s.atol for s in specs}, "rtol": {s.name: s.rtol for s in specs},
+                    "tolerance_rule": RULE,
+                    "baseline": {k: baseline[k] for k in ("model", "teacher_run", "note")} if baseline else None},
         )
         write_manifest(tmp, manifest)
         bar.finish()
         total = sum(m["bytes"] for m in files.values()) + (tmp / MANIFEST).stat().st_size
-        _install(tmp, out)
+        with guard.deferred():  # the old dir moved aside and the new one in place: both renames, or neither
+            install(tmp, out)
     finally:
-        bar.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    if trt_error is not None:  # after the install: the validated ONNX model dir stays usable
-        from hadskip.export.trt import TRTUnavailableError
-
-        kept = f"(the validated ONNX model dir {out} was kept, engine onnx)"
-        if isinstance(trt_error, TRTUnavailableError):
-            raise TRTUnavailableError(f"{trt_error} {kept}") from trt_error
-        first = str(trt_error).strip().splitlines()[0] if str(trt_error).strip() else ""
-        raise ExportError(f"TensorRT build failed: {type(trt_error).__name__}: {first} {kept}") from trt_error
-    return ExportReport(out_dir=str(out), seconds=round(time.perf_counter() - start, 3), total_bytes=total,
-                        engine=final_engine, precision=precision, opset=opset, units=reports,
-                        optimization=optimization, baseline=baseline, engines=engines, validation=validation)
+        with guard.deferred():
+            bar.stop()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    report = ExportReport(out_dir=str(out), seconds=0.0, total_bytes=total, engine=final_engine, precision=precision,
+                          opset=opset, units=reports, optimization=optimization, baseline=baseline, engines=engines,
+                          validation=validation)
+    return report, trt_error
 
 
-def _settle(spec, candidates: list[tuple[str, Path, dict]], cases, validate: bool):
-    """The first candidate graph (fused first, unfused last) that passes validation, converted to fp16 when
-    the spec says so: (label, path, max abs diff, fused op counts, why a fused one was not kept)."""
-    from hadskip.export import optimize as opt
-    from hadskip.export.spec import validate as check
-
-    note = ""
-    for label, path, stats in candidates:
-        if spec.fp16:
-            half = path.with_suffix(".fp16.onnx")
-            opt.to_fp16(path, half)
-            path = half
-        try:
-            diff = check(spec, path, cases) if validate else None
-        except (ValidationError, ShapeError, ExportError) as exc:
-            if label == "none":
-                raise
-            note = f"fused graph not kept: {exc}"
-            continue
-        return label, path, diff, stats, note
-    raise AssertionError("the unfused candidate comes last and either passes or raises")
-
-
-def _baseline(model, tokenizer, labels, tmp: Path, scratch: Path, specs, cases, opset: int, optimize: bool,
-              fp16: bool, validate: bool) -> dict:
-    """MODEL/baseline/: the teacher through optimum-onnx; fused (and fp16) like the layers when asked."""
-    from hadskip.export import optimize as opt
-    from hadskip.export.baseline import TeacherLogits, export_baseline
-    from hadskip.export.spec import FP16_ATOL, FP32_ATOL, ExportSpec
-
-    dst = tmp / "baseline"
-    raw = scratch / "baseline" / "model.onnx"
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    export_baseline(model, tokenizer, labels, dst, opset)
-    shutil.move(dst / "model.onnx", raw)
-    emb = specs[0]
-    spec = ExportSpec(name="baseline", kind="embeddings", path="baseline/model.onnx", module=TeacherLogits(model),
-                      inputs=list(emb.inputs), outputs=["logits"], dynamic_axes={}, sample=emb.sample, opset=opset,
-                      fp16=fp16, atol=FP16_ATOL if fp16 else FP32_ATOL)
-    candidates = [("none", raw, {})]
-    if optimize:
-        fused = scratch / "baseline" / "model.fused.onnx"
-        stats = opt.fuse_bert_layer(raw, fused, model.config.num_heads, model.config.hidden_size)
-        candidates.insert(0, ("ort-fused", fused, stats))
-    label, path, diff, stats, note = _settle(spec, candidates, cases, validate)
-    shutil.copyfile(path, dst / "model.onnx")
-    return {"path": "baseline/model.onnx", "dir": "baseline", "max_abs_diff": diff,
-            "precision": "fp16" if fp16 else "fp32",
-            "optimization": {"mode": label, "fused_ops": stats, "note": note,
-                             "tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0), "
-                                     "the same settings as the layer graphs"},
-            "exporter": "optimum.exporters.onnx.onnx_export_from_model (task text-classification)"}
+def _optimization(optimize: bool, reports: list[UnitReport], n_layers: int, baseline: dict | None) -> dict:
+    """What the manifest records about fusion: per layer kept or not, and why not."""
+    if not optimize:
+        return {"layers": "none"}
+    kept = [r for r in reports if r.optimization == "ort-fused"]
+    optimization = {
+        "layers": "ort-fused" if len(kept) == n_layers else ("mixed" if kept else "none"),
+        "tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0)",
+        "fused_ops": {r.name: r.fused_ops for r in kept if r.fused_ops},
+        "not_kept": {r.name: r.note for r in reports if r.note},
+    }
+    if baseline:
+        optimization["baseline"] = baseline["optimization"]
+    return optimization

@@ -1,10 +1,16 @@
-"""The full fine-tuned teacher as a plain transformers classifier, exported through optimum-onnx.
+"""MODEL/baseline/: the full model as a plain transformers classifier, exported through optimum-onnx.
 
-This is what a user would deploy instead of HadSkip, so the benchmarks compare against it. Our Head is
-exactly the classifier of transformers' sequence-classification models on the first token:
+This is what a user would deploy instead of HadSkip, so `hadskip bench` times it as "full". Which model it is:
+the run's fine-tuned teacher when the run is a `finetune` run itself, or records its teacher (run.json
+extra.teacher, written by `hadskip train`) and that run dir is still there and matches (same backbone shape,
+labels and vocabulary); otherwise the run's own model with every gate open (the HadSkip student's weights,
+all layers run). `teacher_source` decides; the manifest records the answer under export.baseline
+{"model": "teacher" | "student-all-gates-open", "teacher_run", "note"}.
+
+Our Head is exactly the classifier of transformers' sequence-classification models on the first token:
     BERT:    pooler.dense + tanh, dropout, classifier           <- head.dense, head.out
     RoBERTa: classifier.dense + tanh, dropout, classifier.out_proj   <- head.dense, head.out
-(RobertaClassificationHead has one more dropout before dense: the identity in eval.) So the teacher is
+(RobertaClassificationHead has one more dropout before dense: the identity in eval.) So the model is
 rebuilt as `AutoModelForSequenceClassification` from model.config.hf_config with our weights, and
 optimum exports one graph input_ids, attention_mask[, token_type_ids] -> logits, into MODEL/baseline/
 beside config.json and the tokenizer, so `ORTModelForSequenceClassification.from_pretrained` loads it
@@ -13,13 +19,14 @@ as is. The graph is validated against `model(..., gates="off")`, the same weight
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from hadskip.export.spec import ExportError
 
 
 def teacher_model(model, labels: list[str]):
-    """A transformers XForSequenceClassification holding the GatedEncoder's backbone and head weights."""
+    """A transformers XForSequenceClassification holding a GatedEncoder's backbone and head weights."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from hadskip.checkpoint import load_weights
@@ -53,7 +60,7 @@ def teacher_model(model, labels: list[str]):
 
 
 class TeacherLogits:
-    """The PyTorch reference for the baseline graph: the gated model with gates off."""
+    """The PyTorch reference for the baseline graph: the gated model with every layer run (gates off)."""
 
     def __init__(self, model):
         self.model = model
@@ -65,7 +72,6 @@ class TeacherLogits:
 def export_baseline(model, tokenizer, labels: list[str], dst: str | Path, opset: int) -> list[str]:
     """Write MODEL/baseline/ (model.onnx, config.json, tokenizer files); returns the written file names."""
     import logging
-    import warnings
 
     import torch
 
@@ -90,3 +96,101 @@ def export_baseline(model, tokenizer, labels: list[str], dst: str | Path, opset:
         raise ExportError(f"optimum-onnx wrote no model.onnx into {dst}")
     tokenizer.save_pretrained(str(dst))
     return sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
+
+
+STUDENT = "student-all-gates-open"
+
+
+def _recorded_dirs(run_dir: Path, info, recorded: str) -> list[Path]:
+    """Where a teacher path recorded at training time may be now: as written (absolute, or relative to the
+    current dir), and relative to the dir training ran in (found by matching the run's own recorded --out)."""
+    p = Path(recorded).expanduser()
+    if p.is_absolute():
+        return [p]
+    out = str(((info.extra or {}).get("config") or {}).get("out") or "")
+    found = []
+    parts = Path(out).parts
+    real = run_dir.resolve().parts
+    if parts and not Path(out).is_absolute() and ".." not in parts and real[-len(parts):] == parts:
+        found.append(Path(*real[:-len(parts)]) / p)
+    found.append(Path.cwd() / p)
+    return list(dict.fromkeys(found))
+
+
+def _mismatch(model, teacher, tokenizer, teacher_tokenizer) -> str:
+    """Why `teacher` cannot stand for `model`'s full-size original ("" when it can)."""
+    a, b = model.config, teacher.config
+    for name in ("model_type", "num_layers", "hidden_size", "num_heads", "num_labels"):
+        if getattr(a, name) != getattr(b, name):
+            return f"its {name} is {getattr(b, name)!r}, the run's is {getattr(a, name)!r}"
+    if tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        return "its tokenizer vocabulary differs from the run's"
+    return ""
+
+
+def teacher_source(run_dir: Path, model, tokenizer, info):
+    """(GatedEncoder to export as the baseline, {"model", "teacher_run", "note"}) for the run at `run_dir`."""
+    from hadskip.checkpoint import load_run, read_info
+    from hadskip.errors import HadSkipError
+
+    if info.kind == "finetune":
+        return model, {"model": "teacher", "teacher_run": str(run_dir.resolve()), "note": "the run is the teacher"}
+    recorded = (info.extra or {}).get("teacher")
+    if not recorded:
+        return model, {"model": STUDENT, "teacher_run": None,
+                       "note": f"the {info.kind!r} run records no teacher: the run's model with every gate open"}
+    why = f"the recorded teacher {recorded} was not found"
+    for d in _recorded_dirs(run_dir, info, str(recorded)):
+        if not (d / "run.json").is_file():
+            continue
+        try:
+            if read_info(d).kind != "finetune":
+                why = f"the recorded teacher {d} is not a finetune run"
+                continue
+            teacher, teacher_tok, _ = load_run(d)
+        except (HadSkipError, OSError, ValueError) as exc:
+            why = f"the recorded teacher {d} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+            continue
+        bad = _mismatch(model, teacher, tokenizer, teacher_tok)
+        if bad:
+            why = f"the recorded teacher {d} does not match the run: {bad}"
+            continue
+        return teacher, {"model": "teacher", "teacher_run": str(d.resolve()), "note": "the run's recorded teacher"}
+    note = f"{why}: the run's model with every gate open"
+    warnings.warn(f"baseline: {note}", stacklevel=2)  # a recorded teacher was expected; say so, not only in JSON
+    return model, {"model": STUDENT, "teacher_run": None, "note": note}
+
+
+def build_baseline(model, tokenizer, labels, tmp: Path, scratch: Path, specs, cases, opset: int, optimize: bool,
+                   fp16: bool, validate: bool, source: dict) -> dict:
+    """MODEL/baseline/ from `model` (see teacher_source); fused (and fp16) like the layers when asked.
+    Returns what the report and manifest record about it."""
+    import shutil
+
+    from hadskip.export import optimize as opt
+    from hadskip.export.spec import settle
+    from hadskip.export.spec import TOLERANCES, ExportSpec
+
+    dst = tmp / "baseline"
+    raw = scratch / "baseline" / "model.onnx"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    export_baseline(model, tokenizer, labels, dst, opset)
+    shutil.move(dst / "model.onnx", raw)
+    emb = specs[0]
+    atol, rtol = TOLERANCES["fp16" if fp16 else "fp32"]
+    spec = ExportSpec(name="baseline", kind="embeddings", path="baseline/model.onnx", module=TeacherLogits(model),
+                      inputs=list(emb.inputs), outputs=["logits"], dynamic_axes={}, sample=emb.sample, opset=opset,
+                      fp16=fp16, atol=atol, rtol=rtol)
+    candidates = [("none", raw, {})]
+    if optimize:
+        fused = scratch / "baseline" / "model.fused.onnx"
+        stats = opt.fuse_bert_layer(raw, fused, model.config.num_heads, model.config.hidden_size)
+        candidates.insert(0, ("ort-fused", fused, stats))
+    label, path, diff, stats, note = settle(spec, candidates, cases, validate)
+    shutil.copyfile(path, dst / "model.onnx")
+    return {"path": "baseline/model.onnx", "dir": "baseline", "max_abs_diff": diff,
+            "precision": "fp16" if fp16 else "fp32", **source,
+            "optimization": {"mode": label, "fused_ops": stats, "note": note,
+                             "tool": "onnxruntime.transformers.optimizer (model_type bert, opt_level 0), "
+                                     "the same settings as the layer graphs"},
+            "exporter": "optimum.exporters.onnx.onnx_export_from_model (task text-classification)"}

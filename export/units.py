@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hadskip.export.spec import FP16_ATOL, ExportSpec
+from hadskip.export.spec import TOLERANCES, ExportSpec
 from hadskip.runtime.manifest import IO
 
 AXES = {0: "batch", 1: "seq"}
@@ -83,7 +83,8 @@ def build_specs(model, *, vocab_size: int, pad_token_id: int, type_vocab_size: i
         return ExportSpec(name=name, kind=kind, path=path, module=module, inputs=list(io["inputs"]),
                           outputs=list(io["outputs"]), dynamic_axes=axes, sample=sample,
                           export_module=export_module, opset=opset, fp16=half,
-                          **({"atol": FP16_ATOL} if half else {}))
+                          atol=TOLERANCES["fp16" if half else "fp32"][0],
+                          rtol=TOLERANCES["fp16" if half else "fp32"][1])
 
     specs = [spec("embeddings", "embeddings", "embeddings.onnx", model.embeddings, ids_sample)]
     for i, (layer, gate) in enumerate(zip(model.layers, model.gates, strict=True)):

@@ -8,12 +8,17 @@
     MODEL/gates/NN.onnx    hidden, attention_mask -> gate_logits  (B, 2) closed, open: router.gate_open decides
     MODEL/head.onnx        hidden, attention_mask -> logits
     MODEL/engines/...      TensorRT plans (engine "trt")
-    MODEL/baseline/...     the full teacher exported by optimum-onnx (--with-baseline): units["baseline"] is
+    MODEL/baseline/...     the full model exported by optimum-onnx (--with-baseline): units["baseline"] is
                            baseline/model.onnx, one graph input_ids, attention_mask[, token_type_ids] -> logits,
-                           beside config.json and the tokenizer (ORTModelForSequenceClassification loads the dir)
+                           beside config.json and the tokenizer (ORTModelForSequenceClassification loads the dir);
+                           export["baseline"]["model"] says which model: "teacher" (the run's fine-tuned teacher,
+                           export["baseline"]["teacher_run"]) or "student-all-gates-open" (the run's own weights,
+                           every layer run: same cost as the teacher, not its accuracy)
 
-Loading checks the schema version, the fields and their values (engine, precision, opset >= 17, the units
-of every layer), that every listed file exists, and each file's sha256, naming the file that fails.
+Loading checks the schema version, the type of every field (a bool is not an integer), their values
+(engine, precision, opset >= 17, the units of every layer), that no file the manifest names resolves outside
+the model dir (a symlink to elsewhere is refused), that every listed file exists, and each file's sha256,
+naming the file that fails, in one line.
 Not included: signing; the sha256s catch corruption, not tampering.
 """
 
@@ -98,13 +103,17 @@ def write_manifest(model_dir: str | Path, manifest: Manifest) -> Path:
 
 
 def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
-    """Read and check MODEL/manifest.json; `verify` also checks every file's presence and sha256."""
+    """Read and check MODEL/manifest.json; `verify` also checks every file's presence and sha256.
+
+    Every failure is a ManifestError with a one-line message naming the file (and the field)."""
     root = Path(model_dir)
     f = root / MANIFEST
     if not root.is_dir():
         raise ManifestError(f"model dir {root} does not exist")
+    real_root = root.resolve()
     if not f.is_file():
         raise ManifestError(f"{f} is missing: {root} is not an exported hadskip model dir")
+    check_inside(real_root, f)
     try:
         data = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -112,18 +121,20 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{f} is not a JSON object")
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ManifestError(f"{f} has schema_version {version!r}; this hadskip reads {SCHEMA_VERSION} "
+    if not _is_int(version) or version != SCHEMA_VERSION:  # True == 1 in Python: a bool is refused here
+        raise ManifestError(f"{f} has schema_version {_show(version)}; this hadskip reads {SCHEMA_VERSION} "
                             "(re-export the model with this version)")
     try:
         manifest = Manifest(**data)
     except TypeError as exc:
         raise ManifestError(f"{f} does not match schema {SCHEMA_VERSION}: {exc}") from exc
+    check_types(data, f)
     _check_fields(manifest, f)
-    if len(manifest.units.get("layers", [])) != manifest.num_layers or \
-            len(manifest.units.get("gates", [])) != manifest.num_layers:
-        raise ManifestError(f"{f} lists {len(manifest.units.get('layers', []))} layers and "
-                            f"{len(manifest.units.get('gates', []))} gates for a {manifest.num_layers}-layer model")
+    if len(manifest.units["layers"]) != manifest.num_layers or len(manifest.units["gates"]) != manifest.num_layers:
+        raise ManifestError(f"{f} lists {len(manifest.units['layers'])} layers and "
+                            f"{len(manifest.units['gates'])} gates for a {manifest.num_layers}-layer model")
+    for rel in dict.fromkeys([*manifest.files, *unit_files(manifest)]):
+        check_inside(real_root, root / rel)
     if verify:
         for rel, meta in manifest.files.items():
             p = root / rel
@@ -136,6 +147,17 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
             if rel not in listed:
                 raise ManifestError(f"{root / rel} is used by {f} but has no sha256 entry")
     return manifest
+
+
+def check_inside(real_root: Path, path: Path) -> None:
+    """Refuse `path` when it (through a symlink anywhere on the way) resolves outside the model dir."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ManifestError(f"{path} cannot be resolved ({exc})") from exc
+    if target != real_root and real_root not in target.parents:
+        raise ManifestError(f"{path} resolves to {target}, outside the model dir {real_root}; "
+                            "refusing to follow the link (copy the file into the model dir instead)")
 
 
 def unit_files(manifest: Manifest) -> list[str]:
@@ -151,22 +173,102 @@ def unit_files(manifest: Manifest) -> list[str]:
     return rels
 
 
+# --- typed validation: every field a reader may touch has one type; a message names the field and value ---
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _optional(test):
+    return lambda v: v is None or test(v)
+
+
+_INT, _POS = (_is_int, "an integer"), (lambda v: _is_int(v) and v >= 1, "a positive integer")
+_STR, _DICT = (lambda v: isinstance(v, str), "a string"), (lambda v: isinstance(v, dict), "an object")
+_PATH = (lambda v: isinstance(v, str) and v != "", "a relative file path (a non-empty string)")
+_PATHS = (lambda v: _is_str_list(v) and all(v), "a list of relative file paths")
+
+TOP_TYPES = {
+    "schema_version": _INT, "backbone": _DICT, "task": _DICT,
+    "labels": (lambda v: _is_str_list(v) and len(v) >= 1, "a non-empty list of strings"),
+    "max_seq_len": _POS, "precision": _STR, "engine": _STR, "opset": _INT, "units": _DICT, "files": _DICT,
+    "budget": (_optional(_is_number), "a number or null"), "io": _DICT, "validation": _DICT,
+    "optimization": _DICT, "tools": _DICT, "created": _STR, "tokenization": _DICT, "io_types": _DICT,
+    "export": _DICT,
+}
+BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are checked when present
+    "num_layers": _POS, "hidden_size": _POS, "name": _STR, "model_type": _STR, "num_heads": _POS,
+    "intermediate_size": (_optional(_POS[0]), "a positive integer or null"), "vocab_size": _POS,
+    "pad_token_id": (_optional(_is_int), "an integer or null"), "type_vocab_size": _INT,
+    "max_position_embeddings": (_optional(_POS[0]), "a positive integer or null"), "gate_hidden": _POS,
+}
+UNIT_TYPES = {"embeddings": _PATH, "layers": _PATHS, "gates": _PATHS, "head": _PATH, "tokenizer": _PATH,
+              "engines": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
+              "baseline": (_optional(_PATH[0]), "a relative file path or null")}
+ENGINE_TYPES = {"embeddings": _PATH, "head": _PATH, "layers": _PATHS, "gates": _PATHS}
+FILE_TYPES = {"sha256": (lambda v: isinstance(v, str) and len(v) == 64 and not set(v) - set("0123456789abcdef"),
+                         "64 lowercase hex digits"),
+              "bytes": (lambda v: _is_int(v) and v >= 0, "a non-negative integer")}
+REQUIRED = {"backbone": ("num_layers", "hidden_size"), "units": UNIT_KEYS, "files": ("sha256", "bytes")}
+
+
+def _show(value) -> str:
+    """A value as JSON on one line, cut to a readable length."""
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_object(obj: dict, types: dict, where: str, f: Path, required: tuple = ()) -> None:
+    for key in required:
+        if key not in obj:
+            raise ManifestError(f"{f}: {where.rstrip('.')} lacks {key}")
+    for key, (test, what) in types.items():
+        if key in obj and not test(obj[key]):
+            raise ManifestError(f"{f}: {where}{key} must be {what}, got {_show(obj[key])}")
+
+
+def check_types(data: dict, f: Path) -> None:
+    """The type of every top-level field and of the nested fields readers use; ManifestError on the first."""
+    _check_object(data, TOP_TYPES, "", f)
+    _check_object(data["backbone"], BACKBONE_TYPES, "backbone.", f, REQUIRED["backbone"])
+    _check_object(data["units"], UNIT_TYPES, "units.", f, REQUIRED["units"])
+    engines = data["units"].get("engines")
+    if isinstance(engines, dict):
+        _check_object(engines, ENGINE_TYPES, "units.engines.", f)
+    for rel, meta in data["files"].items():
+        if not isinstance(meta, dict):
+            raise ManifestError(f"{f}: files[{_show(rel)}] must be an object, got {_show(meta)}")
+        _check_object(meta, FILE_TYPES, f"files[{_show(rel)}].", f, REQUIRED["files"])
+    for name, value in data["validation"].items():
+        if not _optional(_is_number)(value):
+            raise ManifestError(f"{f}: validation.{name} must be a number or null, got {_show(value)}")
+    task = data["task"]
+    _check_object(task, {"name": _STR, "num_labels": _POS,
+                         "label_names": (_optional(_is_str_list), "a list of strings or null")}, "task.", f)
+
+
 def _check_fields(manifest: Manifest, f: Path) -> None:
-    """Values a reader relies on; the message names the manifest and the field."""
+    """Values a reader relies on (types are checked already); the message names the manifest and the field."""
     if manifest.engine not in ENGINES:
         raise ManifestError(f"{f}: engine {manifest.engine!r} is not one of {', '.join(ENGINES)}")
     if manifest.precision not in PRECISIONS:
         raise ManifestError(f"{f}: precision {manifest.precision!r} is not one of {', '.join(PRECISIONS)}")
-    if not isinstance(manifest.opset, int) or manifest.opset < MIN_OPSET:
+    if manifest.opset < MIN_OPSET:
         raise ManifestError(f"{f}: opset {manifest.opset!r} < {MIN_OPSET} (LayerNorm must be one op)")
-    if not isinstance(manifest.units, dict) or any(k not in manifest.units for k in UNIT_KEYS):
-        missing = [k for k in UNIT_KEYS if not isinstance(manifest.units, dict) or k not in manifest.units]
-        raise ManifestError(f"{f}: units lacks {', '.join(missing)}")
     if manifest.engine == "trt" and not isinstance(manifest.units.get("engines"), dict):
         raise ManifestError(f"{f}: engine 'trt' but units['engines'] lists no TensorRT plans")
-    if not isinstance(manifest.backbone, dict) or "num_layers" not in manifest.backbone:
-        raise ManifestError(f"{f}: backbone lacks num_layers")
     for rel in [*manifest.files, *unit_files(manifest)]:
         p = Path(rel)
-        if p.is_absolute() or ".." in p.parts:
-            raise ManifestError(f"{f}: file path {rel!r} leaves the model dir")
+        if rel == "" or p.is_absolute() or ".." in p.parts or "\0" in rel:
+            raise ManifestError(f"{f}: file path {_show(rel)} leaves the model dir")

@@ -220,13 +220,19 @@ def test_out_dir_rules(exported, tmp_path):
         export_model(exported["run"], tmp_path / "m", opset=13, progress=False)
 
 
-def test_reexport_replaces_a_model_dir(tmp_path):
+def test_reexport_replaces_a_model_dir_removing_only_its_listed_files(tmp_path):
     run_dir = tiny_run(tmp_path / "run", "bert")
     first = export_model(run_dir, tmp_path / "model", max_batch=2, progress=False)
-    (tmp_path / "model" / "stale.txt").write_text("old")
-    second = export_model(run_dir, tmp_path / "model", max_batch=2, progress=False)
-    assert first.out_dir == second.out_dir and not (tmp_path / "model" / "stale.txt").exists()
-    load_manifest(tmp_path / "model")
+    d = tmp_path / "model"
+    # a file an earlier export wrote and listed, which this export does not write: it goes
+    (d / "extra").mkdir()
+    (d / "extra" / "old.onnx").write_bytes(b"old graph")
+    data = json.loads((d / "manifest.json").read_text())
+    data["files"]["extra/old.onnx"] = {"sha256": "0" * 64, "bytes": 9}
+    (d / "manifest.json").write_text(json.dumps(data))
+    second = export_model(run_dir, d, max_batch=2, progress=False)
+    assert first.out_dir == second.out_dir and not (d / "extra").exists()
+    load_manifest(d)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "run"]
 
 

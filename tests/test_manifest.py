@@ -123,3 +123,145 @@ def test_wrong_layer_count_is_refused(tmp_path):
     (d / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="1 gates for a 2-layer model"):
         load_manifest(d)
+
+
+def rewrite(d: Path, edit) -> None:
+    """Apply `edit(data)` to the manifest JSON of d (in place)."""
+    data = json.loads((d / MANIFEST).read_text())
+    edit(data)
+    (d / MANIFEST).write_text(json.dumps(data))
+
+
+def _set(path: str, value):
+    def edit(data):
+        *parents, last = path.split(".")
+        obj = data
+        for key in parents:
+            obj = obj[key]
+        obj[last] = value
+    return edit
+
+
+def _set_file_meta(key: str, value):
+    def edit(data):
+        data["files"]["head.onnx"][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set("backbone.num_layers", "three"), r"backbone\.num_layers must be a positive integer, got \"three\""),
+    (_set("backbone.num_layers", True), r"backbone\.num_layers must be a positive integer, got true"),
+    (_set("backbone.num_layers", 2.0), r"backbone\.num_layers must be a positive integer, got 2\.0"),
+    (_set("backbone.num_layers", 0), r"backbone\.num_layers must be a positive integer, got 0"),
+    (_set("backbone.hidden_size", None), r"backbone\.hidden_size must be a positive integer, got null"),
+    (_set("backbone.pad_token_id", "0"), r"backbone\.pad_token_id must be an integer or null"),
+    (_set("backbone.model_type", 7), r"backbone\.model_type must be a string, got 7"),
+    (_set("backbone", ["num_layers"]), r": backbone must be an object"),
+    (_set("max_seq_len", "16"), r"max_seq_len must be a positive integer, got \"16\""),
+    (_set("max_seq_len", -1), r"max_seq_len must be a positive integer, got -1"),
+    (_set("labels", "ab"), r"labels must be a non-empty list of strings"),
+    (_set("labels", [0, 1]), r"labels must be a non-empty list of strings"),
+    (_set("labels", []), r"labels must be a non-empty list of strings"),
+    (_set("opset", "17"), r"opset must be an integer, got \"17\""),
+    (_set("opset", True), r"opset must be an integer, got true"),
+    (_set("engine", ["onnx"]), r"engine must be a string"),
+    (_set("precision", None), r"precision must be a string, got null"),
+    (_set("budget", "2"), r"budget must be a number or null"),
+    (_set("budget", False), r"budget must be a number or null, got false"),
+    (_set("units", []), r": units must be an object"),
+    (_set("units.layers", "layers/00.onnx"), r"units\.layers must be a list of relative file paths"),
+    (_set("units.head", 5), r"units\.head must be a relative file path"),
+    (_set("units.head", ""), r"units\.head must be a relative file path"),
+    (_set("units.engines", "engines/"), r"units\.engines must be an object or null"),
+    (_set("units.baseline", 1), r"units\.baseline must be a relative file path or null"),
+    (_set("files", []), r": files must be an object"),
+    (_set_file_meta("sha256", 12), r"files\[\"head\.onnx\"\]\.sha256 must be 64 lowercase hex digits"),
+    (_set_file_meta("bytes", "12"), r"files\[\"head\.onnx\"\]\.bytes must be a non-negative integer"),
+    (_set("validation", {"head": "small"}), r"validation\.head must be a number or null"),
+    (_set("task.num_labels", "2"), r"task\.num_labels must be a positive integer"),
+    (_set("created", 2024), r"created must be a string"),
+    (_set("export", None), r"export must be an object, got null"),
+])
+def test_wrongly_typed_fields_are_one_line_errors(tmp_path, edit, message):
+    d = make_model_dir(tmp_path)
+    rewrite(d, edit)
+    with pytest.raises(ManifestError, match=message) as err:
+        load_manifest(d, verify=False)
+    assert "\n" not in str(err.value) and MANIFEST in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["num_layers", "hidden_size"])
+def test_a_missing_backbone_size_is_named(tmp_path, key):
+    d = make_model_dir(tmp_path)
+    rewrite(d, lambda data: data["backbone"].pop(key))
+    with pytest.raises(ManifestError, match=f"backbone lacks {key}"):
+        load_manifest(d)
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", None])
+def test_schema_version_must_be_the_integer(tmp_path, version):
+    d = make_model_dir(tmp_path)
+    rewrite(d, _set("schema_version", version))
+    with pytest.raises(ManifestError, match=r"schema_version .* this hadskip reads 1"):
+        load_manifest(d)
+
+
+# --- symlinks: nothing a manifest names may resolve outside the model dir ---
+
+def _outside_copy(d: Path, rel: str, outside: Path) -> Path:
+    """Move d/rel to outside/ (same bytes, so only the link itself can be what is refused) and link it back."""
+    src = d / rel
+    dst = outside / rel.replace("/", "_")
+    src.rename(dst)
+    src.symlink_to(dst)
+    return dst
+
+
+@pytest.mark.parametrize("rel", ["manifest.json", "head.onnx", "tokenizer.json", "layers/01.onnx"])
+def test_a_file_linking_outside_is_refused(tmp_path, rel):
+    d = make_model_dir(tmp_path / "model")
+    (tmp_path / "elsewhere").mkdir()
+    _outside_copy(d, rel, tmp_path / "elsewhere")
+    for verify in (True, False):
+        with pytest.raises(ManifestError, match=r"resolves to .*elsewhere.* outside the model dir") as err:
+            load_manifest(d, verify=verify)
+        assert "\n" not in str(err.value) and rel.split("/")[-1] in str(err.value)
+
+
+def test_a_folder_linking_outside_is_refused(tmp_path):
+    d = make_model_dir(tmp_path / "model")
+    (d / "gates").rename(tmp_path / "gates")
+    (d / "gates").symlink_to(tmp_path / "gates", target_is_directory=True)
+    with pytest.raises(ManifestError, match=r"gates/00\.onnx resolves to .* outside the model dir"):
+        load_manifest(d)
+
+
+def test_a_listed_extra_file_linking_outside_is_refused(tmp_path):
+    d = make_model_dir(tmp_path / "model")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the model dir")
+    (d / "notes.txt").symlink_to(secret)
+
+    def add(data):
+        data["files"]["notes.txt"] = file_table(d, ["notes.txt"])["notes.txt"]
+    rewrite(d, add)
+    with pytest.raises(ManifestError, match=r"notes\.txt resolves to .*secret\.txt"):
+        load_manifest(d)
+
+
+def test_links_that_stay_inside_and_a_linked_model_dir_are_fine(tmp_path):
+    d = make_model_dir(tmp_path / "model")
+    (d / "store").mkdir()
+    (d / "head.onnx").rename(d / "store" / "head.onnx")
+    (d / "head.onnx").symlink_to(Path("store") / "head.onnx")  # relative, inside
+    (tmp_path / "current").symlink_to(d, target_is_directory=True)  # the model dir itself through a link
+    assert load_manifest(tmp_path / "current").num_layers == L
+
+
+def test_a_symlink_loop_is_one_line(tmp_path):
+    d = make_model_dir(tmp_path / "model")
+    (d / "head.onnx").unlink()
+    (d / "head.onnx").symlink_to(d / "head.onnx")
+    with pytest.raises(ManifestError) as err:
+        load_manifest(d)
+    assert "head.onnx" in str(err.value) and "\n" not in str(err.value)
