@@ -127,7 +127,8 @@ class Runtime:
         threads: intra-op threads per ORT session (None: onnxruntime's default); for the torch backend,
         torch's (process-wide) intra-op thread count; trt has no host threads to set. device_id: the GPU for
         ort-cuda/trt. device: torch device for the torch backend ("cpu", "cuda:0"; None: CUDA if present).
-        max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt only.
+        max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt and torch
+        on CUDA ("auto": CUDA graphs per shape for small calls; "on"; "off").
         optimization: ORT graph optimisation level (disable|basic|extended|all). verify: check sha256s.
         The torch backend also takes a run dir (hadskip.checkpoint) instead of a model dir.
         """
@@ -135,7 +136,7 @@ class Runtime:
         if backend not in BACKENDS:
             raise HadSkipError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if backend == "torch":
-            return cls._load_torch(path, device, threads)
+            return cls._load_torch(path, device, threads, cuda_graphs)
         manifest = load_manifest(path, verify=verify)
         info = _info_from_manifest(path, manifest)
         if backend == "ort-cpu":
@@ -154,7 +155,8 @@ class Runtime:
         return cls(be, info)
 
     @classmethod
-    def _load_torch(cls, path: Path, device: str | None, threads: int | None = None) -> Runtime:
+    def _load_torch(cls, path: Path, device: str | None, threads: int | None = None,
+                    cuda_graphs: str = "auto") -> Runtime:
         from hadskip.runtime.backends.torch_backend import TorchBackend, load_units
 
         if threads:
@@ -173,7 +175,7 @@ class Runtime:
             info = _info_from_manifest(path, load_manifest(path))
         if not info.tokenizer_file.is_file():
             raise HadSkipError(f"{info.tokenizer_file} is missing (a fast tokenizer is needed)")
-        return cls(TorchBackend(model, device), info)
+        return cls(TorchBackend(model, device, cuda_graphs=cuda_graphs), info)
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
