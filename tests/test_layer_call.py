@@ -8,11 +8,12 @@ tests run against the installed line (the suite is run under 4.57 and under 5.x,
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
 
-from hadskip.model import Layer, call_layer
-from hadskip.testing import tiny_model, tiny_sentences
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+from hadskip.model import Layer, call_layer  # noqa: E402
+from hadskip.testing import tiny_model, tiny_sentences  # noqa: E402
 
 B, T, H, HEADS = 3, 5, 8, 2
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from hadskip.cuda_graphs import UnitGraphs
-from hadskip.errors import HadSkipError
-from hadskip.runtime.backends.torch_backend import TorchBackend
-from hadskip.runtime.router import route
-from hadskip.testing import tiny_model
+torch = pytest.importorskip("torch")
+
+from hadskip.cuda_graphs import UnitGraphs  # noqa: E402
+from hadskip.errors import HadSkipError  # noqa: E402
+from hadskip.runtime.backends.torch_backend import TorchBackend  # noqa: E402
+from hadskip.runtime.router import route  # noqa: E402
+from hadskip.testing import tiny_model  # noqa: E402
 
 
 class ReplayGraphs(UnitGraphs):
