@@ -163,7 +163,7 @@ if [ -n "$DRY" ]; then
 fi
 
 step "done in $((SECONDS - start))s: $([ $failed -eq 0 ] && echo 'no step failed' || echo 'FAILURES above')"
-for s in "${STEPS[@]}"; do IFS='|' read -r name status secs <<<"$s"; printf '  %-14s %-60s %4ss\n' "$name" "$status" "$secs"; done
+for s in "${STEPS[@]}"; do IFS='|' read -r name status secs <<<"$s"; printf '  %-20s %-60s %4ss\n' "$name" "$status" "$secs"; done
 echo "results in $RESULTS: $(cd "$RESULTS" && ls | tr '\n' ' ')"
 echo
 echo "=== summary"
