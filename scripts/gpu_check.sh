@@ -78,10 +78,14 @@ EOF
 t0=$SECONDS
 if installed_here; then
   how="already installed from this tree"
-elif timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . && installed_here; then
+elif timeout 120 "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$WORK/pip.log" 2>&1 \
+    && installed_here; then
   how="pip install -e . (editable)"
 else
-  # pip could not (no setuptools, read-only site-packages, ...): stage the package-dir mapping with links
+  echo "pip install -e . did not work: $(grep -v '^\s*$' "$WORK/pip.log" | tail -1)"
+  # stage the package-dir mapping with links instead; PYTHONSAFEPATH (Python >= 3.11) keeps the tree's own
+  # hadskip/ (which lacks runtime/, export/, cli/) from shadowing it through the current directory
+  export PYTHONSAFEPATH=1
   mkdir -p "$WORK/src/hadskip"
   for f in hadskip/*; do ln -sfn "$ROOT/$f" "$WORK/src/hadskip/"; done
   ln -sfn "$ROOT/export" "$WORK/src/hadskip/export"
