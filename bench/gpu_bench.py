@@ -330,7 +330,7 @@ def print_summary(out: Path) -> int:
                      k.count("_") == 2}, key=lambda t: (int(t.split("_")[0][1:]), t))
     head = ["backend", "status", "max|dlogit|", "gate diff"]
     for t in shapes:
-        head += [f"{t} ms (full)", f"{t} ratio/ideal"]
+        head += [f"{t} ms (full)", f"{t} ratio/ideal", f"{t} forced"]
     lines = [head]
     for r in data["rows"]:
         line = [r["backend"], r.get("status", ""), _fmt(r.get("max_abs_logit_diff")),
@@ -339,7 +339,9 @@ def print_summary(out: Path) -> int:
             ms = f"{_fmt(r.get(f'{t}_ms'))} ({_fmt(r.get(f'{t}_full_ms'))})" if f"{t}_ms" in r else ""
             ratio = (f"{_fmt(r.get(f'{t}_ratio'))}/{_fmt(r.get(f'{t}_ideal'))}="
                      f"{_fmt(r.get(f'{t}_ratio_to_ideal'))}") if f"{t}_ratio" in r else ""
-            line += [ms, ratio]
+            forced = " ".join(f"K={k.split('_forced')[1].split('_')[0]}:{_fmt(r[k])}" for k in sorted(r)
+                              if k.startswith(f"{t}_forced"))
+            line += [ms, ratio, forced]
         if r.get("why"):
             line[1] = f"{line[1]}: {r['why']}"
         lines.append(line)
@@ -347,7 +349,8 @@ def print_summary(out: Path) -> int:
     for line in lines:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
     print("ms: median of the routed runtime with its trained gates (full model in brackets); ratio/ideal: "
-          "ms/full over (emb + avg_layers*layer + head)/(emb + L*layer + head)")
+          "ms/full over (emb + avg_layers*layer + head)/(emb + L*layer + head); forced: the same ratio/ideal "
+          "with K layers forced open for every row (no gate calls)")
     return 0
 
 
