@@ -1,10 +1,15 @@
 """TensorRT engines from the exported (unfused, fp32) ONNX graphs: one plan per unit under MODEL/engines/.
 
 One optimisation profile per engine spanning batch 1..max_batch and seq 1..max_seq_len (opt at a typical
-serving size), fp16 optional with LayerNorm and softmax layers pinned to fp32 through layer precision
-constraints (TensorRT issues 2781 / 2564: fp16 LN overflows), gates always fp32, TF32 off for fp32
-plans (so they meet the fp32 tolerance), and one timing cache shared by every build (and kept under
-~/.cache/hadskip/ for the next export on the same GPU). Each plan is checked against PyTorch on the GPU.
+serving size), TF32 off where the flag exists (so fp32 plans meet the fp32 tolerance), and one timing cache
+shared by every build (and kept under ~/.cache/hadskip/ for the next export on the same GPU). Each plan is
+checked against PyTorch on the GPU.
+
+Precision comes from the graph, never from builder flags: every network is strongly typed, and an fp16 plan
+is built from an fp16 copy of the ONNX graph with LayerNorm and softmax kept fp32 (TensorRT issues
+2781 / 2564: fp16 LN overflows); gates always fp32. TensorRT 11 removed the weak-typing API
+(BuilderFlag.FP16, OBEY_PRECISION_CONSTRAINTS, layer precision / set_output_type) and 10 has strong typing
+too, so one path serves TensorRT 10 and 11.
 
 tensorrt is imported lazily; without it, or without a CUDA GPU, `require_tensorrt` raises one line
 naming what is missing. Not included: INT8, multiple profiles, CUDA graphs (the runtime's business).
@@ -41,26 +46,38 @@ def profile_shapes(max_batch: int, max_seq_len: int) -> dict[str, list[int]]:
     return {"batch": [1, min(max_batch, 16), max_batch], "seq": [1, min(max_seq_len, 128), max_seq_len]}
 
 
-def _cache_file(trt, torch) -> Path:
+def _cache_file(trt, device_name: str) -> Path:
     root = Path(os.environ.get("HADSKIP_CACHE", Path.home() / ".cache" / "hadskip")) / "trt"
-    gpu = torch.cuda.get_device_name().replace(" ", "_").replace("/", "_")
+    gpu = device_name.replace(" ", "_").replace("/", "_")
     return root / f"timing-{trt.__version__}-{gpu}.cache"
 
 
+def network_flags(trt) -> int:
+    """create_network flags: strongly typed (TensorRT 10 opts in with the flag; 11 is always strongly typed
+    and ignores it, or may drop it)."""
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "STRONGLY_TYPED", None)
+    return 1 << int(flag) if flag is not None else 0
+
+
 class EngineBuilder:
-    """Builds plans one by one, sharing one builder and one timing cache."""
+    """Builds plans one by one, sharing one builder and one timing cache.
 
-    def __init__(self, max_batch: int, max_seq_len: int, hidden_size: int, workspace_gb: float = 2.0):
-        self.trt = trt = require_tensorrt()
-        import torch
+    `trt` and `device_name` replace the tensorrt module and the GPU's name (tests use a stand-in)."""
 
-        self.torch = torch
+    def __init__(self, max_batch: int, max_seq_len: int, hidden_size: int, workspace_gb: float = 2.0, *,
+                 trt=None, device_name: str | None = None):
+        self.trt = trt = trt if trt is not None else require_tensorrt()
+        if device_name is None:
+            import torch
+
+            device_name = torch.cuda.get_device_name()
+        self.device_name = device_name
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.builder = trt.Builder(self.logger)
         self.shapes = profile_shapes(max_batch, max_seq_len)
         self.hidden_size = hidden_size
         self.workspace = int(workspace_gb * (1 << 30))
-        self.cache_path = _cache_file(trt, torch)
+        self.cache_path = _cache_file(trt, device_name)
         blob = self.cache_path.read_bytes() if self.cache_path.is_file() else b""
         self.timing_cache = self.builder.create_builder_config().create_timing_cache(blob)
 
@@ -69,9 +86,18 @@ class EngineBuilder:
         return (b, t, self.hidden_size) if name == "hidden" else (b, t)
 
     def build(self, onnx_path: str | Path, plan_path: str | Path, fp16: bool) -> dict:
-        """Parse, build and write one plan; returns {"fp32_layers": n pinned to fp32}."""
+        """Parse, build and write one plan from the fp32 graph at `onnx_path` (an fp16 copy is made beside it
+        when `fp16`); returns {"fp32_layers": LayerNorm/softmax nodes kept fp32 in that copy}."""
         trt = self.trt
-        network = self.builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+        pinned = 0
+        if fp16:
+            from hadskip.export.optimize import FP32_OPS, op_counts, to_fp16
+
+            half = Path(onnx_path).with_name(Path(onnx_path).stem + ".trt-fp16.onnx")
+            to_fp16(onnx_path, half)  # io stays fp32; LayerNorm and softmax stay fp32
+            pinned = sum(n for op, n in op_counts(half).items() if op in FP32_OPS)
+            onnx_path = half
+        network = self.builder.create_network(network_flags(trt))
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -84,19 +110,9 @@ class EngineBuilder:
             name = network.get_input(i).name
             profile.set_shape(name, self._dims(name, 0), self._dims(name, 1), self._dims(name, 2))
         config.add_optimization_profile(profile)
-        pinned = 0
-        if fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            for i in range(network.num_layers):
-                layer = network.get_layer(i)
-                if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX):
-                    layer.precision = trt.float32
-                    for j in range(layer.num_outputs):
-                        layer.set_output_type(j, trt.float32)
-                    pinned += 1
-        else:
-            config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls miss the 1e-4 fp32 tolerance
+        tf32 = getattr(trt.BuilderFlag, "TF32", None)
+        if tf32 is not None:
+            config.clear_flag(tf32)  # TF32 matmuls miss the 1e-4 fp32 tolerance (and fp16 plans keep fp32 parts)
         plan = self.builder.build_serialized_network(network, config)
         if plan is None:
             raise ExportError(f"TensorRT failed to build an engine from {Path(onnx_path).name} (see its log above)")
@@ -110,9 +126,12 @@ class EngineBuilder:
 
     def validate(self, spec: ExportSpec, plan_path: str | Path, cases: list[tuple[int, int]], fp16: bool) -> float:
         """Max abs diff of the plan vs the PyTorch module (on CPU, fp32) over `cases` (spec.check_close's rule)."""
-        trt, torch = self.trt, self.torch
-        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                  trt.int64: torch.int64, trt.bool: torch.bool}
+        import torch
+
+        trt = self.trt
+        dt = trt.DataType
+        dtypes = {dt.FLOAT: torch.float32, dt.HALF: torch.float16, dt.INT32: torch.int32, dt.INT64: torch.int64,
+                  dt.BOOL: torch.bool}
         engine = trt.Runtime(self.logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
         context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -171,6 +190,6 @@ def build_engines(specs: list[ExportSpec], onnx_paths: dict[str, Path], model_di
             engines[spec.kind] = rel
     builder.save_cache()
     engines.update(profile=builder.shapes, precision="fp16" if fp16 else "fp32", gates_precision="fp32",
-                   fp32_pinned_layers=pinned, tensorrt=trt.__version__,
-                   device=builder.torch.cuda.get_device_name())
+                   fp32_pinned_layers=pinned, typing="strong", tensorrt=trt.__version__,
+                   device=builder.device_name)
     return engines, diffs

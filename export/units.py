@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hadskip.export.spec import TOLERANCES, ExportSpec
+from hadskip.model import call_layer
 from hadskip.runtime.manifest import IO
 
 AXES = {0: "batch", 1: "seq"}
@@ -34,7 +35,7 @@ class LayerForExport(nn.Module):
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ext = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min  # (B,1,1,T)
-        return self.layer(hidden, attention_mask=ext)[0]  # (B, T, H)
+        return call_layer(self.layer, hidden, ext)[0]  # (B, T, H), whichever transformers line
 
 
 def _mask(batch: int, seq: int, g: torch.Generator) -> torch.Tensor:

@@ -99,6 +99,35 @@ class Embeddings(nn.Module):
         return self.emb(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
 
 
+def call_layer(hf_layer: nn.Module, hidden: torch.Tensor, ext_mask: torch.Tensor,
+               output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One HF encoder layer: (hidden (B, T, H), attention probs (B, heads, T, T) or None).
+
+    transformers 4.x returns a tuple (hidden, [attentions]) from BertLayer.forward, transformers 5 a bare
+    (B, T, H) tensor (it records attentions with hooks), so `out[0]` would take batch row 0 there. The
+    attention probs are read from the self-attention module's (context, probs) output, which both lines
+    return with eager attention.
+    """
+    probs: list = []
+    handle = None
+    if output_attentions:
+        def grab(_module, _args, out):
+            probs.append(out[1] if isinstance(out, tuple) and len(out) > 1 else None)
+
+        handle = hf_layer.attention.self.register_forward_hook(grab)
+    try:
+        out = hf_layer(hidden, attention_mask=ext_mask, **({"output_attentions": True} if output_attentions else {}))
+    finally:
+        if handle is not None:
+            handle.remove()
+    h = out if isinstance(out, torch.Tensor) else out[0]  # (B, T, H)
+    if not output_attentions:
+        return h, None
+    if not probs or probs[-1] is None:
+        raise ValueError("the backbone returned no attention probabilities: load it with attn_implementation='eager'")
+    return h, probs[-1]
+
+
 class Layer(nn.Module):
     """One transformer layer taking the plain (B, T) mask, so every layer graph has the same io."""
 
@@ -107,9 +136,8 @@ class Layer(nn.Module):
         self.layer = hf_layer
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
-        out = self.layer(hidden, attention_mask=additive_mask(attention_mask, hidden.dtype),
-                         output_attentions=output_attentions)
-        return (out[0], out[1]) if output_attentions else out[0]  # (B, T, H) [, (B, heads, T, T)]
+        h, att = call_layer(self.layer, hidden, additive_mask(attention_mask, hidden.dtype), output_attentions)
+        return (h, att) if output_attentions else h  # (B, T, H) [, (B, heads, T, T)]
 
 
 class Gate(nn.Module):

@@ -39,7 +39,10 @@ def tiny_tokenizer():
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                   model_max_length=512)
+                                   model_max_length=512,
+                                   # BERT's inputs: transformers 5 leaves token_type_ids out of a generic fast
+                                   # tokenizer's default model_input_names
+                                   model_input_names=["input_ids", "token_type_ids", "attention_mask"])
 
 
 def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, vocab_size: int | None = None,

@@ -7,6 +7,8 @@ group `hadskip.backends` as `torch`, and hadskip.runtime never imports this modu
 The reference backend, and the GPU path on machines without onnxruntime-gpu or tensorrt: the units come
 from a run dir (hadskip.checkpoint.load_run) or from MODEL/torch/{model.safetensors, model_config.json}
 when the exporter wrote them. Needs the `train` extra (torch, transformers); importing this module does not.
+On CUDA, unit calls of up to GRAPH_TOKENS tokens go through CUDA graphs per shape (hadskip.cuda_graphs)
+unless cuda_graphs="off": at batch 1 launches, not kernels, set the time of a small layer.
 Not included: fp16/bf16 autocast (the torch backend computes in fp32, like the exported graphs).
 """
 
@@ -60,7 +62,7 @@ def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
         info = info_from_manifest(path, load_manifest(path, verify=options.verify))
     if not info.tokenizer_file.is_file():
         raise HadSkipError(f"{info.tokenizer_file} is missing (a fast tokenizer is needed)")
-    return TorchBackend(model, options.device), info
+    return TorchBackend(model, options.device, cuda_graphs=options.cuda_graphs), info
 
 
 class TorchBackend:
@@ -68,7 +70,9 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model, device: str | None = None):
+    def __init__(self, model, device: str | None = None, cuda_graphs: str = "auto", graphs=None):
+        """cuda_graphs: "auto" (CUDA graphs for calls of at most GRAPH_TOKENS tokens on CUDA), "on" (any size),
+        "off". `graphs`: a hadskip.cuda_graphs.UnitGraphs-like object to use instead (tests)."""
         import torch
 
         self.torch = torch
@@ -81,6 +85,16 @@ class TorchBackend:
         self.num_layers = model.num_layers
         self.name = f"torch-{self.device.type}"
         self._mask: tuple[np.ndarray, object] | None = None
+        if cuda_graphs not in ("auto", "on", "off"):
+            raise HadSkipError(f"cuda_graphs must be auto, on or off, got {cuda_graphs!r}")
+        self.graphs = graphs
+        if graphs is None and cuda_graphs != "off" and self.device.type == "cuda":
+            from hadskip.cuda_graphs import GRAPH_TOKENS, UnitGraphs
+
+            self.graphs = UnitGraphs(self.device, max_tokens=None if cuda_graphs == "on" else GRAPH_TOKENS)
+
+    def _unit(self, key, module, *args):
+        return module(*args) if self.graphs is None else self.graphs.run(key, module, *args)
 
     def _t(self, a: np.ndarray):
         return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
@@ -93,15 +107,17 @@ class TorchBackend:
     def run_embeddings(self, input_ids, attention_mask, token_type_ids):
         with self.torch.inference_mode():
             self._mask = (attention_mask, self._t(attention_mask))
-            return self.model.embeddings(self._t(input_ids), self._mask[1], self._t(token_type_ids))
+            return self._unit(("embeddings", 0), self.model.embeddings, self._t(input_ids), self._mask[1],
+                              self._t(token_type_ids))
 
     def run_gate(self, i, h, attention_mask) -> np.ndarray:
         with self.torch.inference_mode():
-            return self.model.gates[i](h, self._m(attention_mask)).float().cpu().numpy()  # (B, 2)
+            logits = self._unit(("gate", i), self.model.gates[i], h, self._m(attention_mask))  # (B, 2)
+            return logits.float().cpu().numpy()
 
     def run_layer(self, i, h, attention_mask):
         with self.torch.inference_mode():
-            return self.model.layers[i](h, self._m(attention_mask))
+            return self._unit(("layer", i), self.model.layers[i], h, self._m(attention_mask))
 
     def gather(self, h, rows, t):
         with self.torch.inference_mode():
@@ -114,7 +130,7 @@ class TorchBackend:
 
     def run_head(self, h, attention_mask) -> np.ndarray:
         with self.torch.inference_mode():
-            return self.model.head(h, self._m(attention_mask)).float().cpu().numpy()
+            return self._unit(("head", 0), self.model.head, h, self._m(attention_mask)).float().cpu().numpy()
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -122,3 +138,5 @@ class TorchBackend:
 
     def close(self) -> None:
         self._mask = None
+        if self.graphs is not None:
+            self.graphs.clear()

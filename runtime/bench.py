@@ -78,10 +78,10 @@ def _baseline_session(rt: Runtime, model_dir: Path, threads: int | None):
     path = model_dir / rel
     if path.is_dir():
         path = path / "model.onnx"
-    from hadskip.runtime.backends.ort import open_session, session_options
+    from hadskip.runtime.backends.ort import cuda_provider, open_session, session_options
 
     if rt.backend_name == "ort-cuda":
-        providers = [("CUDAExecutionProvider", {"device_id": str(getattr(rt.backend, "device_id", 0))})]
+        providers = [cuda_provider(int(getattr(rt.backend, "device_id", 0)))]
     else:
         providers = ["CPUExecutionProvider"]
     sess = open_session(path, session_options(threads), providers)

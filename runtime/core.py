@@ -129,7 +129,8 @@ class Runtime:
         threads: intra-op threads per ORT session (None: onnxruntime's default); for the torch backend,
         torch's (process-wide) intra-op thread count; trt has no host threads to set. device_id: the GPU for
         ort-cuda/trt. device: torch device for the torch backend ("cpu", "cuda:0"; None: CUDA if present).
-        max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt only.
+        max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt and torch
+        on CUDA ("auto": CUDA graphs per shape for small calls; "on"; "off").
         optimization: ORT graph optimisation level (disable|basic|extended|all). verify: check sha256s.
         The torch backend also takes a run dir (hadskip.checkpoint) instead of a model dir. Backends other
         than ort-cpu, ort-cuda and trt are plug-ins (hadskip.runtime.backends), torch among them.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-import torch
 
-from hadskip.export import export_model
-from hadskip.export.trt import TRTUnavailableError, profile_shapes
-from hadskip.runtime.manifest import load_manifest
-from hadskip.testing import tiny_run
+torch = pytest.importorskip("torch")
+
+from hadskip.export import export_model  # noqa: E402
+from hadskip.export.trt import TRTUnavailableError, profile_shapes  # noqa: E402
+from hadskip.runtime.manifest import load_manifest  # noqa: E402
+from hadskip.testing import tiny_run  # noqa: E402
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
+import re
 import sys
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -73,25 +76,81 @@ class HostMemory:
         pass
 
 
+def loaded_cudart(maps: str | None = None) -> list[str]:
+    """Paths of the libcudart already mapped into this process (Linux /proc/self/maps; [] elsewhere).
+
+    onnxruntime-gpu (after preload_dlls), tensorrt and torch load their own libcudart; using that very file
+    keeps one CUDA runtime in the process, whatever its major version.
+    """
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return []
+    paths = []
+    for line in maps.splitlines():
+        path = line.split(None, 5)[5].strip() if len(line.split(None, 5)) == 6 else ""
+        if os.path.basename(path).startswith("libcudart.so") and path not in paths:
+            paths.append(path)
+    return paths
+
+
+@functools.lru_cache(maxsize=1)
+def wanted_cuda_majors() -> tuple[int, ...]:
+    """CUDA major versions that onnxruntime-gpu and tensorrt here were built for, in that order (maybe none)."""
+    majors: list[int] = []
+    try:  # onnxruntime-gpu records it at build time, e.g. "12.2"
+        from onnxruntime.capi import build_and_package_info as info
+
+        v = str(getattr(info, "cuda_version", "") or "")
+        if v.split(".")[0].isdigit():
+            majors.append(int(v.split(".")[0]))
+    except ImportError:
+        pass
+    from importlib import metadata
+
+    try:  # the TensorRT wheels carry the CUDA major in their names: tensorrt-cu12, tensorrt_cu13_libs, ...
+        names = [d.metadata["Name"] or "" for d in metadata.distributions()]
+    except Exception:  # noqa: BLE001 - a broken dist-info must not stop the search
+        names = []
+    for name in names:
+        m = re.match(r"tensorrt[-_]cu(\d+)", name.lower())
+        if m and int(m.group(1)) not in majors:
+            majors.append(int(m.group(1)))
+    return tuple(majors)
+
+
+def cudart_candidates(loaded: list[str], majors, site_dirs: list[str], found: str | None = None) -> list[str]:
+    """Where to look for libcudart, first to last: already loaded; then per CUDA major (the wanted ones
+    first, then 13, 12, 11) its soname and the pip wheels' copies (nvidia/cu13/lib for CUDA 13,
+    nvidia/cuda_runtime/lib for 12 and 11); then any libcudart.so."""
+    out = list(loaded)
+    for major in [*majors, *(m for m in (13, 12, 11) if m not in majors)]:
+        out.append("libcudart.so.11.0" if major == 11 else f"libcudart.so.{major}")
+        for base in site_dirs:
+            out += sorted(glob.glob(os.path.join(base, "nvidia", f"cu{major}", "lib", "libcudart.so*")))
+            out += sorted(glob.glob(os.path.join(base, "nvidia", "cuda_runtime", "lib", f"libcudart.so.{major}*")))
+    out.append("libcudart.so")
+    if found:
+        out.append(found)
+    return list(dict.fromkeys(out))
+
+
 def _load_cudart() -> ctypes.CDLL:
-    """libcudart: already loaded by onnxruntime-gpu/tensorrt, found by soname, or in the nvidia-* wheels."""
-    names = ["libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so"]
+    """libcudart: the one already loaded, else the CUDA major onnxruntime-gpu / tensorrt need (see above)."""
     if sys.platform == "win32":
         names = [os.path.basename(p) for p in glob.glob(os.path.join(os.environ.get("CUDA_PATH", ""), "bin",
                                                                      "cudart64_*.dll"))]
-    found = ctypes.util.find_library("cudart")
-    if found:
-        names.append(found)
-    for base in sys.path:  # pip's nvidia-cuda-runtime-cu12 wheel
-        names += sorted(glob.glob(os.path.join(base, "nvidia", "cuda_runtime", "lib", "libcudart.so*")))
-    errors = []
+    else:
+        names = cudart_candidates(loaded_cudart(), wanted_cuda_majors(), [p for p in sys.path if os.path.isdir(p)],
+                                  ctypes.util.find_library("cudart"))
     for name in names:
         try:
             return ctypes.CDLL(name)
-        except OSError as exc:
-            errors.append(str(exc))
+        except OSError:
+            continue
     raise HadSkipError("the CUDA runtime library (libcudart) was not found; install the CUDA runtime "
-                       "(pip install nvidia-cuda-runtime-cu12) or add its folder to LD_LIBRARY_PATH")
+                       "(pip install 'hadskip[gpu]') or add its folder to LD_LIBRARY_PATH")
 
 
 def cuda_device_count() -> int:
@@ -122,7 +181,7 @@ class CudaMemory:
             "cudaStreamCreateWithFlags": [ctypes.POINTER(p), ctypes.c_uint], "cudaStreamSynchronize": [p],
             "cudaStreamDestroy": [p], "cudaStreamBeginCapture": [p, i], "cudaStreamEndCapture": [p, ctypes.POINTER(p)],
             "cudaGraphInstantiateWithFlags": [ctypes.POINTER(p), p, ctypes.c_ulonglong], "cudaGraphLaunch": [p, p],
-            "cudaGraphDestroy": [p], "cudaGraphExecDestroy": [p],
+            "cudaGraphDestroy": [p], "cudaGraphExecDestroy": [p], "cudaGetLastError": [],
         }
         for name, args in sigs.items():
             fn = getattr(lib, name)
@@ -169,14 +228,33 @@ class CudaMemory:
     def begin_capture(self) -> None:
         self._check(self.lib.cudaStreamBeginCapture(self.stream, 2), "cudaStreamBeginCapture")  # 2: relaxed
 
-    def end_capture(self) -> int:
+    def end_capture(self) -> int | None:
+        """End the capture and instantiate it: the graph exec, or None when the capture failed (then the
+        partial graph is destroyed and the (non-sticky) CUDA error cleared, as TensorRT's samples do)."""
         graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
-        self._check(self.lib.cudaStreamEndCapture(self.stream, ctypes.byref(graph)), "cudaStreamEndCapture")
+        if self.lib.cudaStreamEndCapture(self.stream, ctypes.byref(graph)) != 0:
+            self._drop_capture(graph)
+            return None
         try:
-            self._check(self.lib.cudaGraphInstantiateWithFlags(ctypes.byref(exe), graph, 0), "cudaGraphInstantiate")
+            code = self.lib.cudaGraphInstantiateWithFlags(ctypes.byref(exe), graph, 0)
         finally:
-            self.lib.cudaGraphDestroy(graph)
+            self.lib.cudaGraphDestroy(graph)  # the exec keeps what it needs
+        if code != 0 or not exe.value:
+            self.lib.cudaGetLastError()
+            return None
         return exe.value
+
+    def abort_capture(self) -> None:
+        """End a capture whose enqueue failed: nothing is instantiated, the captured graph is destroyed and
+        the CUDA error cleared, so the stream runs plainly again."""
+        graph = ctypes.c_void_p()
+        self.lib.cudaStreamEndCapture(self.stream, ctypes.byref(graph))
+        self._drop_capture(graph)
+
+    def _drop_capture(self, graph: ctypes.c_void_p) -> None:
+        if graph.value:  # a capture invalidated by CUDA returns no graph; one that TensorRT failed returns one
+            self.lib.cudaGraphDestroy(graph)
+        self.lib.cudaGetLastError()
 
     def launch_graph(self, exe: int) -> None:
         self._check(self.lib.cudaGraphLaunch(exe, self.stream), "cudaGraphLaunch")

@@ -38,6 +38,16 @@ def session_options(threads: int | None = None, optimization: str = "all") -> or
     return so
 
 
+def cuda_provider(device_id: int = 0, stream: int | None = None) -> tuple[str, dict]:
+    """The CUDA execution provider with TF32 off: onnxruntime's CUDA EP uses TF32 for fp32 matmuls by default,
+    while torch and our fp32 TensorRT plans do not (parity would depend on the GPU generation otherwise).
+    `stream`: a cudaStream_t for ORT to enqueue on, so its kernels stay in order with our copies."""
+    options = {"device_id": str(device_id), "use_tf32": "0"}
+    if stream:
+        options["user_compute_stream"] = str(stream)
+    return ("CUDAExecutionProvider", options)
+
+
 def open_session(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -112,9 +122,7 @@ class OrtDeviceBackend(PointerBackend):
             if hasattr(ort, "preload_dlls"):  # onnxruntime >= 1.21: CUDA/cuDNN from the nvidia-* wheels
                 ort.preload_dlls()
             memory = CudaMemory(device_id)
-            # ORT enqueues on our stream, so its kernels and our gather/scatter copies stay in order
-            providers = [("CUDAExecutionProvider", {"device_id": str(device_id),
-                                                    "user_compute_stream": str(memory.stream)})]
+            providers = [cuda_provider(device_id, memory.stream)]
         else:
             memory, providers = HostMemory(), ["CPUExecutionProvider"]
             self.name = "ort-device-cpu"

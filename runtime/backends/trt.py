@@ -22,17 +22,27 @@ from hadskip.errors import HadSkipError, require
 from hadskip.runtime.backends.device import DeviceTensor, PointerBackend
 from hadskip.runtime.manifest import Manifest
 
+NP_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_,
+            "INT8": np.int8, "UINT8": np.uint8}
 GRAPH_TOKENS = 4096  # batch*seq up to which a captured graph beats plain enqueue (launch-bound regime)
 GRAPH_LIMIT = 512  # captured graphs kept per backend (each holds a context and a graph exec)
+
+
+def np_dtype(trt, dtype) -> np.dtype:
+    """numpy dtype of a TensorRT DataType (by its name, so no helper of one TensorRT version is needed)."""
+    name = getattr(dtype, "name", None) or str(dtype).rsplit(".", 1)[-1]
+    if name in NP_TYPES:
+        return np.dtype(NP_TYPES[name])
+    return np.dtype(trt.nptype(dtype))  # anything rarer: TensorRT's own mapping
 
 
 class TrtBackend(PointerBackend):
     name = "trt"
 
     def __init__(self, model_dir: str | Path, manifest: Manifest, device_id: int = 0, max_batch: int = 32,
-                 cuda_graphs: str = "auto"):
-        trt = require("tensorrt", "trt", "the trt backend")
-        from hadskip.runtime.backends.memory import CudaMemory
+                 cuda_graphs: str = "auto", *, trt=None, memory=None):
+        """`trt` and `memory` replace the tensorrt module and CudaMemory(device_id) (tests use stand-ins)."""
+        trt = trt if trt is not None else require("tensorrt", "trt", "the trt backend")
 
         if cuda_graphs not in ("auto", "on", "off"):
             raise HadSkipError(f"cuda_graphs must be auto, on or off, got {cuda_graphs!r}")
@@ -46,7 +56,10 @@ class TrtBackend(PointerBackend):
         except (KeyError, TypeError) as exc:
             raise HadSkipError(f"manifest units['engines'] of {model_dir} is malformed ({exc!r})") from exc
         self.trt = trt
-        memory = CudaMemory(device_id)
+        if memory is None:
+            from hadskip.runtime.backends.memory import CudaMemory
+
+            memory = CudaMemory(device_id)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engines = {}
@@ -79,12 +92,15 @@ class TrtBackend(PointerBackend):
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             out[name] = (engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                         np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+                         np_dtype(trt, engine.get_tensor_dtype(name)))
         return out
 
     @staticmethod
     def _device_memory_size(engine) -> int:
-        return int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
+        # device_memory_size_v2 since TensorRT 10.1; device_memory_size is gone in 11 (and may be 0 where
+        # v2 is right, so v2 wins whenever it exists, even at 0)
+        size = getattr(engine, "device_memory_size_v2", None)
+        return int(size if size is not None else engine.device_memory_size)
 
     def _context(self, engine):
         strategy = getattr(self.trt, "ExecutionContextAllocationStrategy", None)
@@ -138,21 +154,26 @@ class TrtBackend(PointerBackend):
             self._configure(ctx, key, inputs, outputs)
             self._execute(ctx, key)
             return
-        self.mem.begin_capture()
-        ok, exe = False, None
-        try:
-            ok = bool(ctx.execute_async_v3(self.mem.stream))
-        finally:
-            try:
-                exe = self.mem.end_capture()
-            except HadSkipError:
-                exe = None
-        if not ok or exe is None:
-            self._no_graph.add(gkey)  # this engine does not capture: stay plain for this shape
+        exe = self._capture(ctx)
+        if exe is None:
+            self._no_graph.add(gkey)  # this engine does not capture at this shape: stay plain for it
             self._execute(ctx, key)
             return
         self._graphs[gkey] = exe
         self.mem.launch_graph(exe)
+
+    def _capture(self, ctx) -> int | None:
+        """Capture one enqueue of `ctx` into a graph exec; None (nothing left behind) when it fails."""
+        self.mem.begin_capture()
+        try:
+            ok = bool(ctx.execute_async_v3(self.mem.stream))
+        except BaseException:
+            self.mem.abort_capture()
+            raise
+        if not ok:  # TensorRT refused to enqueue: instantiate nothing, destroy what was captured
+            self.mem.abort_capture()
+            return None
+        return self.mem.end_capture()  # None when CUDA invalidated the capture (cleaned up there)
 
     def _on_realloc(self) -> None:
         for exe in getattr(self, "_graphs", {}).values():
