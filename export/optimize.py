@@ -64,3 +64,13 @@ def to_fp16(src: str | Path, dst: str | Path) -> None:
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, op_block_list=FP32_OPS)
     onnx.save(model, str(dst))
 
+
+
+def op_counts(path: str | Path) -> dict[str, int]:
+    """Node count per op type of an ONNX graph (export/trt.py checks how many ops an fp16 copy keeps in fp32)."""
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from hadskip.cuda_graphs import UnitGraphs  # noqa: E402
 from hadskip.errors import HadSkipError  # noqa: E402
-from hadskip.runtime.backends.torch_backend import TorchBackend  # noqa: E402
+from hadskip.torch_backend import TorchBackend  # noqa: E402
 from hadskip.runtime.router import route  # noqa: E402
 from hadskip.testing import tiny_model  # noqa: E402
 

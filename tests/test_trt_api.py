@@ -94,8 +94,7 @@ class NumpyBackend:
         return st.unit("embeddings", 0, {"input_ids": ids, "attention_mask": mask}).astype(np.float32)
 
     def run_gate(self, i, h, mask):
-        g = st.unit("gate", i, {"hidden": h, "attention_mask": mask}).astype(np.float32)
-        return g[:, 1] > g[:, 0]
+        return st.unit("gate", i, {"hidden": h, "attention_mask": mask}).astype(np.float32)  # (B, 2) logits
 
     def run_layer(self, i, h, mask):
         return st.unit("layer", i, {"hidden": h, "attention_mask": mask}).astype(np.float32)
