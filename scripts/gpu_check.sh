@@ -164,6 +164,17 @@ for spec in "torch 100" "torch-eager 60" "ort-cuda 70" "trt 120"; do
   limited "$2" "backend $1" "$PY" bench/gpu_bench.py --work "$WORK" --out "$RESULTS" --backend "$1"
 done
 
+# Triton with KIND_GPU instances (ort-cuda / trt inside) vs serve-local on the model dir the ort-cuda step
+# exported; soft: it skips without that model dir, without onnxruntime-gpu / tensorrt, or without the
+# nvidia-pytriton and numpy 1.26 wheels in the hadskip cache (the GPU machine downloads nothing).
+step "Triton: GPU instances vs serve-local (scripts/gpu_triton_step.sh)"
+if [ -f "$WORK/model/manifest.json" ]; then
+  limited 150 "triton" env PYTHON="$PY" TRITON_STEP_LIMIT_S=70 TRITON_STEP_REQUESTS=500 \
+    scripts/gpu_triton_step.sh "$WORK/model" "$RESULTS"
+else
+  echo "SKIP triton: no exported model dir ($WORK/model: the ort-cuda step writes it)"; STEPS+=("triton|skipped|0")
+fi
+
 if [ -n "$DRY" ]; then
   step "CPU rehearsal of the backend step (tiny model; checks the code path, not the GPU)"
   limited 120 "cpu rehearsal" "$PY" bench/gpu_bench.py --work "$WORK" --out "$RESULTS" --backend torch \
