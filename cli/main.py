@@ -43,6 +43,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("finetune", train.finetune, "train"),
     Command("train", train.train, "train"),
     Command("eval", train.evaluate, "train"),
+    Command("dial", train.dial, "train"),
     Command("compare", train.compare, "train"),
     Command("export", export.export, "export"),
     Command("predict", run.predict, None),

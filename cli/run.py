@@ -14,6 +14,9 @@ Threads = Annotated[Optional[int], typer.Option(min=1, max=1024,
 DeviceId = Annotated[int, typer.Option(min=0, max=1024, help="GPU index for ort-cuda / trt.")]
 Device = Annotated[Optional[str], typer.Option(help="torch backend device: cpu, cuda, cuda:1 (default: CUDA if any).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")]
+Budget = Annotated[Optional[float], typer.Option(
+    help="Target average layers through the model's budget dial (`hadskip dial`, then export); default: the "
+         "trained gates.")]
 
 
 MAX_BENCH_BATCH = 4096  # rows per benchmarked call; beyond this the synthetic inputs alone take gigabytes
@@ -34,8 +37,9 @@ def _ints(value: str, name: str, low: int = 1, high: int | None = None) -> list[
     return out
 
 
-def _load_options(backend: str, threads: Optional[int], device_id: int, device: Optional[str]) -> dict:
-    opts: dict = {"threads": threads}
+def _load_options(backend: str, threads: Optional[int], device_id: int, device: Optional[str],
+                  budget: Optional[float] = None) -> dict:
+    opts: dict = {"threads": threads, "budget": budget}
     if backend in ("ort-cuda", "trt"):
         opts["device_id"] = device_id
     if backend == "torch":
@@ -58,17 +62,19 @@ def predict(
     threads: Threads = None,
     device_id: DeviceId = 0,
     device: Device = None,
+    budget: Budget = None,
     quiet: Quiet = False,
 ) -> None:
     """Classify texts: one JSON line per input with label, probabilities and the layers it used."""
     from hadskip.runtime.jsonl import predict_file
 
     summary = predict_file(model, input, output, backend=backend, batch_size=batch_size, fmt=fmt,
-                           **_load_options(backend, threads, device_id, device))
+                           **_load_options(backend, threads, device_id, device, budget))
     if not quiet:
         empty = f", {summary['empty']} empty (error entries)" if summary["empty"] else ""
+        at = "" if summary["budget"] is None else f" (budget {summary['budget']:g})"
         typer.echo(f"{summary['inputs']} inputs on {summary['backend']}: {summary['avg_layers']:.2f} layers on "
-                   f"average, {summary['truncated']} truncated{empty}", err=True)
+                   f"average{at}, {summary['truncated']} truncated{empty}", err=True)
 
 
 def bench(
@@ -83,6 +89,7 @@ def bench(
     threads: Threads = None,
     device_id: DeviceId = 0,
     device: Device = None,
+    budget: Budget = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (progress on stderr).")]
     = False,
     quiet: Quiet = False,
@@ -94,7 +101,7 @@ def bench(
     report = run_bench(model, batches=_ints(batch, "--batch", high=MAX_BENCH_BATCH),
                        seqs=_ints(seq, "--seq"), repeats=repeats,
                        warmup=warmup, backend=backend, ks=_ints(k, "--k", low=0) if k else None, progress=progress,
-                       **_load_options(backend, threads, device_id, device))
+                       **_load_options(backend, threads, device_id, device, budget))
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -17,6 +18,8 @@ Metric = Annotated[Optional[str], typer.Option(help="Override the task metric: a
 MaxExamples = Annotated[Optional[int], typer.Option(help="Cap every split (quick runs).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or per-phase lines.")]
+Budget = Annotated[Optional[float], typer.Option(
+    help="Target average layers through the model's budget dial (`hadskip dial`); default: the trained gates.")]
 
 
 def finetune(
@@ -97,14 +100,55 @@ def evaluate(
     plots: Annotated[Optional[str], typer.Option(help="Folder for PNG plots (default: PATH/eval-SPLIT/).")] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
+    budget: Budget = None,
     as_json: Json = False,
 ) -> None:
     """Task metric, average layers, per-layer usage and the layers-used histogram (JSON + PNG plots)."""
     from hadskip.report import evaluate_path
 
     report = evaluate_path(path, split=split, task=task, plots_dir=None if no_plots else (plots or ""),
-                           batch_size=batch_size)
+                           batch_size=batch_size, budget=budget)
     _report(report, as_json)
+
+
+def dial(
+    run: Annotated[str, typer.Argument(help="A `hadskip train` run dir.")],
+    targets: Annotated[Optional[str], typer.Option(
+        help="Average layers to record, comma-separated (default: 1, 1.5, ..., L and the trained budget); the "
+             "dial serves budgets between the smallest and the largest.")] = None,
+    split: Annotated[str, typer.Option(help="Split to calibrate on (choose settings on dev, report test).")] = "dev",
+    batch_size: Annotated[int, typer.Option(min=1, max=4096, help="Rows per sweep batch.")] = 32,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Calibrate the budget dial: gate offset -> average layers -> dev metric, written to RUN/dial.json
+    (`hadskip export` copies it into the manifest; then --budget works in eval, predict, bench, serve-local)."""
+    from hadskip.dial import calibrate
+    from hadskip.errors import HadSkipError
+
+    values = None
+    if targets is not None:
+        try:
+            values = [float(t) for t in targets.split(",") if t.strip()]
+        except ValueError as exc:
+            raise HadSkipError(f"--targets takes numbers of layers like 2,2.5,3 ({exc})") from exc
+        if not values:
+            raise HadSkipError("--targets is empty")
+    d = calibrate(run, values, split=split, batch_size=batch_size, progress=not quiet)
+    if as_json:
+        typer.echo(json.dumps({"path": str(Path(run) / "dial.json"), **d.to_dict()}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"budget dial of {run} ({d.task}, {d.split}, {d.examples} examples)",
+                  caption=f"written to {Path(run) / 'dial.json'}; average layers "
+                          f"{'never rose' if d.monotone else f'rose by up to {d.max_rise:.4f}'} with the offset")
+    for col in ("target", "gate offset", "avg layers", f"{d.split} {d.metric}"):
+        table.add_column(col, justify="right")
+    for p in d.points:
+        table.add_row(f"{p.target:g}", f"{p.offset:.4f}", f"{p.avg_layers:.3f}", f"{p.value:.4f}")
+    Console().print(table)
 
 
 def _report(d: dict, as_json: bool) -> None:

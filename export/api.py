@@ -5,8 +5,9 @@ Order of work, all inside a temp dir beside the target:
        layers with optimize=True: fuse, validate, else keep the unfused graph
     2. tokenizer.json with truncation/padding; [baseline/ through optimum-onnx, validated]
     3. [engine "trt": a TensorRT plan per unit, validated on the GPU]
-    4. manifest.json with every file's sha256, then one rename into place (export/install.py: an existing
-       --out is replaced only when it holds nothing but an earlier export's files).
+    4. manifest.json with every file's sha256 (and RUN/dial.json, the budget dial, if any), then one rename
+       into place (export/install.py: an existing --out is replaced only when it holds nothing but an
+       earlier export's files).
 A failed validation raises (ValidationError / ShapeError) and leaves no model dir. A TensorRT step that
 cannot run (no tensorrt, no GPU) or fails still installs the validated ONNX model dir (engine "onnx")
 and then raises, naming what is missing. SIGTERM / SIGINT / SIGHUP remove the temp dirs first (install.py).
@@ -141,9 +142,13 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
     from hadskip.export import optimize as opt
     from hadskip.export.tokenizer import write_tokenizer
     from hadskip.export.units import build_specs, export_onnx
+    from hadskip.runtime.dial import read_dial
 
     model, tokenizer, info = load_run(run_dir)
     cfg, hf = model.config, model.config.hf_config
+    dial = read_dial(run_dir, run_dir / "model.safetensors")  # RUN/dial.json, refused if calibrated on other weights
+    if dial is not None and dial.num_layers != cfg.num_layers:
+        raise ExportError(f"{run_dir / 'dial.json'} is for {dial.num_layers} layers, the model has {cfg.num_layers}")
     max_seq_len = int(info.max_len)
     if max_seq_len > int(hf.get("max_position_embeddings", max_seq_len)):
         raise ExportError(f"run max_len {max_seq_len} exceeds the backbone's max_position_embeddings "
@@ -232,7 +237,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             tools=_tool_versions(*(("optimum-onnx", "optimum") if with_baseline else ()),
                                  *(("tensorrt",) if engines else ())),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            tokenization=tokenization, io_types=_io_types(tmp, units),
+            tokenization=tokenization, io_types=_io_types(tmp, units), dial=dial.to_dict() if dial else None,
             export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
                     "fp16": fp16, "optimize": optimize, "max_batch": max_batch,
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),

@@ -38,8 +38,9 @@ def layer_stats(gates: np.ndarray) -> tuple[float, list[float], dict[str, int]]:
 
 @torch.no_grad()
 def predict(model, enc: Encoded, pad_id: int, batch_size: int = 64, gates: str = "route",
-            forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits (N, C), gate decisions (N, L), ...) in the order of `enc`. gates="off" counts every layer."""
+            forced: np.ndarray | None = None, gate_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits (N, C), gate decisions (N, L), labels (N,)) in the order of `enc`. gates="off" counts every
+    layer; gate_offset: the gate rule's offset (the budget dial, hadskip/dial.py)."""
     model.eval()
     device = next(model.parameters()).device
     dl = loader(enc, batch_size, pad_id, shuffle=False)
@@ -49,7 +50,8 @@ def predict(model, enc: Encoded, pad_id: int, batch_size: int = 64, gates: str =
     for idx, batch in zip(dl.dataset.batch_indices(), dl, strict=True):
         f = None if forced is None else torch.from_numpy(forced[idx]).float().to(device)
         b = {k: v.to(device) for k, v in batch.items()}
-        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], gates=gates, forced=f)
+        out = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], gates=gates, forced=f,
+                    gate_offset=gate_offset)
         logits[idx] = out.logits.float().cpu().numpy()
         if out.gates is not None:
             used[idx] = out.gates.float().cpu().numpy()

@@ -16,56 +16,74 @@ from hadskip.errors import HadSkipError
 
 
 def evaluate_path(path: str, split: str = "test", task: str | None = None, plots_dir: str | None = "",
-                  batch_size: int = 64) -> dict:
+                  batch_size: int = 64, budget: float | None = None) -> dict:
     """Evaluate PATH (a run dir with run.json, or a model dir with manifest.json) on a split.
-    plots_dir "" = PATH/eval-SPLIT, None = no plots. Returns the §10 dict (+ "plots", "kind")."""
+    plots_dir "" = PATH/eval-SPLIT (PATH/eval-SPLIT-bBUDGET with a budget), None = no plots.
+    budget: a target average of layers through the budget dial (RUN/dial.json or the manifest's dial).
+    Returns the §10 dict (+ "plots", "kind"; with a budget also "target_budget" and "gate_offset")."""
     p = Path(path)
     if (p / "run.json").is_file():
-        report, gates, labels = _eval_run(p, split, task, batch_size)
+        report, gates, labels = _eval_run(p, split, task, batch_size, budget)
     elif (p / "manifest.json").is_file():
-        report, gates, labels = _eval_model_dir(p, split, task, batch_size)
+        report, gates, labels = _eval_model_dir(p, split, task, batch_size, budget)
     else:
         raise HadSkipError(f"{p} is neither a run dir (run.json) nor an exported model dir (manifest.json)")
     if plots_dir is not None:
-        out = Path(plots_dir) if plots_dir else p / f"eval-{split}"
+        default = f"eval-{split}" if budget is None else f"eval-{split}-b{float(budget):g}"
+        out = Path(plots_dir) if plots_dir else p / default
         out.mkdir(parents=True, exist_ok=True)
         report["plots"] = plot_layer_usage(gates, labels, out, title=f"{report['task']} ({split})")
         (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _eval_run(p: Path, split: str, task: str | None, batch_size: int):
+def _dial_keys(budget: float | None, offset: float) -> dict:
+    return {} if budget is None else {"target_budget": float(budget), "gate_offset": offset}
+
+
+def _eval_run(p: Path, split: str, task: str | None, batch_size: int, budget: float | None = None):
     from hadskip.batches import encode_split
     from hadskip.checkpoint import load_run, load_run_task
     from hadskip.evaluate import predict, summarize
+    from hadskip.runtime.dial import read_dial, resolve_offset
 
+    if budget is not None:  # refuse a budget before loading anything big
+        from hadskip.checkpoint import read_info
+
+        first = read_info(p)
+        if first.kind == "finetune" or first.budget is None:
+            raise HadSkipError(f"{p} is a {first.kind} run without gates: a budget needs a `hadskip train` run")
+    offset = resolve_offset(read_dial(p, p / "model.safetensors") if budget is not None else None, budget, str(p))
     model, tokenizer, info = load_run(p)
     data = load_run_task(info.task, task)
     enc = encode_split(data.split(split), tokenizer, info.max_len)
     gated = info.kind != "finetune" and info.budget is not None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    logits, used, labels = predict(model, enc, pad, batch_size, gates="route" if gated else "off")
+    logits, used, labels = predict(model, enc, pad, batch_size, gates="route" if gated else "off",
+                                   gate_offset=offset)
     res = summarize(logits, used, labels, data.spec.metric)
-    report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget}
+    report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget,
+              **_dial_keys(budget, offset)}
     return report, used, labels
 
 
-def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int):
+def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int, budget: float | None = None):
     from hadskip.checkpoint import load_run_task
     from hadskip.evaluate import summarize
     from hadskip.runtime import Runtime
 
-    with Runtime.load(p) as rt:
+    with Runtime.load(p, budget=budget) as rt:
         manifest = rt.info.manifest
         data = load_run_task(manifest.task, task)
         s = data.split(split)
         inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
         out = rt.predict(inputs, batch_size=batch_size)
+        offset = rt.gate_offset
     used = np.asarray(out.gates, dtype=np.float32)  # (N, L)
     labels = np.asarray(s.labels)
     res = summarize(out.probabilities, used, labels, data.spec.metric)  # argmax of probabilities = of logits
     report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": "model-dir",
-              "budget": manifest.budget}
+              "budget": manifest.budget, **_dial_keys(budget, offset)}
     return report, used, labels
 
 

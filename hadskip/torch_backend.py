@@ -45,6 +45,7 @@ def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
     or a model dir with a torch/ folder. options: hadskip.runtime.backends.BackendOptions (threads, device,
     verify are used)."""
     from hadskip.runtime.core import ModelInfo, info_from_manifest
+    from hadskip.runtime.dial import DialError, read_dial
     from hadskip.runtime.manifest import load_manifest
 
     torch = require("torch", "train", "the torch backend")
@@ -57,7 +58,12 @@ def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
         info = ModelInfo(labels=list(labels), max_seq_len=int(run_info.max_len), num_layers=model.num_layers,
                          model_type=model.config.model_type, tokenizer_file=path / "tokenizer" / "tokenizer.json",
                          pad_token_id=model.config.hf_config.get("pad_token_id"),
-                         type_vocab_size=model.config.hf_config.get("type_vocab_size"), budget=run_info.budget)
+                         type_vocab_size=model.config.hf_config.get("type_vocab_size"), budget=run_info.budget,
+                         source=str(path))
+        try:  # a dial that does not fit matters only when a budget is asked for
+            info.dial = read_dial(path, path / "model.safetensors")
+        except DialError as exc:
+            info.dial_problem = str(exc)
     else:
         info = info_from_manifest(path, load_manifest(path, verify=options.verify))
     if not info.tokenizer_file.is_file():

@@ -6,7 +6,7 @@ rotates), so machine noise hits all of them alike; the medians are compared.
 
     full      the teacher exported by optimum-onnx (manifest units["baseline"]) on onnxruntime with the same
               session options and provider; without one, our chained graphs with every gate forced open
-    hadskip   our runtime with the trained gates
+    hadskip   our runtime with the trained gates (at the dial's offset with `budget=`; k is then that budget)
     forced    K of L layers open for every row, for each K (the same K layers for all rows)
     random    a fixed random per-row pattern, 50% open (exercises gather/scatter)
 
@@ -204,7 +204,7 @@ def _bench_shape(rt: Runtime, baseline, full_source: str, b: int, s: int, ks: li
                         p90_ms=round(float(np.percentile(times[name], 90)), 4), backend=be.name, source=source)
 
     rows = [row("full", "full", n_layers, float(n_layers), full_source),
-            row("hadskip", "hadskip", rt.info.budget, layers_used["hadskip"]),
+            row("hadskip", "hadskip", rt.info.budget if rt.budget is None else rt.budget, layers_used["hadskip"]),
             *(row(f"forced/{k}", "forced", k, float(k)) for k in ks),
             row("random", "random", None, layers_used["random"])]
     return rows, parts

@@ -4,6 +4,9 @@
     rt.predict(texts_or_pairs, batch_size=32) -> Predictions   # sorted by length into batches, input order kept
     rt.run_batch(input_ids, attention_mask, token_type_ids, forced=None) -> BatchResult(logits, gates)
 
+    Runtime.load(model_dir, budget=2.5); rt.predict(texts, budget=4)   # the budget dial (runtime/dial.py):
+                                                   # a target average of layers -> a gate offset
+
 Not included: request queueing or dynamic batching across callers (the server builds that on run_batch).
 """
 
@@ -17,7 +20,8 @@ import numpy as np
 
 from hadskip.errors import HadSkipError
 from hadskip.runtime.backends import BUILTIN, BackendOptions, plugin_opener
-from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest
+from hadskip.runtime.dial import Dial, DialError, resolve_offset
+from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest, manifest_dial
 from hadskip.runtime.router import Backend, BatchResult, route
 from hadskip.runtime.text import Encoded, TextEncoder, TextInput, uses_token_types
 
@@ -37,6 +41,9 @@ class ModelInfo:
     type_vocab_size: int | None = None  # None: not recorded (older model dirs)
     budget: float | None = None
     manifest: Manifest | None = None  # None when loaded from a run dir (torch backend)
+    dial: Dial | None = None  # the budget dial (manifest "dial", or RUN/dial.json); None: no dial
+    source: str = ""  # the folder it was loaded from, for messages
+    dial_problem: str = ""  # why a dial that is there cannot be used (raised when a budget is asked for)
 
 
 @dataclass
@@ -115,15 +122,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Runtime:
     """A loaded model on one backend. Use `Runtime.load`."""
 
-    def __init__(self, backend: Backend, info: ModelInfo):
+    def __init__(self, backend: Backend, info: ModelInfo, budget: float | None = None):
         self.backend, self.info = backend, info
         zero_types = not uses_token_types(info.model_type, info.type_vocab_size)
         self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, zero_types)
+        self.budget: float | None = None  # the dial setting predict uses by default (None: the trained rule)
+        self.gate_offset = 0.0  # its gate offset
+        self.set_budget(budget)
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "ort-cpu", *, threads: int | None = None,
              device_id: int = 0, device: str | None = None, max_batch: int = 32, cuda_graphs: str = "auto",
-             optimization: str = "all", verify: bool = True) -> Runtime:
+             optimization: str = "all", verify: bool = True, budget: float | None = None) -> Runtime:
         """Load a model dir on `backend`.
 
         threads: intra-op threads per ORT session (None: onnxruntime's default); for the torch backend,
@@ -132,6 +142,9 @@ class Runtime:
         max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt and torch
         on CUDA ("auto": CUDA graphs per shape for small calls; "on"; "off").
         optimization: ORT graph optimisation level (disable|basic|extended|all). verify: check sha256s.
+        budget: the target average of layers `predict` runs at by default, through the model's budget dial
+        (None: the trained gates as they are, offset 0); a model without a dial, or a budget outside its
+        calibrated range, is a HadSkipError.
         The torch backend also takes a run dir (hadskip.checkpoint) instead of a model dir. Backends other
         than ort-cpu, ort-cuda and trt are plug-ins (hadskip.runtime.backends), torch among them.
         """
@@ -144,7 +157,14 @@ class Runtime:
             be, info = _open_builtin(path, options, backend)
         else:
             be, info = plugin_opener(backend)(path, options)
-        return cls(be, info)
+        info.source = info.source or str(path)
+        try:
+            return cls(be, info, budget=budget)
+        except Exception:
+            close = getattr(be, "close", None)
+            if close is not None:
+                close()
+            raise
 
     # -- properties ---------------------------------------------------------------------------------------
     @property
@@ -163,23 +183,42 @@ class Runtime:
     def backend_name(self) -> str:
         return self.backend.name
 
+    # -- the budget dial ----------------------------------------------------------------------------------
+    def offset_for(self, budget: float | None) -> float:
+        """The gate offset of a target average of `budget` layers (None: the default set at load)."""
+        if budget is None:
+            return self.gate_offset
+        if self.info.dial is None and self.info.dial_problem:
+            raise DialError(self.info.dial_problem)
+        return resolve_offset(self.info.dial, budget, self.info.source or "the model")
+
+    def set_budget(self, budget: float | None) -> None:
+        """Make `budget` (None: the trained rule, offset 0) the default of `predict`."""
+        self.gate_offset = 0.0 if budget is None else self.offset_for(budget)
+        self.budget = None if budget is None else float(budget)
+
     # -- running ------------------------------------------------------------------------------------------
     def run_batch(self, input_ids, attention_mask, token_type_ids=None, forced=None,
-                  gate_offset: float = 0.0) -> BatchResult:
+                  gate_offset: float | None = None) -> BatchResult:
         """One right-padded batch: logits (B, C) and gate decisions (B, L); `forced` (B, L) 0/1 sets the gates,
-        else a gate opens where its margin logit_open - logit_closed > gate_offset (router.gate_open)."""
-        return route(self.backend, input_ids, attention_mask, token_type_ids, forced, gate_offset)
+        else a gate opens where its margin logit_open - logit_closed > gate_offset (router.gate_open; None:
+        the offset of the budget set at load, 0 without one)."""
+        offset = self.gate_offset if gate_offset is None else gate_offset
+        return route(self.backend, input_ids, attention_mask, token_type_ids, forced, offset)
 
     def encode(self, inputs: Sequence[TextInput]) -> Encoded:
         return self.encoder.encode(inputs)
 
-    def predict(self, inputs: Sequence[TextInput] | str, batch_size: int = 32) -> Predictions:
+    def predict(self, inputs: Sequence[TextInput] | str, batch_size: int = 32,
+                budget: float | None = None) -> Predictions:
         """Classify texts (or (text, text_pair) tuples). Inputs are sorted by token length into batches,
-        so padding costs little, and the results come back in input order."""
+        so padding costs little, and the results come back in input order. `budget`: a target average of
+        layers for this call through the budget dial (None: the one set at load)."""
         if isinstance(inputs, str):
             inputs = [inputs]
         if batch_size < 1:
             raise HadSkipError(f"batch_size must be >= 1, got {batch_size}")
+        offset = self.offset_for(budget)
         enc = self.encode(list(inputs))
         n = len(enc.ids)
         lengths = enc.lengths
@@ -189,7 +228,7 @@ class Runtime:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             ids, mask, tt = self.encoder.pad_batch(enc, rows)
-            res = self.run_batch(ids, mask, tt)
+            res = self.run_batch(ids, mask, tt, gate_offset=offset)
             if res.logits.shape[1] != len(self.labels):
                 raise HadSkipError(f"the head gives {res.logits.shape[1]} logits for {len(self.labels)} labels")
             probs[rows], gates[rows] = softmax(res.logits), res.gates
@@ -237,4 +276,4 @@ def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
                      tokenizer_file=path / manifest.units["tokenizer"],
                      pad_token_id=manifest.backbone.get("pad_token_id"),
                      type_vocab_size=manifest.backbone.get("type_vocab_size"), budget=manifest.budget,
-                     manifest=manifest)
+                     manifest=manifest, dial=manifest_dial(manifest, path / MANIFEST), source=str(path))

@@ -153,7 +153,8 @@ def predict_file(model: str | Path, input: str, output: str = "-", backend: str 
                  fmt: str = "auto", chunk: int = 4096, progress: Callable[[int], None] | None = None,
                  **load_options) -> dict:
     """Classify every input of `input` ("-": stdin) into JSONL at `output` ("-": stdout); returns a summary
-    {"inputs", "empty", "avg_layers", "truncated", "backend", "output"} (`empty`: error entries written)."""
+    {"inputs", "empty", "avg_layers", "truncated", "backend", "output", "budget"} (`empty`: error entries
+    written; `budget`: the dial setting, load_options["budget"], or None)."""
     if fmt not in FORMATS:
         raise HadSkipError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     _check_paths(input, output)
@@ -183,4 +184,4 @@ def predict_file(model: str | Path, input: str, output: str = "-", backend: str 
         except OSError as exc:  # a read or write failing mid-way (disk full, a removed file, a device error)
             raise HadSkipError(f"predict stopped after {count + empty} inputs: {exc}") from None
     return {"inputs": count, "empty": empty, "avg_layers": layers / count if count else 0.0,
-            "truncated": truncated, "backend": rt.backend_name, "output": output}
+            "truncated": truncated, "backend": rt.backend_name, "output": output, "budget": rt.budget}

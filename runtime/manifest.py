@@ -15,6 +15,9 @@
                            export["baseline"]["teacher_run"]) or "student-all-gates-open" (the run's own weights,
                            every layer run: same cost as the teacher, not its accuracy)
 
+The optional field "dial" holds the budget dial (hadskip.runtime.dial; its own "format" number versions it):
+absent or null in model dirs exported without one, which load as before.
+
 Loading checks the schema version, the type of every field (a bool is not an integer), their values
 (engine, precision, opset >= 17, the units of every layer), that no file the manifest names resolves outside
 the model dir (a symlink to elsewhere is refused), that every listed file exists, and each file's sha256,
@@ -73,6 +76,7 @@ class Manifest:
     tokenization: dict = field(default_factory=dict)  # max_length, truncation, padding(_side), pad_id, pad_token
     io_types: dict = field(default_factory=dict)  # {"embeddings"|"layer"|"gate"|"head": {io name: numpy dtype}}
     export: dict = field(default_factory=dict)  # options and validation shapes/tolerances of the export
+    dial: dict | None = None  # the budget dial (hadskip.runtime.dial.Dial as a dict, versioned by its "format")
 
     @property
     def num_layers(self) -> int:
@@ -130,6 +134,7 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
         raise ManifestError(f"{f} does not match schema {SCHEMA_VERSION}: {exc}") from exc
     check_types(data, f)
     _check_fields(manifest, f)
+    manifest_dial(manifest, f)
     if len(manifest.units["layers"]) != manifest.num_layers or len(manifest.units["gates"]) != manifest.num_layers:
         raise ManifestError(f"{f} lists {len(manifest.units['layers'])} layers and "
                             f"{len(manifest.units['gates'])} gates for a {manifest.num_layers}-layer model")
@@ -147,6 +152,22 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
             if rel not in listed:
                 raise ManifestError(f"{root / rel} is used by {f} but has no sha256 entry")
     return manifest
+
+
+def manifest_dial(manifest: Manifest, f: Path | str = MANIFEST):
+    """The manifest's budget dial as a hadskip.runtime.dial.Dial (None when it has none); ManifestError when
+    it does not read or does not fit the model."""
+    from hadskip.runtime.dial import Dial, DialError
+
+    if manifest.dial is None:
+        return None
+    try:
+        dial = Dial.from_dict(manifest.dial, f"{f}: dial")
+    except DialError as exc:
+        raise ManifestError(str(exc)) from exc
+    if dial.num_layers != manifest.num_layers:
+        raise ManifestError(f"{f}: dial is for {dial.num_layers} layers, the model has {manifest.num_layers}")
+    return dial
 
 
 def check_inside(real_root: Path, path: Path) -> None:
@@ -202,7 +223,7 @@ TOP_TYPES = {
     "max_seq_len": _POS, "precision": _STR, "engine": _STR, "opset": _INT, "units": _DICT, "files": _DICT,
     "budget": (_optional(_is_number), "a number or null"), "io": _DICT, "validation": _DICT,
     "optimization": _DICT, "tools": _DICT, "created": _STR, "tokenization": _DICT, "io_types": _DICT,
-    "export": _DICT,
+    "export": _DICT, "dial": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
 }
 BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are checked when present
     "num_layers": _POS, "hidden_size": _POS, "name": _STR, "model_type": _STR, "num_heads": _POS,

@@ -1,0 +1,218 @@
+"""The budget dial (torch-free): one trained model, many operating points, through an offset on the gate margin.
+
+A gate opens iff logit_open - logit_closed > offset (hadskip.runtime.router.gate_open); a larger offset closes
+more gates. `hadskip dial RUN` (hadskip/dial.py) measures, on the dev split, which offset gives which average
+number of layers and which dev metric, and stores the result as a `Dial`:
+
+    RUN/dial.json           the Dial of the run (written by `hadskip dial`, checked against model.safetensors)
+    MODEL/manifest.json     "dial": the same object, copied by `hadskip export` (null or absent: no dial)
+
+    {"format": 1, "num_layers": L, "task", "split", "metric", "examples", "trained_budget", "model_sha256",
+     "monotone": bool, "max_rise": float,
+     "points": [{"target", "offset", "avg_layers", "value"}, ...],   # the requested targets, target ascending
+     "curve":  [{"offset", "avg_layers", "value"}, ...]}            # dense knots, avg_layers ascending
+
+A budget B (a target average of layers) maps to an offset by linear interpolation of offset over avg_layers
+along `curve` (avg_layers strictly increasing, offset strictly decreasing). A budget outside the curve's range
+(plus RANGE_SLACK) is refused in one line naming the range.
+Not included: a guarantee on other data than dev; the average layers on other inputs follows their margins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hadskip.errors import HadSkipError
+
+DIAL_FILE = "dial.json"
+DIAL_FORMAT = 1
+RANGE_SLACK = 0.01  # layers: a budget this close outside the calibrated range maps to the range's end
+
+
+class DialError(HadSkipError):
+    """A dial that cannot be read or used, or a budget it cannot serve; the message is one line."""
+
+
+@dataclass
+class DialPoint:
+    offset: float  # the gate offset of this operating point
+    avg_layers: float  # average layers per input on the calibration split at that offset
+    value: float | None  # the task metric on the calibration split at that offset (None: not measured)
+    target: float | None = None  # the requested average (points); None for curve knots
+
+
+@dataclass
+class Dial:
+    """A calibrated offset -> average layers -> metric curve for one trained model (see the module docstring)."""
+
+    num_layers: int
+    points: list[DialPoint]
+    curve: list[DialPoint]
+    task: str = ""
+    split: str = "dev"
+    metric: str = ""
+    examples: int = 0
+    trained_budget: float | None = None
+    model_sha256: str = ""  # sha256 of the run's model.safetensors it was calibrated on
+    monotone: bool = True  # average layers never rose with the offset on the calibration split
+    max_rise: float = 0.0  # the largest such rise, in layers (0 when monotone)
+    format: int = DIAL_FORMAT
+    extra: dict = field(default_factory=dict)  # free-form facts (seconds, paths swept, tolerance)
+
+    @property
+    def budget_range(self) -> tuple[float, float]:
+        """(lowest, highest) average layers the curve covers."""
+        return self.curve[0].avg_layers, self.curve[-1].avg_layers
+
+    def offset_for(self, budget: float, where: str = "the model") -> float:
+        """The gate offset for a target average of `budget` layers (linear between knots); DialError if the
+        budget is not a number or lies outside the calibrated range."""
+        b = _budget_number(budget)
+        lo, hi = self.budget_range
+        if not lo - RANGE_SLACK <= b <= hi + RANGE_SLACK:
+            raise DialError(f"budget {b:g} is outside the calibrated range {lo:.2f}..{hi:.2f} layers of {where} "
+                            f"(calibrate a wider range with `hadskip dial RUN --targets ...` and export again)")
+        x = np.array([p.avg_layers for p in self.curve], dtype=np.float64)
+        y = np.array([p.offset for p in self.curve], dtype=np.float64)
+        return float(np.interp(min(max(b, lo), hi), x, y))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for key in ("curve",):
+            for p in d[key]:
+                p.pop("target")
+        return d
+
+    @classmethod
+    def from_dict(cls, d, where: str = "dial") -> Dial:
+        """A Dial from its JSON object, every field checked; DialError naming `where` and the field."""
+        if not isinstance(d, dict):
+            raise DialError(f"{where} must be a JSON object, got {type(d).__name__}")
+        fmt = d.get("format")
+        if not _is_int(fmt) or fmt != DIAL_FORMAT:
+            raise DialError(f"{where} has format {fmt!r}; this hadskip reads {DIAL_FORMAT} (run `hadskip dial` again)")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DialError(f"{where} has unknown fields {unknown}")
+        n = d.get("num_layers")
+        if not _is_int(n) or n < 1:
+            raise DialError(f"{where}.num_layers must be a positive integer, got {n!r}")
+        for key, test, what in (("task", _is_str, "a string"), ("split", _is_str, "a string"),
+                                ("metric", _is_str, "a string"), ("model_sha256", _is_str, "a string"),
+                                ("examples", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+                                ("trained_budget", lambda v: v is None or _is_finite(v), "a number or null"),
+                                ("monotone", lambda v: isinstance(v, bool), "true or false"),
+                                ("max_rise", lambda v: _is_finite(v) and v >= 0, "a non-negative number"),
+                                ("extra", lambda v: isinstance(v, dict), "an object")):
+            if key in d and not test(d[key]):
+                raise DialError(f"{where}.{key} must be {what}, got {_show(d[key])}")
+        points = _points(d.get("points"), f"{where}.points", n, targets=True)
+        curve = _points(d.get("curve"), f"{where}.curve", n, targets=False)
+        if not curve:
+            raise DialError(f"{where}.curve is empty")
+        for a, b in zip(curve, curve[1:]):
+            if not (b.avg_layers > a.avg_layers and b.offset < a.offset):
+                raise DialError(f"{where}.curve must have avg_layers strictly increasing and offset strictly "
+                                f"decreasing, got ({a.avg_layers}, {a.offset}) then ({b.avg_layers}, {b.offset})")
+        rest = {k: d[k] for k in d if k not in ("points", "curve")}
+        return cls(points=points, curve=curve, **rest)
+
+
+def _points(items, where: str, num_layers: int, targets: bool) -> list[DialPoint]:
+    if not isinstance(items, list):
+        raise DialError(f"{where} must be a list, got {_show(items)}")
+    out = []
+    for j, p in enumerate(items):
+        keys = {"offset", "avg_layers", "value"} | ({"target"} if targets else set())
+        if not isinstance(p, dict) or set(p) != keys:
+            raise DialError(f"{where}[{j}] must be an object with exactly {sorted(keys)}, got {_show(p)}")
+        for k in keys:
+            if not (_is_finite(p[k]) or (k == "value" and p[k] is None)):
+                raise DialError(f"{where}[{j}].{k} must be a finite number, got {_show(p[k])}")
+        if not 0 <= p["avg_layers"] <= num_layers:
+            raise DialError(f"{where}[{j}].avg_layers {p['avg_layers']} is outside 0..{num_layers}")
+        out.append(DialPoint(offset=float(p["offset"]), avg_layers=float(p["avg_layers"]),
+                             value=None if p["value"] is None else float(p["value"]),
+                             target=float(p["target"]) if targets else None))
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v) -> str:
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError):
+        text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _budget_number(budget) -> float:
+    try:
+        b = float(budget)
+    except (TypeError, ValueError):
+        raise DialError(f"budget must be a number of layers, got {_show(budget)}") from None
+    if isinstance(budget, bool) or not math.isfinite(b):
+        raise DialError(f"budget must be a finite number of layers, got {_show(budget)}")
+    return b
+
+
+def no_dial(where: str) -> DialError:
+    """The error for a budget asked of a model without a dial: says how to make one."""
+    return DialError(f"{where} has no budget dial: run `hadskip dial RUN` on its run dir"
+                     " (and `hadskip export` again for a model dir)")
+
+
+def read_dial(run_dir: str | Path, model_file: str | Path | None = None) -> Dial | None:
+    """RUN/dial.json as a Dial, or None when there is none. When `model_file` (the run's model.safetensors) is
+    given, a dial calibrated on other weights (the run was trained again) is refused."""
+    from hadskip.runtime.manifest import sha256_file
+
+    f = Path(run_dir) / DIAL_FILE
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DialError(f"{f} is not valid JSON ({exc}); run `hadskip dial` again") from exc
+    dial = Dial.from_dict(data, str(f))
+    if model_file is not None and Path(model_file).is_file() and dial.model_sha256 != sha256_file(model_file):
+        raise DialError(f"{f} was calibrated on other weights than {model_file} (trained again?); "
+                        "run `hadskip dial` again")
+    return dial
+
+
+def write_dial(run_dir: str | Path, dial: Dial) -> Path:
+    """Write RUN/dial.json (through a temp file and a rename)."""
+    f = Path(run_dir) / DIAL_FILE
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dial.to_dict(), indent=2))
+    tmp.replace(f)
+    return f
+
+
+def resolve_offset(dial: Dial | None, budget, where: str) -> float:
+    """The gate offset for `budget` (None: offset 0, the trained rule) from `dial`; DialError when there is no
+    dial or the budget is outside its range."""
+    if budget is None:
+        return 0.0
+    _budget_number(budget)
+    if dial is None:
+        raise no_dial(where)
+    return dial.offset_for(budget, where)
