@@ -158,6 +158,15 @@ CASES = [
     ("eval-bad-task", lambda e: ["eval", str(e.model), "--task", str(e.root / "nope"), "--no-plots"],
      r"task folder not found"),
     ("eval-batch-text", lambda e: ["eval", str(e.model), "--batch-size", "x"], r"batch-size"),
+    ("eval-budget-no-dial", lambda e: ["eval", str(e.model), "--budget", "2", "--no-plots"], r"no budget dial"),
+    ("eval-budget-text", lambda e: ["eval", str(e.model), "--budget", "lots"], r"--budget"),
+    # --- dial (tests/test_dial.py has the rest) ---
+    ("dial-missing", lambda e: ["dial", str(e.root / "nope")], r"not a hadskip run dir"),
+    ("dial-model-dir", lambda e: ["dial", str(e.model)], r"not a hadskip run dir"),
+    ("dial-bad-targets", lambda e: ["dial", str(e.run), "--targets", "1,,two"], r"--targets takes numbers"),
+    ("dial-target-beyond-layers", lambda e: ["dial", str(e.run), "--targets", "1e400"], r"target inf is outside"),
+    ("predict-budget-no-dial", lambda e: ["predict", str(e.model), "-i", e.txt, "--budget", "2"], r"no budget dial"),
+    ("bench-budget-no-dial", lambda e: ["bench", str(e.model), "--budget", "2"], r"no budget dial"),
     # --- finetune / train / compare ---
     ("finetune-no-backbone", lambda e: ["finetune", "--backbone", str(e.root / "nope"), "--out",
                                         str(e.root / "f1")], r"backbone path .* does not exist"),
