@@ -1,4 +1,4 @@
-"""`hadskip serve-local MODEL_DIR`: serve a model dir over HTTP on this machine (hadskip.runtime.server.serve)."""
+"""`hadskip serve-local MODEL_DIR`: serve a model dir over HTTP on this machine (hadskip.runtime.serve.serve)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def serve_local(
                           ] = False,
 ) -> None:
     """Serve a model dir over HTTP with micro-batching: POST /predict, GET /health /info /metrics, /docs."""
-    from hadskip.runtime.server import ServeConfig, serve
+    from hadskip.runtime.serve import ServeConfig, serve
 
     config = ServeConfig(host=host, port=port, backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_queue=max_queue, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,

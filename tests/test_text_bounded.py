@@ -6,8 +6,9 @@ characters, CJK, emoji, typed special tokens, giant words), long and short, alon
 
 The oracle is a fresh Tokenizer with the library's truncation on the same texts, each first cut to what the
 encoder reads (`TextEncoder.cap`; the cut itself is checked too). Plus: the encoder hands the tokenizer at most
-a bounded number of characters (3 x max_chars per text: the doubling reads) whatever the input's length, never enables the library's truncation (whose
-overflow windows made a pair's cost quadratic), and answers bad inputs with one HadSkipError line.
+3 x max_chars characters per text (the doubling reads) whatever the input's length, never enables the library's
+truncation (whose overflow windows made a pair's cost quadratic), and answers bad inputs with one HadSkipError
+line.
 """
 
 from __future__ import annotations
