@@ -194,7 +194,7 @@ def run_mode(args, mode: str, max_batch: int, payloads: list[bytes], workdir: Pa
     rows = (metric(a, "hadskip_batch_size_sum") or 0) - (metric(b, "hadskip_batch_size_sum") or 0)
     res.update(mode=mode, max_batch=max_batch, runtime_calls=int(calls), rows_per_call=rows / calls if calls else 0,
                skip_rate=metric(a, "hadskip_skip_rate"), server_exit=proc.returncode,
-               stopped_gracefully="Application shutdown complete" in logfile.read_text())
+               stopped_gracefully=proc.returncode == 0 and "Application shutdown complete" in logfile.read_text())
     return res
 
 
