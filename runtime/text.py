@@ -18,17 +18,19 @@ Why a cut is safe (the tokens before it are the first tokens of the whole text),
   2. the tokens of the last word (pre-token) before the cut are dropped: a normalizer or pre-tokenizer that looks
      ahead (NFC composition, "strip accents", a byte-level regex's lookahead, a word cut in half) changes only
      the piece that touches the cut, and the model (WordPiece, BPE, Unigram) tokenizes each piece on its own;
-  3. the count that decides truncation needs room + 1 such tokens (room = max_seq_len - special tokens), so a
-     text whose characters become many tokens needs no more reading, and one whose characters become none (runs
-     of spaces, control or combining characters, a single giant word) is read until max_chars.
+  3. reading stops once such tokens decide the truncation (room = max_seq_len - special tokens): room + 1 of
+     them for a text alone, about half the room for each text of a pair (see _undecided), so a text whose
+     characters become many tokens needs no more reading, and one whose characters become none (runs of
+     spaces, control or combining characters, a single giant word) is read until max_chars.
 The property tests (tests/test_text_bounded.py) check this against full tokenization for WordPiece, byte-level
 BPE and Unigram/Metaspace tokenizers over thousands of generated texts. "left" truncation mirrors all of it.
 
 The result equals full tokenization + HF truncation of the inputs after cutting each text to `max_chars`
 characters (at the start of a whitespace run in its second half when there is one), with one exception: when
-both texts of a pair are over the room on their own and the room is odd, HF gives the odd token to the text
-with more tokens, which only reading both whole would tell; here the text with more characters counts as the
-longer (on a tie, the second, as in HF). So such a pair may differ from HF by one token at the end of one text.
+both texts of a pair are over half the room and the room is odd, HF gives the odd token to the text with more
+tokens, which only reading both whole would tell; when both have more than max_chars / 4 characters, the text
+with more characters counts as the longer (on a tie, the second, as in HF). So such a pair of long texts may
+differ from HF by one token at the end of one text.
 `truncated` is true when tokens were dropped or when the max_chars cut dropped anything but whitespace.
 Not included: stride/sliding windows over long texts (a truncated input is classified on its first tokens).
 """
@@ -50,7 +52,7 @@ ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")  # type_vocab_size 1: eve
 STRATEGIES = ("longest_first", "only_first", "only_second")
 CUT_SPACE = " \t\n\r"  # whitespace to every normalizer and pre-tokenizer of the BERT/RoBERTa families
 CHARS_PER_TOKEN_CAP = 64  # max_chars = 64 x max_seq_len
-FIRST_CHARS_PER_TOKEN = 8  # the first read of a text: 8 characters per token needed
+FIRST_CHARS_PER_TOKEN = 8  # the first read of a text: 8 characters per token it may need to know
 _TEXT = re.compile(r"\S")
 
 
@@ -125,7 +127,8 @@ class TextEncoder:
         if min(self.room.values()) < 1:
             raise HadSkipError(f"max_seq_len {self.max_seq_len} leaves no room for text after the special tokens")
         self.max_chars = int(max_chars or CHARS_PER_TOKEN_CAP * self.max_seq_len)
-        self.first_chars = min(self.max_chars, FIRST_CHARS_PER_TOKEN * (self.max_seq_len + 2))
+        self.exact_chars = self.max_chars // 4  # pairs of texts up to this long follow HF to the token
+        self.first_chars = {n: min(self.max_chars, FIRST_CHARS_PER_TOKEN * (self.room[n] // n + 2)) for n in (1, 2)}
         added = {t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.content}
         self.added = [re.compile(re.escape(t), re.IGNORECASE) for t in sorted(added)]
         self.added_len = max((len(t) for t in added), default=0)
@@ -141,7 +144,8 @@ class TextEncoder:
     # -- encoding -------------------------------------------------------------------------------------------
     def encode(self, inputs: Sequence[TextInput]) -> Encoded:
         batch = [_check_input(x, n) for n, x in enumerate(inputs)]
-        groups = [[_Read(t, self.first_chars) for t in ((x,) if isinstance(x, str) else x)] for x in batch]
+        groups = [[_Read(t, self.first_chars[1]) for t in (x,)] if isinstance(x, str) else
+                  [_Read(t, self.first_chars[2]) for t in x] for x in batch]
         windows = [self._window(r, n) for n, g in enumerate(groups) for r in g]
         if len(windows) > 8:  # the library's parallel batch costs more than it saves on a few texts
             encs = self.tokenizer.encode_batch(windows, add_special_tokens=False)
@@ -241,18 +245,32 @@ class TextEncoder:
         r.known = len(words) - k
 
     def _undecided(self, g: list[_Read]) -> list[_Read]:
-        """The texts of one input that must be read further before its truncation is known."""
+        """The texts of one input that must be read further before its truncation is known. A text not read
+        whole has more than `known` tokens; the longest_first rule (see `longest_first`) then needs: for a text
+        alone, known > room; for a pair, that both are cut and how much the shorter keeps: both known over
+        half the room (they split it), or the whole one shorter than the other's known and their sum over the
+        room. Where the room is odd the longer text keeps the odd token: a whole text and a longer cut one are
+        read until the cut one is known to be longer, two cut texts until one is whole if it has at most
+        exact_chars characters; for two longer ones see _keep."""
         room = self.room[len(g)]
-        short = [r for r in g if not r.whole and r.known <= room]
-        if short or len(g) == 1 or self.strategy != "longest_first" or room % 2 == 0:
-            return short
-        a, b = g  # both are over half the room: they split it, and the longer one keeps the odd token
+        if len(g) == 1 or self.strategy != "longest_first":
+            return [r for r in g if not r.whole and r.known <= room]
+        a, b = g
         if a.whole and b.whole:
             return []
-        if a.whole == b.whole:
-            return []  # both whole: all is known; both only bounded: see _keep
+        if not a.whole and not b.whole:
+            if 2 * min(a.known, b.known) <= room:
+                return [r for r in g if 2 * r.known <= room]
+            return [] if room % 2 == 0 else [r for r in g if len(r.text) <= self.exact_chars]  # else see _keep
         exact, bound = (a, b) if a.whole else (b, a)
-        return [] if exact.count <= room or bound.known > exact.count else [bound]
+        e, k = exact.count, bound.known
+        if k + e <= room:  # maybe no truncation at all
+            return [bound]
+        if e < k:  # the whole one is the shorter: it keeps min(e, half the room), the other the rest
+            return []
+        if 2 * k > room and room % 2 == 0:  # both over half the room: they split it evenly
+            return []
+        return [bound]  # which one is shorter (or, for an odd room, longer) is not known yet
 
     def _keep(self, g: list[_Read], n: int) -> list[int]:
         room = self.room[len(g)]

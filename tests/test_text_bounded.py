@@ -162,9 +162,9 @@ def check_one(case, tmp, x) -> None:
         lib = oracle.encode(*capped)
         assert want == (lib.ids, lib.type_ids)
     allowed = [want]
-    if len(sides) == 2 and min(len(c) for c in capped) > enc.first_chars and min(counts) > room:
-        # both texts over the room, not read whole: the text with more characters keeps the odd token
-        allowed.append(select(whole, list(longest_first(room + 1 + int(len(capped[0]) > len(capped[1])),
+    if len(sides) == 2 and min(len(t) for t in sides) > enc.exact_chars and 2 * min(counts) > room:
+        # two long texts over half the room: the text with more characters keeps the odd token
+        allowed.append(select(whole, list(longest_first(room + 1 + int(len(sides[0]) > len(sides[1])),
                                                         room + 1, room)), enc.left))
     assert (ids, types) in allowed, (x, capped, ids, allowed)
     assert truncated == (sum(counts) > room or dropped_text)
@@ -239,7 +239,7 @@ def test_work_is_bounded_by_max_seq_len_not_the_input(tmp, x):
 
 def test_truncation_for_normal_inputs_is_unchanged(tmp):
     """Hand-picked cases around the pair rule's edges (ties, odd room, one side short), against the library."""
-    enc, oracle, _ = setup(("wordpiece", 12, "right", 240), tmp)  # room 9 for a pair, 10 for one text
+    enc, oracle, _ = setup(("wordpiece", 12, "right", 768), tmp)  # room 9 for a pair, 10 for one text
     for a in range(0, 14):
         for b in range(0, 14):
             x = (" ".join(["good"] * a) or "x", " ".join(["bad"] * b) or "y")
