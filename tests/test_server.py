@@ -523,6 +523,45 @@ def test_missing_fastapi_names_the_extra(monkeypatch):
         create_app(ServeConfig(), lambda: None)
 
 
+BLOCKED_SERVE = r"""
+import importlib.abc, json, sys
+
+BLOCKED = ("fastapi", "starlette", "uvicorn", "prometheus_client", "pydantic", "torch", "transformers")
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked in this test")
+
+sys.meta_path.insert(0, Block())
+import hadskip.runtime
+from hadskip.errors import MissingExtraError
+from hadskip.runtime.serve import ServeConfig, create_app, is_loopback, parse_predict_body, serve
+from hadskip.runtime.serve import batcher, connections, launcher, logs, request  # noqa: F401
+out = {"parsed": parse_predict_body(b'{"inputs": ["a", ["b", "c"]]}', 4), "loopback": is_loopback("::1")}
+for call in (lambda: create_app(ServeConfig(), lambda: None), lambda: serve("nowhere", ServeConfig())):
+    try:
+        call()
+    except MissingExtraError as exc:
+        out.setdefault("errors", []).append(str(exc))
+out["heavy"] = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print(json.dumps(out))
+"""
+
+
+def test_serve_package_imports_without_its_extra():
+    """hadskip.runtime.serve imports with none of fastapi/uvicorn/prometheus_client/torch; using the server
+    then names the `serve` extra."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_SERVE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["heavy"] == [] and out["parsed"] == ["a", ["b", "c"]] and out["loopback"] is True
+    assert len(out["errors"]) == 2 and all("hadskip[serve]" in e for e in out["errors"])
+
+
 def test_cli_non_loopback_warns_and_bad_dir_fails(model_dir, monkeypatch, capsys, tmp_path):
     from hadskip.cli.main import main
 
