@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -192,14 +191,11 @@ def start_cli(model, tmp_path, fd_limit: int | None = None, *extra: str) -> tupl
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed by the caller
-
-    def limit_fds():
-        if fd_limit:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
-
+    limit = f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {fd_limit}))" if fd_limit else "pass"
+    launch = f"import resource, sys; {limit}; from hadskip.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {k: v for k, v in os.environ.items() if k != "HADSKIP_API_KEY"}
-    proc = subprocess.Popen([sys.executable, "-m", "hadskip.cli", "serve-local", str(model), "--port", str(port),
-                             *extra], stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit_fds, env=env)
+    proc = subprocess.Popen([sys.executable, "-c", launch, "serve-local", str(model), "--port", str(port), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
     return proc, port, log
 
 

@@ -112,7 +112,11 @@ def setup(case: tuple, tmp: str) -> tuple[TextEncoder, Tokenizer, Tokenizer]:
 
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("tokenizers"))
+    """A folder for the tokenizers, all built here first (not inside a timed hypothesis example)."""
+    path = str(tmp_path_factory.mktemp("tokenizers"))
+    for case in CASES:
+        setup(case, path)
+    return path
 
 
 texts = st.one_of(
