@@ -245,7 +245,7 @@ def test_cli_survives_running_out_of_descriptors_without_flooding_its_log(model_
         log.close()
     out = (tmp_path / "server.log").read_text()
     assert code == 0, out[-3000:]
-    assert len(out) < 20_000 and "Traceback" not in out, out[-3000:]
+    assert len(out) < 20_000 and out.count("Traceback") <= 1, out[-3000:]  # rate-limited, if accept() ran out
     assert "Application shutdown complete" in out
 
 

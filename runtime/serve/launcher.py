@@ -36,16 +36,16 @@ def raise_fd_limit() -> int:
 
 def connection_budget(max_connections: int, fd_limit: int | None = None) -> tuple[int, int]:
     """(connections, listen backlog) that fit in `fd_limit` open files with the ones already open: asyncio
-    accepts up to `backlog` connections at once before any is looked at, and running out of descriptors in
-    accept() is what once flooded the log."""
+    accepts up to `backlog` connections at once, and a few such bursts, before the protocol sees (and may
+    close) any of them; running out of descriptors in accept() is what once flooded the log."""
     if fd_limit is None:
         fd_limit = raise_fd_limit()
     try:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
         in_use = 0
-    backlog = max(16, min(2048, fd_limit // 8))
-    room = fd_limit - in_use - backlog - RESERVED_FDS
+    backlog = max(16, min(2048, fd_limit // 16))
+    room = fd_limit - in_use - 4 * backlog - RESERVED_FDS
     return max(1, min(max_connections, room)), backlog
 
 
