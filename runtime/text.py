@@ -78,6 +78,7 @@ class _Read:
     enc: Encoding | None = None
     start: int = 0
     end: int = 0
+    size: int = 0  # tokens in the window
     whole: bool = False  # the window is all there is to read (the whole text, or its max_chars cut)
     dropped: bool = False  # the max_chars cut dropped non-whitespace text
     known: int = 0  # tokens of the window that are the first (right) / last (left) tokens of the whole text
@@ -85,7 +86,7 @@ class _Read:
     @property
     def count(self) -> int:
         """The exact token count when `whole`, else a lower bound (> room once settled)."""
-        return len(self.enc.ids) if self.whole else self.known
+        return self.size if self.whole else self.known
 
 
 def longest_first(a: int, b: int, room: int) -> tuple[int, int]:
@@ -232,9 +233,9 @@ class TextEncoder:
 
     def _take(self, r: _Read, enc: Encoding) -> None:
         """Keep the window's tokens; count those that are surely the whole text's (all but the last word)."""
-        r.enc = enc
+        r.enc, r.size = enc, len(enc)
         if r.whole:
-            r.known = len(enc.ids)
+            r.known = r.size
             return
         words = enc.word_ids
         if not words:
@@ -296,13 +297,15 @@ class TextEncoder:
     def _assemble(self, g: list[_Read], n: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Special tokens from the tokenizer's post-processor around the kept tokens of each text."""
         keep = self._keep(g, n)
-        encs = [r.enc for r in g]
-        out = self.tokenizer.post_process(encs[0], encs[1] if len(encs) == 2 else None, add_special_tokens=True)
+        sizes = [r.size for r in g]
+        cut = any(k < r.count or not r.whole or r.dropped for r, k in zip(g, keep, strict=True))
+        out = self.tokenizer.post_process(g[0].enc, g[1].enc if len(g) == 2 else None, add_special_tokens=True)
         ids = np.asarray(out.ids, dtype=np.int64)
         types = np.asarray(out.type_ids, dtype=np.int64)
+        if keep == sizes and not (self.untyped_pairs and len(g) == 2):  # nothing to drop: the common case
+            return ids, types, cut
         special = np.asarray(out.special_tokens_mask, dtype=bool)
         content = np.flatnonzero(~special)
-        sizes = [len(e.ids) for e in encs]
         if len(content) != sum(sizes):
             raise HadSkipError("the tokenizer's post-processor changed the text tokens; it is not supported")
         chosen = special.copy()
@@ -313,7 +316,6 @@ class TextEncoder:
             at += size
         if self.untyped_pairs and len(g) == 2:
             types[content[sizes[0]:]] = 1
-        cut = any(k < r.count or not r.whole or r.dropped for r, k in zip(g, keep, strict=True))
         return ids[chosen], types[chosen], cut
 
     def pad_batch(self, enc: Encoded, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
