@@ -500,7 +500,8 @@ def test_graceful_shutdown_finishes_in_flight_requests(rt):
 # -- configuration and CLI ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [{"max_batch": 0}, {"max_queue": 0}, {"max_inputs": 0}, {"max_wait_ms": -1},
                                  {"max_body_bytes": 10}, {"port": 70000}, {"api_key": ""}, {"api_key": "a b"},
-                                 {"api_key": "ключ"}])
+                                 {"api_key": "ключ"}, {"max_connections": 0}, {"header_timeout_s": 0},
+                                 {"keep_alive_s": -1}, {"body_timeout_s": 1e9}])
 def test_config_is_checked(bad):
     with pytest.raises(HadSkipError):
         ServeConfig(**bad)
@@ -584,7 +585,8 @@ def test_cli_help_lists_the_options():
 
     out = CliRunner().invoke(app, ["serve-local", "--help"], terminal_width=200).output
     for opt in ("--host", "--port", "--backend", "--max-batch", "--max-wait-ms", "--max-queue", "--api-key",
-                "--max-inputs", "--max-body-bytes", "HADSKIP_API_KEY"):
+                "--max-inputs", "--max-body-bytes", "HADSKIP_API_KEY", "--max-connections", "--header-timeout-s",
+                "--keep-alive-s", "--body-timeout-s"):
         assert opt in out, opt
 
 
