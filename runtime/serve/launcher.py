@@ -34,12 +34,21 @@ def raise_fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+def current_fd_limit() -> int:
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 1 << 16
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 def connection_budget(max_connections: int, fd_limit: int | None = None) -> tuple[int, int]:
     """(connections, listen backlog) that fit in `fd_limit` open files with the ones already open: asyncio
     accepts up to `backlog` connections at once, and a few such bursts, before the protocol sees (and may
     close) any of them; running out of descriptors in accept() is what once flooded the log."""
     if fd_limit is None:
-        fd_limit = raise_fd_limit()
+        fd_limit = current_fd_limit()
     try:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError:
@@ -108,7 +117,7 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
 
     logs.install()
     app = create_app(config, load, model_name=model_dir.name, on_fatal=fatal)
-    server = make_server(app, config)
+    server = make_server(app, config, fd_limit=raise_fd_limit())
     server.run()
     if failure:
         raise HadSkipError(failure[0])
