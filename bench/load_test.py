@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hadskip.runtime.serve.config import is_loopback
+
 MAX_REQUESTS, MAX_CONCURRENCY = 100_000, 256
 WORDS = ("the a movie film plot acting was is very not quite good great dull fun boring long short story music "
          "scene actor director script ending funny sad slow fast brilliant awful fine charming clever").split()
@@ -37,17 +39,6 @@ WORDS = ("the a movie film plot acting was is very not quite good great dull fun
 
 def log(msg: str) -> None:
     print(f"[load-test] {msg}", file=sys.stderr, flush=True)
-
-
-def is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def free_port(host: str) -> int:
@@ -203,7 +194,7 @@ def run_mode(args, mode: str, max_batch: int, payloads: list[bytes], workdir: Pa
     rows = (metric(a, "hadskip_batch_size_sum") or 0) - (metric(b, "hadskip_batch_size_sum") or 0)
     res.update(mode=mode, max_batch=max_batch, runtime_calls=int(calls), rows_per_call=rows / calls if calls else 0,
                skip_rate=metric(a, "hadskip_skip_rate"), server_exit=proc.returncode,
-               stopped_gracefully="Application shutdown complete" in logfile.read_text())
+               stopped_gracefully=proc.returncode == 0 and "Application shutdown complete" in logfile.read_text())
     return res
 
 

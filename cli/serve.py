@@ -1,4 +1,4 @@
-"""`hadskip serve-local MODEL_DIR`: serve a model dir over HTTP on this machine (hadskip.runtime.server.serve)."""
+"""`hadskip serve-local MODEL_DIR`: serve a model dir over HTTP on this machine (hadskip.runtime.serve.serve)."""
 
 from __future__ import annotations
 
@@ -30,11 +30,19 @@ def serve_local(
                                                         "(default: ORT's).")] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")
                           ] = False,
+    max_connections: Annotated[int, typer.Option(help="Open connections at most (lowered to fit the fd limit); "
+                                                      "a new one beyond it closes the oldest idle one.")] = 2048,
+    header_timeout_s: Annotated[float, typer.Option(help="Seconds a connection may take to send a request's "
+                                                         "headers; then it is closed.")] = 10.0,
+    keep_alive_s: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
+    body_timeout_s: Annotated[float, typer.Option(help="Seconds a request body may take to arrive (else 408).")
+                              ] = 30.0,
 ) -> None:
     """Serve a model dir over HTTP with micro-batching: POST /predict, GET /health /info /metrics, /docs."""
-    from hadskip.runtime.server import ServeConfig, serve
+    from hadskip.runtime.serve import ServeConfig, serve
 
     config = ServeConfig(host=host, port=port, backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_queue=max_queue, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
-                         threads=threads, access_log=access_log)
+                         threads=threads, access_log=access_log, max_connections=max_connections,
+                         header_timeout_s=header_timeout_s, keep_alive_s=keep_alive_s, body_timeout_s=body_timeout_s)
     serve(model, config)

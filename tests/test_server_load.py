@@ -32,3 +32,22 @@ def test_load_test_refuses_other_hosts(tmp_path):
         proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--host", host], capture_output=True,
                               text=True, timeout=60)
         assert proc.returncode == 2 and "not a loopback address" in proc.stderr
+
+
+BOUNDED = Path(__file__).resolve().parents[1] / "bench" / "bounded_cost.py"
+
+
+def test_bounded_cost_bench_runs(tmp_path_factory):
+    """bench/bounded_cost.py end to end, small: maximum-size requests all answered, the idle connections
+    closed by the server, a normal client answered meanwhile (the timing goals are the bench's to report)."""
+    model = cached_model(tmp_path_factory, "bert", 0)[1]
+    proc = subprocess.run([sys.executable, str(BOUNDED), str(model), "--requests", "8", "--idle", "60",
+                           "--header-timeout-s", "1", "--json", "--start-timeout-s", "60", "--time-limit-s", "60"],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["zero_5xx"] and report["long"]["codes"] == {"2xx": 8, "200": 8} == report["normal"]["codes"]
+    assert report["long_body_bytes"] > 1_000_000 and report["server_exit"] == 0
+    idle = report["idle"]
+    assert idle["connections"] == 60 and idle["normal_client_status"] == 200
+    assert idle["closed_by_server"] == 60 and idle["still_open"] == 0

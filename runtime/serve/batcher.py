@@ -1,0 +1,181 @@
+"""Micro-batching: one worker thread merges queued requests into runtime calls of at most `max_batch` rows.
+
+Each request's rows wait in one bounded queue; the worker takes the rows that arrived within `max_wait_s` of the
+oldest waiting one, up to `max_batch` rows, and makes ONE `Runtime.predict` call (which sorts by length and
+routes each row through its own layers). The event loop only parses, queues and awaits. Rows over `max_queue`
+are refused with 429 rather than queued without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from hadskip.errors import HadSkipError
+from hadskip.runtime.serve.metrics import Metrics
+from hadskip.runtime.serve.request import ApiError, BackendFailure, Overloaded
+
+log = logging.getLogger("uvicorn.error")  # uvicorn configures it: our lines share its format
+
+
+@dataclass
+class Job:
+    rows: list
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class JobResult:
+    predictions: list[dict]
+    queue_s: float
+    inference_s: float
+    batch_rows: int
+
+
+class Batcher:
+    """One worker thread that merges queued requests into runtime calls of at most `max_batch` rows.
+
+    `predict(rows, batch_size)` is `Runtime.predict`. A batch that fails is retried one request at a time,
+    so one request's failure is not its neighbours' (the retry costs nothing while the backend is healthy).
+    """
+
+    def __init__(self, predict: Callable, max_batch: int, max_wait_s: float, max_queue: int, metrics: Metrics):
+        self.predict, self.max_batch, self.max_wait_s, self.max_queue = predict, max_batch, max_wait_s, max_queue
+        self.metrics = metrics
+        self.queue: collections.deque[Job] = collections.deque()
+        self.queued_rows = 0
+        self.busy_rows = 0  # rows in the runtime call now running
+        self.cond = threading.Condition()
+        self.closing = False
+        self.thread = threading.Thread(target=self._work, name="hadskip-batcher", daemon=True)
+
+    def start(self) -> Batcher:
+        self.thread.start()
+        return self
+
+    def submit(self, rows: list) -> asyncio.Future:
+        """Queue one request's rows (called on the event loop); raises Overloaded when the queue is full.
+        An empty queue always takes a request, so no request is too big to ever run."""
+        loop = asyncio.get_running_loop()
+        job = Job(rows, loop.create_future(), loop)
+        with self.cond:
+            if self.closing:
+                raise ApiError(503, "the server is shutting down", "unavailable", {"Retry-After": "1"})
+            if self.queued_rows and self.queued_rows + len(rows) > self.max_queue:
+                raise Overloaded(self.queued_rows, self.max_queue)
+            self.queue.append(job)
+            self.queued_rows += len(rows)
+            self.cond.notify()
+        return job.future
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Stop taking requests, finish the queued ones, stop the worker."""
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def _next_batch(self) -> list[Job] | None:
+        with self.cond:
+            while not self.queue and not self.closing:
+                self.cond.wait()
+            if not self.queue:
+                return None  # closing and drained
+            batch = [self.queue.popleft()]
+            rows = len(batch[0].rows)
+            deadline = batch[0].enqueued + self.max_wait_s  # the oldest row waits at most max_wait
+            while rows < self.max_batch:
+                if self.queue:
+                    if rows + len(self.queue[0].rows) > self.max_batch:
+                        break
+                    job = self.queue.popleft()
+                    batch.append(job)
+                    rows += len(job.rows)
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0 or self.closing:
+                    break
+                self.cond.wait(remaining)
+            self.queued_rows -= rows
+            self.busy_rows = rows
+        return [j for j in batch if not j.future.cancelled()]  # a cancelled request needs no answer
+
+    def _work(self) -> None:
+        batch: list[Job] | None = []
+        try:
+            while (batch := self._next_batch()) is not None:
+                try:
+                    if batch:
+                        self._run(batch, retry_alone=len(batch) > 1)
+                finally:
+                    with self.cond:
+                        self.busy_rows = 0
+        finally:  # normally nothing is left here; if the worker died, nobody may wait forever
+            with self.cond:
+                self.closing = True
+                left, self.queued_rows = [*(batch or []), *self.queue], 0
+                self.queue.clear()
+            for job in left:  # answered jobs ignore this (see _resolve)
+                _resolve(job, exc=ApiError(503, "the inference worker stopped", "unavailable"))
+
+    def _run(self, batch: list[Job], retry_alone: bool) -> None:
+        rows = [r for j in batch for r in j.rows]
+        start = time.perf_counter()
+        try:
+            preds = self.predict(rows, batch_size=self.max_batch)
+            probs = getattr(preds, "probabilities", None)
+            if probs is not None and not _all_finite(probs):
+                raise HadSkipError("the model produced non-finite probabilities")
+            dicts = preds.to_dicts()
+            failure = None
+        except Exception as exc:  # any backend failure becomes a 424 for these requests, never a dead worker
+            failure = exc
+        elapsed = time.perf_counter() - start
+        if failure is not None:
+            self.metrics.batch(len(rows), len(batch), elapsed, ok=False)
+            if retry_alone:
+                for job in batch:
+                    self._run([job], retry_alone=False)
+                return
+            log.error("runtime call on %d rows failed: %s", len(rows), failure, exc_info=failure)
+            for job in batch:
+                _resolve(job, exc=BackendFailure(failure))
+            return
+        self.metrics.batch(len(rows), len(batch), elapsed, ok=True, gates=getattr(preds, "gates", None),
+                           truncated=sum(d["truncated"] for d in dicts))
+        at = 0
+        for job in batch:
+            n = len(job.rows)
+            queue_s = start - job.enqueued
+            self.metrics.queue_s.observe(queue_s)
+            _resolve(job, JobResult(dicts[at:at + n], queue_s, elapsed, len(rows)))
+            at += n
+
+
+def _all_finite(a) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(a).all())
+
+
+def _resolve(job: Job, result: JobResult | None = None, exc: BaseException | None = None) -> None:
+    def settle():
+        if job.future.done():  # the request was cancelled meanwhile
+            return
+        if exc is not None:
+            job.future.set_exception(exc)
+        else:
+            job.future.set_result(result)
+
+    try:
+        job.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop has closed (forced shutdown): nobody is waiting
+        pass

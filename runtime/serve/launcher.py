@@ -1,0 +1,123 @@
+"""Running the app: uvicorn with the connection guards, within the process's file-descriptor limit, with logs
+that cannot flood, until SIGINT/SIGTERM (which finishes the requests in flight first, then exits 0)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hadskip.errors import HadSkipError, require
+from hadskip.runtime.serve.config import ServeConfig, is_loopback
+from hadskip.runtime.serve.connections import Connections, guarded_protocol
+
+RESERVED_FDS = 64  # model files, the event loop, logs, ORT: descriptors the connections may not take
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (where allowed); returns the soft limit."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 1 << 16
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def current_fd_limit() -> int:
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return 1 << 16
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_budget(max_connections: int, fd_limit: int | None = None) -> tuple[int, int]:
+    """(connections, listen backlog) that fit in `fd_limit` open files with the ones already open: asyncio
+    accepts up to `backlog` connections at once, and a few such bursts, before the protocol sees (and may
+    close) any of them; running out of descriptors in accept() is what once flooded the log."""
+    if fd_limit is None:
+        fd_limit = current_fd_limit()
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 0
+    backlog = max(16, min(2048, fd_limit // 16))
+    room = fd_limit - in_use - 4 * backlog - RESERVED_FDS
+    return max(1, min(max_connections, room)), backlog
+
+
+def make_server(app, config: ServeConfig, log_level: str = "info", fd_limit: int | None = None):
+    """A uvicorn.Server for `app` (not started): guarded connections, timeouts, limits from `config`.
+    `server.connections` counts what the guards did."""
+    uvicorn = require("uvicorn", "serve", "hadskip serve-local")
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    limit, backlog = connection_budget(config.max_connections, fd_limit)
+    connections = Connections(limit)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", None)
+            if sig == signal.SIGTERM and captured and captured[-1] == sig:
+                captured.pop()  # a graceful stop on SIGTERM is a normal exit (0), not death by the signal (143)
+
+    server = Server(uvicorn.Config(
+        app, host=config.host, port=config.port, http=guarded_protocol(AutoHTTPProtocol, connections,
+                                                                       config.header_timeout_s),
+        backlog=backlog, timeout_keep_alive=config.keep_alive_s, access_log=config.access_log,
+        timeout_graceful_shutdown=int(math.ceil(config.graceful_timeout_s)), server_header=False,
+        log_level=log_level))
+    server.connections = connections
+    return server
+
+
+def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None] | None = None) -> None:
+    """Load `model_dir` and serve it until SIGINT/SIGTERM, which finishes in-flight requests first."""
+    require("uvicorn", "serve", "hadskip serve-local")
+    require("fastapi", "serve", "hadskip serve-local")
+    from hadskip.runtime.core import Runtime
+    from hadskip.runtime.manifest import load_manifest
+    from hadskip.runtime.serve import logs
+    from hadskip.runtime.serve.app import create_app
+
+    warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    model_dir = Path(model_dir)
+    if config.backend != "torch":
+        load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks the sha256s
+    if not is_loopback(config.host):
+        warn(f"warning: listening on {config.host} makes the model reachable from other machines"
+             + ("" if config.api_key else "; anyone who can reach it may use it (set --api-key)")
+             + "; traffic is plain HTTP")
+
+    def load():
+        rt = Runtime.load(model_dir, backend=config.backend, threads=config.threads)
+        rt.predict(["warm up"], batch_size=1)  # first call allocates; also proves the backend runs
+        return rt
+
+    failure: list[str] = []
+    server = None
+
+    def fatal(message: str) -> None:
+        failure.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    logs.install()
+    app = create_app(config, load, model_name=model_dir.name, on_fatal=fatal)
+    server = make_server(app, config, fd_limit=raise_fd_limit())
+    server.run()
+    if failure:
+        raise HadSkipError(failure[0])
