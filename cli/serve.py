@@ -37,6 +37,9 @@ def serve_local(
     keep_alive_s: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     body_timeout_s: Annotated[float, typer.Option(help="Seconds a request body may take to arrive (else 408).")
                               ] = 30.0,
+    budget: Annotated[Optional[float], typer.Option(
+        help="Default target average layers through the model's budget dial (`hadskip dial`, then export); a "
+             "request's \"budget\" field overrides it. Default: the trained gates.")] = None,
 ) -> None:
     """Serve a model dir over HTTP with micro-batching: POST /predict, GET /health /info /metrics, /docs."""
     from hadskip.runtime.serve import ServeConfig, serve
@@ -44,5 +47,6 @@ def serve_local(
     config = ServeConfig(host=host, port=port, backend=backend, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          max_queue=max_queue, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
                          threads=threads, access_log=access_log, max_connections=max_connections,
-                         header_timeout_s=header_timeout_s, keep_alive_s=keep_alive_s, body_timeout_s=body_timeout_s)
+                         header_timeout_s=header_timeout_s, keep_alive_s=keep_alive_s, body_timeout_s=body_timeout_s,
+                         budget=budget)
     serve(model, config)

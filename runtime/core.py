@@ -199,7 +199,7 @@ class Runtime:
 
     # -- running ------------------------------------------------------------------------------------------
     def run_batch(self, input_ids, attention_mask, token_type_ids=None, forced=None,
-                  gate_offset: float | None = None) -> BatchResult:
+                  gate_offset: float | np.ndarray | None = None) -> BatchResult:
         """One right-padded batch: logits (B, C) and gate decisions (B, L); `forced` (B, L) 0/1 sets the gates,
         else a gate opens where its margin logit_open - logit_closed > gate_offset (router.gate_open; None:
         the offset of the budget set at load, 0 without one)."""
@@ -210,15 +210,20 @@ class Runtime:
         return self.encoder.encode(inputs)
 
     def predict(self, inputs: Sequence[TextInput] | str, batch_size: int = 32,
-                budget: float | None = None) -> Predictions:
+                budget: float | Sequence[float | None] | None = None) -> Predictions:
         """Classify texts (or (text, text_pair) tuples). Inputs are sorted by token length into batches,
         so padding costs little, and the results come back in input order. `budget`: a target average of
-        layers for this call through the budget dial (None: the one set at load)."""
+        layers for this call through the budget dial, or one per input (None: the one set at load)."""
         if isinstance(inputs, str):
             inputs = [inputs]
         if batch_size < 1:
             raise HadSkipError(f"batch_size must be >= 1, got {batch_size}")
-        offset = self.offset_for(budget)
+        per_row = isinstance(budget, (list, tuple, np.ndarray))
+        if per_row:
+            if len(budget) != len(inputs):
+                raise HadSkipError(f"{len(budget)} budgets for {len(inputs)} inputs")
+            offsets = np.array([self.offset_for(b) for b in budget], dtype=np.float64)  # (N,)
+        offset = None if per_row else self.offset_for(budget)
         enc = self.encode(list(inputs))
         n = len(enc.ids)
         lengths = enc.lengths
@@ -228,7 +233,7 @@ class Runtime:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             ids, mask, tt = self.encoder.pad_batch(enc, rows)
-            res = self.run_batch(ids, mask, tt, gate_offset=offset)
+            res = self.run_batch(ids, mask, tt, gate_offset=offsets[rows] if per_row else offset)
             if res.logits.shape[1] != len(self.labels):
                 raise HadSkipError(f"the head gives {res.logits.shape[1]} logits for {len(self.labels)} labels")
             probs[rows], gates[rows] = softmax(res.logits), res.gates

@@ -65,12 +65,15 @@ def gate_margin(gate_logits: np.ndarray) -> np.ndarray:
     return z[..., 1] - z[..., 0]  # inf - inf is NaN (numpy warns): a closed gate
 
 
-def gate_open(gate_logits: np.ndarray, offset: float = 0.0) -> np.ndarray:
+def gate_open(gate_logits: np.ndarray, offset: float | np.ndarray = 0.0) -> np.ndarray:
     """The gate rule: open iff logit_open - logit_closed > offset.  # (B, 2) -> (B,) bool
 
     offset 0 is the argmax of the two logits with a tie closing the gate; a larger offset closes more gates
-    (the budget dial's knob), a smaller one opens more. A NaN margin closes the gate. hadskip.model.gate_open
-    is the PyTorch mirror, pinned to this function by tests/test_gate_rule.py."""
+    (the budget dial's knob), a smaller one opens more. A NaN margin closes the gate. `offset` may also be
+    one float per row, (B,) (requests at different budgets in one batch). hadskip.model.gate_open is the
+    PyTorch mirror, pinned to this function by tests/test_gate_rule.py."""
+    if np.ndim(offset):
+        return gate_margin(gate_logits) > np.asarray(offset, dtype=np.float64)
     return gate_margin(gate_logits) > float(offset)
 
 
@@ -86,9 +89,9 @@ def row_lengths(attention_mask: np.ndarray) -> np.ndarray:
 
 
 def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
-          forced: np.ndarray | None = None, gate_offset: float = 0.0) -> BatchResult:
+          forced: np.ndarray | None = None, gate_offset: float | np.ndarray = 0.0) -> BatchResult:
     """Run one batch through `backend`, each row on its own path. `forced` (B, L) 0/1 replaces the gates;
-    otherwise gate i is `gate_open(backend.run_gate(i, ...), gate_offset)`."""
+    otherwise gate i is `gate_open(backend.run_gate(i, ...), gate_offset)`, gate_offset a float or (B,)."""
     ids = np.asarray(input_ids, dtype=np.int64)
     lengths = row_lengths(attention_mask)
     t = max(1, int(lengths.max(initial=0)))  # trim the batch to its longest row
@@ -101,6 +104,8 @@ def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, t
         forced = np.asarray(forced) != 0
         if forced.shape != (b, n_layers):
             raise HadSkipError(f"forced must be (batch, layers) = ({b}, {n_layers}), got {forced.shape}")
+    if np.ndim(gate_offset) and np.shape(gate_offset) != (b,):
+        raise HadSkipError(f"gate_offset must be a number or one per row ({b},), got shape {np.shape(gate_offset)}")
     gates = np.zeros((b, n_layers), dtype=bool)
 
     h = backend.run_embeddings(ids, mask, tt)  # (B, T, H)

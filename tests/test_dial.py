@@ -5,6 +5,7 @@ setting, one-line errors for bad budgets, and the CLI flags (hadskip dial, eval/
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -357,3 +358,98 @@ def test_cli_bad_budget_input_is_one_error_line(env, args, pattern, capsys):
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     assert re.search(pattern, lines[0]), lines[0]
+
+
+# --- serve-local: --budget and a per-request "budget" -----------------------------------------------------------
+
+def test_one_call_serves_rows_at_different_budgets(env):
+    """Per-row offsets: one predict call with a budget per input routes each row as a call at its own budget."""
+    rt = Runtime.load(env["model"], budget=2)
+    texts = tiny_sentences(30, seed=11)
+    budgets = [1.0, 3.0, None, 1.5, 2.5] * 6
+    mixed = rt.predict(texts, batch_size=7, budget=budgets)
+    for b in set(budgets):
+        rows = [i for i, x in enumerate(budgets) if x == b]
+        alone = rt.predict([texts[i] for i in rows], budget=b)
+        np.testing.assert_array_equal(mixed.gates[rows], alone.gates, err_msg=f"budget {b}")
+        np.testing.assert_allclose(mixed.probabilities[rows], alone.probabilities, atol=1e-5)
+    with pytest.raises(HadSkipError, match=r"2 budgets for 30 inputs"):
+        rt.predict(texts, budget=[1, 2])
+    with pytest.raises(DialError, match=r"budget 9 is outside"):
+        rt.predict(texts, budget=[9] * 30)
+
+
+def test_serve_local_budget_and_per_request_budget(env):
+    import asyncio
+
+    pytest.importorskip("uvicorn")
+    from test_server import Served
+
+    from hadskip.runtime.serve import ServeConfig, create_app
+    from hadskip.runtime.serve.batcher import Batcher
+    from hadskip.runtime.serve.metrics import Metrics
+
+    texts = tiny_sentences(6, seed=5)
+    rt = Runtime.load(env["model"], budget=1.5)
+    want = {b: Runtime.load(env["model"]).predict(texts, budget=b) for b in (1.5, 3)}
+    with Served(create_app(ServeConfig(budget=1.5, graceful_timeout_s=5), lambda: rt)) as srv:
+        info = srv.client.get("/info").json()
+        assert info["serving_budget"] == 1.5 and info["dial"]["range"] == list(rt.info.dial.budget_range)
+        for body, b in (({"inputs": texts}, 1.5), ({"inputs": texts, "budget": 3}, 3), ({"inputs": texts,
+                                                                                           "budget": None}, 1.5)):
+            r = srv.client.post("/predict", json=body)
+            assert r.status_code == 200, r.text
+            assert [p["layers"] for p in r.json()["predictions"]] == want[b].layers
+        for budget, pattern in ((99, r"budget 99 is outside the calibrated range"), ("3", r'"budget" must be a '
+                                r"finite number of layers, got string"), (True, r"got boolean"),
+                                ([2], r"got array")):
+            r = srv.client.post("/predict", json={"inputs": texts, "budget": budget})
+            assert r.status_code == 422 and re.search(pattern, r.json()["error"]), r.text
+        r = srv.client.post("/predict", content=b'{"inputs": "a", "budget": NaN}',
+                            headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and "finite" in r.json()["error"]
+        assert srv.client.post("/predict", json={"inputs": "a", "budgt": 2}).status_code == 422
+    # the worker merges requests at different budgets into one runtime call (driven directly: no timing)
+    rt = Runtime.load(env["model"], budget=1.5)  # the server closed its own at shutdown
+    loop = asyncio.new_event_loop()
+    try:
+        batcher = Batcher(rt.predict, 32, 0.0, 64, Metrics(32))
+        calls = []
+        batcher.predict = lambda rows, batch_size, **kw: calls.append(kw) or rt.predict(rows, batch_size, **kw)
+
+        async def two():
+            return [batcher.submit(texts[:3], 3.0), batcher.submit(texts[3:], None)]
+
+        futures = loop.run_until_complete(two())
+        batcher._run(batcher._next_batch(), retry_alone=False)
+        a, b = loop.run_until_complete(asyncio.gather(*futures))
+        assert calls == [{"budget": [3.0] * 3 + [None] * 3}] and a.batch_rows == 6
+        assert [p["layers"] for p in a.predictions] == want[3].layers[:3]
+        assert [p["layers"] for p in b.predictions] == want[1.5].layers[3:]
+    finally:
+        loop.close()
+
+
+def test_serve_local_refuses_a_bad_budget_before_serving(env, capsys):
+    assert main(["serve-local", str(env["model"]), "--budget", "99", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"error: budget 99 is outside the calibrated range", err[0]), err
+    plain = env["root"] / "plain-model"
+    if not plain.exists():
+        shutil.copytree(env["model"], plain)
+        data = json.loads((plain / "manifest.json").read_text())
+        data["dial"] = None
+        (plain / "manifest.json").write_text(json.dumps(data))
+    assert main(["serve-local", str(plain), "--budget", "2", "--port", "0"]) == 2
+    assert "has no budget dial" in capsys.readouterr().err
+
+
+def test_per_row_offsets_are_the_rule_row_by_row():
+    from hadskip.runtime.router import gate_open, route
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((500, 2)).astype(np.float32)
+    offsets = rng.choice([-1.0, -0.1, 0.0, 0.3, 2.0], 500)
+    np.testing.assert_array_equal(gate_open(z, offsets), [gate_open(z[i:i + 1], o)[0] for i, o in enumerate(offsets)])
+    with pytest.raises(HadSkipError, match=r"gate_offset must be a number or one per row \(2,\)"):
+        route(type("NoBackend", (), {"num_layers": 2})(), np.ones((2, 3)), np.ones((2, 3)), gate_offset=np.zeros(3))

@@ -1,6 +1,6 @@
 """The FastAPI app of `hadskip serve-local`: endpoints, errors as JSON, the API key, model loading, metrics.
 
-    POST /predict   {"inputs": "text" | ["text", ...] | [["text", "text_pair"], ...]}   (items may mix)
+    POST /predict   {"inputs": "text" | ["text", ...] | [["text", "text_pair"], ...], "budget"?: 2.5}   (items may mix)
                     -> {"predictions": [{"label", "label_id", "probs", "layers", "num_layers", "tokens",
                                          "truncated"}, ...]}                          (input order, always a list)
     GET|HEAD /health  200 {"status": "ok"} | 503 {"status": "loading" | "shutting down" | ...}  (never needs the key)
@@ -25,7 +25,8 @@ from hadskip.runtime.serve.batcher import Batcher, JobResult
 from hadskip.runtime.serve.config import ServeConfig
 from hadskip.runtime.serve.connections import FramingGuard
 from hadskip.runtime.serve.metrics import Metrics
-from hadskip.runtime.serve.request import ApiError, parse_predict_body, read_body
+from hadskip.errors import HadSkipError
+from hadskip.runtime.serve.request import ApiError, parse_predict_request, read_body
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures it: our lines share its format
 
@@ -52,12 +53,15 @@ PREDICT_SCHEMA = {
         {"type": "array", "minItems": 1, "description": "a batch: texts and [text, text_pair] pairs",
          "items": {"oneOf": [{"type": "string", "minLength": 1},
                              {"type": "array", "items": {"type": "string", "minLength": 1},
-                              "minItems": 2, "maxItems": 2}]}}]}},
+                              "minItems": 2, "maxItems": 2}]}}]},
+                   "budget": {"type": "number", "description": "target average layers through the model's "
+                              "budget dial (default: the server's --budget, else the trained gates)"}},
 }
 PREDICT_EXAMPLES = {
     "one text": {"value": {"inputs": "a fine movie"}},
     "a batch": {"value": {"inputs": ["a fine movie", "dull and long"]}},
     "a pair": {"value": {"inputs": [["the plot was thin", "the acting saved it"]]}},
+    "at a budget": {"value": {"inputs": "a fine movie", "budget": 2.5}},
 }
 
 
@@ -194,12 +198,17 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
             raise ApiError(415, "the body must be JSON (Content-Type: application/json)", "unsupported_media_type")
         body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
         if len(body) <= 1 << 16:
-            rows = parse_predict_body(body, config.max_inputs)
+            rows, budget = parse_predict_request(body, config.max_inputs)
         else:  # parsing a large body takes milliseconds: not on the event loop
-            rows = await asyncio.to_thread(parse_predict_body, body, config.max_inputs)
+            rows, budget = await asyncio.to_thread(parse_predict_request, body, config.max_inputs)
+        if budget is not None:  # outside the dial's range, or no dial: refused before queueing
+            try:
+                state.runtime.offset_for(budget)
+            except HadSkipError as exc:
+                raise ApiError(422, str(exc), "validation") from None
         state.inflight += 1
         try:
-            result: JobResult = await state.batcher.submit(rows)
+            result: JobResult = await state.batcher.submit(rows, budget)
         finally:
             state.inflight -= 1
         state.metrics.request_s.observe(time.perf_counter() - start)
@@ -258,7 +267,12 @@ def _info(state: ServerState) -> dict:
     out = {"model": state.model_name, "backend": rt.backend_name, "labels": list(rt.labels),
            "num_layers": int(rt.num_layers), "max_seq_len": int(rt.max_seq_len),
            "budget": getattr(info, "budget", None), "limits": cfg.limits(), "auth": cfg.api_key is not None,
-           "version": _version()}
+           "version": _version(), "serving_budget": getattr(rt, "budget", None)}
+    dial = getattr(info, "dial", None)
+    if dial is not None:
+        out["dial"] = {"range": list(dial.budget_range), "metric": dial.metric, "split": dial.split,
+                       "points": [{"budget": p.target, "avg_layers": p.avg_layers, "value": p.value}
+                                  for p in dial.points]}
     if manifest is not None:
         bb = manifest.backbone
         out.update(backbone={k: bb.get(k) for k in ("name", "model_type", "hidden_size", "num_heads", "vocab_size")},

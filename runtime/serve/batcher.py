@@ -3,7 +3,8 @@
 Each request's rows wait in one bounded queue; the worker takes the rows that arrived within `max_wait_s` of the
 oldest waiting one, up to `max_batch` rows, and makes ONE `Runtime.predict` call (which sorts by length and
 routes each row through its own layers). The event loop only parses, queues and awaits. Rows over `max_queue`
-are refused with 429 rather than queued without limit.
+are refused with 429 rather than queued without limit. Requests at different budgets (the budget dial) share a
+call: each row gets its own gate offset.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
+    budget: float | None = None  # the request's budget (None: the server's)
 
 
 @dataclass
@@ -60,11 +62,11 @@ class Batcher:
         self.thread.start()
         return self
 
-    def submit(self, rows: list) -> asyncio.Future:
+    def submit(self, rows: list, budget: float | None = None) -> asyncio.Future:
         """Queue one request's rows (called on the event loop); raises Overloaded when the queue is full.
         An empty queue always takes a request, so no request is too big to ever run."""
         loop = asyncio.get_running_loop()
-        job = Job(rows, loop.create_future(), loop)
+        job = Job(rows, loop.create_future(), loop, budget=budget)
         with self.cond:
             if self.closing:
                 raise ApiError(503, "the server is shutting down", "unavailable", {"Retry-After": "1"})
@@ -130,7 +132,10 @@ class Batcher:
         rows = [r for j in batch for r in j.rows]
         start = time.perf_counter()
         try:
-            preds = self.predict(rows, batch_size=self.max_batch)
+            if all(j.budget is None for j in batch):
+                preds = self.predict(rows, batch_size=self.max_batch)
+            else:  # one budget per row; None rows run at the server's
+                preds = self.predict(rows, batch_size=self.max_batch, budget=[j.budget for j in batch for _ in j.rows])
             probs = getattr(preds, "probabilities", None)
             if probs is not None and not _all_finite(probs):
                 raise HadSkipError("the model produced non-finite probabilities")

@@ -22,6 +22,7 @@ class ServeConfig:
     max_inputs: int = 32  # inputs per request
     max_body_bytes: int = 1 << 20  # request body, checked before parsing
     threads: int | None = None  # intra-op threads per ORT session
+    budget: float | None = None  # default target average layers through the budget dial (None: trained gates)
     graceful_timeout_s: float = 30.0  # how long shutdown waits for in-flight requests
     access_log: bool = False
     # connections: a client cannot hold the server's sockets or file descriptors

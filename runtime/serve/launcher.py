@@ -89,21 +89,23 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     require("uvicorn", "serve", "hadskip serve-local")
     require("fastapi", "serve", "hadskip serve-local")
     from hadskip.runtime.core import Runtime
-    from hadskip.runtime.manifest import load_manifest
+    from hadskip.runtime.dial import resolve_offset
+    from hadskip.runtime.manifest import load_manifest, manifest_dial
     from hadskip.runtime.serve import logs
     from hadskip.runtime.serve.app import create_app
 
     warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
     model_dir = Path(model_dir)
     if config.backend != "torch":
-        load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks the sha256s
+        manifest = load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks
+        resolve_offset(manifest_dial(manifest), config.budget, str(model_dir))  # the sha256s; a bad --budget too
     if not is_loopback(config.host):
         warn(f"warning: listening on {config.host} makes the model reachable from other machines"
              + ("" if config.api_key else "; anyone who can reach it may use it (set --api-key)")
              + "; traffic is plain HTTP")
 
     def load():
-        rt = Runtime.load(model_dir, backend=config.backend, threads=config.threads)
+        rt = Runtime.load(model_dir, backend=config.backend, threads=config.threads, budget=config.budget)
         rt.predict(["warm up"], batch_size=1)  # first call allocates; also proves the backend runs
         return rt
 

@@ -1,6 +1,7 @@
 """POST /predict's body -> inputs, and the HTTP errors (pure: no web framework; the property tests drive it).
 
-    body  {"inputs": "text" | ["text" | ["text", "text_pair"], ...]}  ->  [str | (str, str), ...]
+    body  {"inputs": "text" | ["text" | ["text", "text_pair"], ...], "budget": 2.5 (optional)}
+          ->  [str | (str, str), ...] (and the budget: parse_predict_request)
 
 Every failure is an ApiError whose message is one line: 422 malformed JSON, wrong types, empty or invalid text;
 413 over the input limit; 400/408/413 from `read_body` (framing, a slow body, a body over the byte limit).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
@@ -47,6 +49,12 @@ def _json_type(x: Any) -> str:
 
 def parse_predict_body(body: bytes, max_inputs: int) -> list:
     """The body of POST /predict -> a list of inputs (str or (text, text_pair)), or ApiError (422 / 413)."""
+    return parse_predict_request(body, max_inputs)[0]
+
+
+def parse_predict_request(body: bytes, max_inputs: int) -> tuple[list, float | None]:
+    """The body of POST /predict -> (inputs, budget or None), or ApiError (422 / 413). The budget (a target
+    average of layers through the model's budget dial) is only checked to be a finite number here."""
     if not body.strip():
         raise _invalid('empty body: send a JSON object such as {"inputs": "a fine movie"}')
     try:
@@ -62,15 +70,16 @@ def parse_predict_body(body: bytes, max_inputs: int) -> list:
         raise _invalid(f"the body is not valid JSON: {first[:120]}") from exc
     if not isinstance(obj, dict):
         raise _invalid(f'the body must be a JSON object with an "inputs" field, got {_json_type(obj)}')
-    unknown = sorted(k for k in obj if k != "inputs")
+    unknown = sorted(k for k in obj if k not in ("inputs", "budget"))
     if unknown:
         names = ", ".join(ascii(k[:40]) for k in unknown[:5])
-        raise _invalid(f'unknown field(s) {names}; the only field is "inputs"')
+        raise _invalid(f'unknown field(s) {names}; the fields are "inputs" and "budget" (optional)')
     if "inputs" not in obj:
         raise _invalid('the body lacks "inputs"')
+    budget = _budget(obj.get("budget"))
     inputs = obj["inputs"]
     if isinstance(inputs, str):
-        return [_text(inputs, "inputs")]
+        return [_text(inputs, "inputs")], budget
     if not isinstance(inputs, list):
         raise _invalid(f'"inputs" must be a string or a list of strings / [text, text_pair] pairs, '
                        f"got {_json_type(inputs)}")
@@ -79,7 +88,16 @@ def parse_predict_body(body: bytes, max_inputs: int) -> list:
     if len(inputs) > max_inputs:
         raise ApiError(413, f"{len(inputs)} inputs in one request; the limit is {max_inputs} (split the request)",
                        "payload_too_large")
-    return [_item(x, f"inputs[{n}]") for n, x in enumerate(inputs)]
+    return [_item(x, f"inputs[{n}]") for n, x in enumerate(inputs)], budget
+
+
+def _budget(x: Any) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise _invalid(f'"budget" must be a finite number of layers, got {_json_type(x)}'
+                       + (f" {x}" if isinstance(x, float) else ""))
+    return float(x)
 
 
 def _item(x: Any, where: str):
