@@ -1,6 +1,7 @@
 """Export parity: every unit's ONNX graph vs PyTorch, and the whole routed chain vs model(gates="route").
 
-Tiny random BERT, RoBERTa and TinyBERT-shaped (312/12: head size 26) runs, exported once per module.
+Tiny random BERT, RoBERTa, TinyBERT-shaped (312/12: head size 26), ELECTRA (embedding projection) and
+DistilBERT runs, exported once per module.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hadskip.export import ExportError, ShapeError, ValidationError, export_mode
 from hadskip.runtime.manifest import IO, SCHEMA_VERSION, load_manifest
 from hadskip.testing import tiny_run, tiny_sentences
 
-ARCHS = ["bert", "roberta", "tinybert"]
+ARCHS = ["bert", "roberta", "tinybert", "electra", "distilbert"]
 ATOL = 1e-4
 
 
