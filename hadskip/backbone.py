@@ -69,7 +69,8 @@ def check_max_len(max_len: int, hf_config: dict, name: str) -> None:
 
 def load_hf(name: str):
     """(hf_model, tokenizer) for a supported encoder backbone (hadskip.families), with eager attention
-    (attentions for distillation, plain ops for ONNX export). Raises HadSkipError for unknown names or other architectures."""
+    (attentions for distillation, plain ops for ONNX export). Raises HadSkipError for unknown names or
+    refused architectures (hadskip.families.why_not says why)."""
     from transformers import AutoModel, AutoTokenizer
 
     load_config(name)

@@ -1,6 +1,7 @@
 """The runtime against the PyTorch reference (`GatedEncoder(gates="route")`) on tiny BERT, RoBERTa,
 TinyBERT-shaped (head size 26), ELECTRA and DistilBERT model dirs: logits within 1e-4, identical gate
-decisions, forced patterns, a padded batch equal to each row alone, predict's ordering and truncation, and the error paths."""
+decisions, forced patterns, a padded batch equal to each row alone, predict's ordering and truncation, and
+the error paths."""
 
 from __future__ import annotations
 
