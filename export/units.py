@@ -33,9 +33,10 @@ class LayerForExport(nn.Module):
         super().__init__()
         self.layer = layer.layer  # the HF layer inside hadskip.model.Layer
         self.family = layer.family
+        self.shared = layer.shared  # registered here, so the tracer sees them as this graph's own weights
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.family.call(self.layer, hidden, attention_mask, export_form=True)[0]  # (B, T, H)
+        return self.family.call(self.layer, hidden, attention_mask, export_form=True, shared=self.shared)[0]
 
 
 def _mask(batch: int, seq: int, g: torch.Generator) -> torch.Tensor:

@@ -34,7 +34,7 @@ def load_config(name: str):
     Cheap (no weights), so training checks it before creating its run dir."""
     from transformers import AutoConfig
 
-    from hadskip.families import SUPPORTED_MODEL_TYPES, why_not
+    from hadskip.families import SUPPORTED_MODEL_TYPES, family, why_not
 
     location = resolve(name)
     try:
@@ -46,6 +46,7 @@ def load_config(name: str):
         ) from exc
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise HadSkipError(f"backbone {name!r} is a {config.model_type!r} model; {why_not(config.model_type)}")
+    family(config.model_type).check(config.to_dict())  # a configuration of the family that is not supported
     return config
 
 

@@ -18,14 +18,17 @@ why the type is refused. An adapter says
                                                               XForSequenceClassification (baseline export, tests)
 
 Needs torch (imported at module level): import it where the model is built.
+Supported: BERT, RoBERTa (xlm-roberta, camembert), ELECTRA, DistilBERT, DeBERTa-v2/v3 (its relative position
+embeddings, shared by all layers, are held once by the GatedEncoder and run inside every layer unit).
 Refused: ALBERT (one set of layer weights shared by every layer: there is no layer of its own to skip or to
-export per layer), DeBERTa v1/v2/v3 (relative position embeddings shared by all layers, not yet carried
-into each layer's unit), ModernBERT (rotary, alternating local/global attention and a final norm after the
-last layer, not yet exported on the padded path), and everything that is not an encoder listed here.
+export per layer), DeBERTa v1 (not ported), DeBERTa-v2 with a convolution layer or z_steps, ModernBERT
+(rotary, alternating local/global attention and a final norm after the last layer, not yet exported on the
+padded path), and everything that is not an encoder listed here.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -97,18 +100,35 @@ class Family:
     dropout_keys: tuple[str, ...] = ("hidden_dropout_prob",)  # the first one set is the head's dropout
 
     # -- embeddings -----------------------------------------------------------------------------------------
-    def embed(self, emb: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+    shared_paths: tuple[tuple[str, str], ...] = ()  # (our name, base-model path) of modules every layer uses
+
+    def embed(self, emb: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
         return emb(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, E)
 
     def projection(self, hf_model: nn.Module) -> nn.Module | None:
         return getattr(hf_model, self.projection_path, None) if self.projection_path else None
+
+    def check(self, hf_config: dict) -> None:
+        """HadSkipError (one line) for a configuration of the family that is not supported."""
+
+    def shared(self, hf_model: nn.Module) -> dict[str, nn.Module]:
+        """Modules every layer uses (DeBERTa's relative position embeddings): the GatedEncoder holds them once
+        (`shared.<name>`) and every layer unit calls them, so each exported layer graph contains them."""
+        out = {}
+        for name, path in self.shared_paths:
+            try:
+                out[name] = hf_model.get_submodule(path)
+            except AttributeError:
+                continue
+        return out
 
     # -- layers ---------------------------------------------------------------------------------------------
     def layers(self, hf_model: nn.Module) -> list[nn.Module]:
         return list(hf_model.get_submodule(self.layer_path))
 
     def call(self, layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False,
-             export_form: bool = False):
+             export_form: bool = False, shared: dict | None = None):
         """export_form builds the additive mask as HF's classic `(1 - mask) * min`: the same values for a 0/1
         mask, in the Unsqueeze-Cast-Sub-Mul form onnxruntime's Attention fusion recognises."""
         if export_form:
@@ -138,6 +158,9 @@ class Family:
         return why
 
     # -- head -----------------------------------------------------------------------------------------------
+    def head_act(self, hf_config: dict) -> str:
+        return self.head_activation
+
     def head_dropout(self, hf_config: dict) -> float:
         for key in self.dropout_keys:
             if hf_config.get(key) is not None:
@@ -164,6 +187,9 @@ class Family:
         if key.startswith("layers."):
             i, rest = key[len("layers."):].split(".", 1)
             return f"{self.layer_path}.{i}.{rest.removeprefix('layer.')}"
+        if key.startswith("shared."):
+            name, rest = key[len("shared."):].split(".", 1)
+            return f"{dict(self.shared_paths)[name]}.{rest}"
         return None
 
 
@@ -172,15 +198,57 @@ class DistilBertFamily(Family):
     """DistilBERT: word + position embeddings only (no token types), layers under transformer.layer taking the
     plain (B, T) mask (`masked_fill(mask == 0, min)` inside), returning (hidden,) or (attentions, hidden)."""
 
-    def embed(self, emb, input_ids, token_type_ids):
+    def embed(self, emb, input_ids, token_type_ids, mask):
         return emb(input_ids)  # (B, T, H)
 
-    def call(self, layer, hidden, mask, output_attentions=False, export_form=False):
+    def call(self, layer, hidden, mask, output_attentions=False, export_form=False, shared=None):
         # the hidden state is the last element (4.x puts the attentions first); the probs come from the
         # MultiHeadSelfAttention's (context, weights)
         return _run(layer, layer.attention,
                     lambda: layer(hidden, attn_mask=mask, output_attentions=output_attentions),
                     output_attentions, -1)
+
+
+@dataclass(frozen=True)
+class DebertaV2Family(Family):
+    """DeBERTa-v2/v3: embeddings multiplied by the mask (token types only where type_vocab_size >= 2, none in
+    v3), layers taking the (B, 1, T, T) pairwise mask, the relative positions of the sequence (a function of T
+    only) and the relative position embeddings of the encoder (optionally LayerNorm'ed), which all layers
+    share: the GatedEncoder holds them once and every layer unit runs them."""
+
+    def embed(self, emb, input_ids, token_type_ids, mask):
+        return emb(input_ids=input_ids, token_type_ids=token_type_ids, mask=mask)  # (B, T, H)
+
+    def check(self, hf_config: dict) -> None:
+        if int(hf_config.get("conv_kernel_size") or 0) > 0:
+            raise HadSkipError("DeBERTa-v2 models with a convolution layer (conv_kernel_size > 0, the v2 xlarge/"
+                               "xxlarge ones) are not supported: it mixes the embeddings into layer 0's output")
+        if int(hf_config.get("z_steps") or 0) > 1:
+            raise HadSkipError("DeBERTa-v2 models with z_steps > 1 (the last layer run again) are not supported")
+        act = hf_config.get("pooler_hidden_act", "gelu")
+        if act not in ("gelu", "tanh", "relu"):
+            raise HadSkipError(f"DeBERTa-v2 pooler activation {act!r} is not supported (gelu, tanh, relu)")
+
+    def head_act(self, hf_config: dict) -> str:
+        return str(hf_config.get("pooler_hidden_act", "gelu"))
+
+    def call(self, layer, hidden, mask, output_attentions=False, export_form=False, shared=None):
+        shared = shared or {}
+        att = layer.attention.self
+        pair = mask[:, None, None, :] * mask[:, None, :, None]  # (B, 1, T, T): i attends to j iff both are tokens
+        rel, rel_pos = None, None
+        if "rel_embeddings" in shared:
+            rel = shared["rel_embeddings"].weight  # (2 * span, H)
+            if "rel_norm" in shared:
+                rel = shared["rel_norm"](rel)
+            with warnings.catch_warnings():  # its module scripts helpers at import (a torch deprecation notice)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+            rel_pos = build_relative_position(hidden, hidden, bucket_size=att.position_buckets,
+                                              max_position=att.max_relative_positions)  # (1, T, T)
+        return _run(layer, att, lambda: layer(hidden, pair, relative_pos=rel_pos, rel_embeddings=rel,
+                                              output_attentions=output_attentions), output_attentions, 0)
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -193,16 +261,17 @@ FAMILIES: tuple[Family, ...] = (
     DistilBertFamily("distilbert", ("distilbert",), layer_path="transformer.layer", token_types=False,
                      head_activation="relu", head_init=None, classifier=("pre_classifier", "classifier"),
                      dropout_keys=("seq_classif_dropout",)),
+    DebertaV2Family("deberta-v2", ("deberta-v2",), head_activation="gelu", head_init=None,
+                    classifier=("pooler.dense", "classifier"), dropout_keys=("cls_dropout", "hidden_dropout_prob"),
+                    shared_paths=(("rel_embeddings", "encoder.rel_embeddings"), ("rel_norm", "encoder.LayerNorm"))),
 )
 SUPPORTED_MODEL_TYPES = tuple(t for f in FAMILIES for t in f.model_types)
 
 REFUSED = {
     "albert": "ALBERT shares one set of layer weights across all its layers, so there is no layer of its own to "
               "skip, train or export per layer",
-    "deberta": "DeBERTa's relative position embeddings are shared by all layers and are not yet carried into "
-               "each exported layer unit",
-    "deberta-v2": "DeBERTa-v2/v3's relative position embeddings are shared by all layers and are not yet carried "
-                  "into each exported layer unit",
+    "deberta": "DeBERTa v1's relative position embeddings are shared by all layers and its adapter is not written "
+               "yet (DeBERTa-v2/v3, model_type deberta-v2, is supported)",
     "modernbert": "ModernBERT (rotary positions, alternating local/global attention, a final norm after the last "
                   "layer) is not yet exported on its padded attention path",
 }

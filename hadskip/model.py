@@ -90,7 +90,7 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
-        h = self.family.embed(self.emb, input_ids, token_type_ids)  # (B, T, E)
+        h = self.family.embed(self.emb, input_ids, token_type_ids, attention_mask)  # (B, T, E)
         return h if self.project is None else self.project(h)  # (B, T, H)
 
 
@@ -98,13 +98,20 @@ class Layer(nn.Module):
     """One transformer layer taking the plain (B, T) mask, so every layer graph has the same io; the family
     builds what its layer takes from the mask (hadskip.families)."""
 
-    def __init__(self, hf_layer: nn.Module, fam: Family | None = None):
+    def __init__(self, hf_layer: nn.Module, fam: Family | None = None, shared: nn.ModuleDict | None = None):
         super().__init__()
         self.layer = hf_layer
         self.family = fam if fam is not None else family("bert")
+        # the modules all layers share (registered once, in GatedEncoder.shared): a tuple keeps them unregistered
+        # here, so the weights are saved once
+        self._shared = (shared if shared is not None else nn.ModuleDict(),)
+
+    @property
+    def shared(self) -> nn.ModuleDict:
+        return self._shared[0]
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
-        h, att = self.family.call(self.layer, hidden, attention_mask, output_attentions)
+        h, att = self.family.call(self.layer, hidden, attention_mask, output_attentions, shared=self.shared)
         return (h, att) if output_attentions else h  # (B, T, H) [, (B, heads, T, T)]
 
 
@@ -162,15 +169,17 @@ class GatedEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.family = fam = family(config.model_type)
+        fam.check(config.hf_config)
         self.embeddings = Embeddings(fam, hf_model)
-        self.layers = nn.ModuleList(Layer(layer, fam) for layer in fam.layers(hf_model))
+        self.shared = nn.ModuleDict(fam.shared(hf_model))  # e.g. DeBERTa's relative position embeddings
+        self.layers = nn.ModuleList(Layer(layer, fam, self.shared) for layer in fam.layers(hf_model))
         if len(self.layers) != config.num_layers:
             raise ValueError(f"backbone has {len(self.layers)} layers, config says {config.num_layers}")
         self.gates = nn.ModuleList(
             Gate(config.hidden_size, config.gate_hidden, config.gate_open_bias) for _ in self.layers
         )
         self.head = Head(config.hidden_size, config.num_labels, fam.head_dropout(config.hf_config),
-                         fam.head_activation)
+                         fam.head_act(config.hf_config))
         fam.init_head(self.head, hf_model)
 
     @property

@@ -23,8 +23,8 @@ from hadskip.runtime import Runtime  # noqa: E402
 from hadskip.runtime.manifest import load_manifest  # noqa: E402
 from hadskip.testing import TINY_SHAPES, tiny_model, tiny_run, tiny_sentences  # noqa: E402
 
-FAMILIES = ["bert", "roberta", "electra", "distilbert"]
-TOKEN_TYPES = {"bert": True, "roberta": False, "electra": True, "distilbert": False}
+FAMILIES = ["bert", "roberta", "electra", "distilbert", "deberta-v2"]
+TOKEN_TYPES = {"bert": True, "roberta": False, "electra": True, "distilbert": False, "deberta-v2": False}
 ATOL = 1e-4
 
 
@@ -110,7 +110,7 @@ def test_token_types_matter_exactly_where_the_family_reads_them(limit_model):
     assert (np.abs(with_types - zeros).max() > 1e-4) == TOKEN_TYPES[arch]
 
 
-@pytest.mark.parametrize("arch", ["electra", "distilbert"])
+@pytest.mark.parametrize("arch", ["electra", "distilbert", "deberta-v2"])
 def test_gates_open_equal_transformers_model_and_classifier(arch):
     """Every layer on: the hidden states are transformers' AutoModel's bit for bit, and the logits are those of
     its XForSequenceClassification (the baseline export's mapping) up to attention-kernel rounding."""
@@ -159,4 +159,34 @@ def test_refused_families_say_why(tmp_path, model_type):
 
 def test_albert_reason_names_the_shared_weights():
     assert "shares one set of layer weights" in REFUSED["albert"]
-    assert "relative position" in REFUSED["deberta-v2"]
+    assert "relative position" in REFUSED["deberta"]
+
+
+def test_deberta_shared_relative_embeddings_are_saved_once_and_run_in_every_layer(tmp_path):
+    from safetensors import safe_open
+
+    from hadskip.checkpoint import load_run
+
+    run = tiny_run(tmp_path / "run", "deberta-v2")
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert [k for k in keys if "rel_embeddings" in k] == ["shared.rel_embeddings.weight"]
+    model, _, _ = load_run(run)
+    assert all(layer.shared is model.shared for layer in model.layers)
+    # every layer reads them: changing the shared table changes each layer's output
+    h, mask = torch.randn(2, 9, 32), torch.ones(2, 9, dtype=torch.long)
+    with torch.no_grad():
+        before = [layer(h, mask) for layer in model.layers]
+        w = model.shared["rel_embeddings"].weight
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))  # (LayerNorm'ed: not a scaling)
+        after = [layer(h, mask) for layer in model.layers]
+    assert all((a - b).abs().max() > 1e-4 for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.parametrize("extra,why", [({"conv_kernel_size": 3}, "convolution layer"), ({"z_steps": 2}, "z_steps")])
+def test_unsupported_deberta_configurations_say_why(tmp_path, extra, why):
+    folder = tmp_path / "deberta"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "deberta-v2", **extra}))
+    with pytest.raises(HadSkipError, match=why):
+        load_config(str(folder))

@@ -91,7 +91,7 @@ def test_missing_attention_probs_is_an_error_not_a_silent_none():
         call_layer(NoProbs(), torch.randn(B, T, H), torch.zeros(B, 1, 1, T), output_attentions=True)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "distilbert"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "distilbert", "deberta-v2"])
 def test_real_layers_match_the_installed_transformers(arch):
     """Hidden states and attentions of every layer equal what the installed transformers' model returns."""
     from transformers import AutoConfig, AutoModel

@@ -5,7 +5,7 @@ import torch
 
 from hadskip.testing import tiny_model, tiny_sentences
 
-ARCHS = ["bert", "roberta", "tinybert", "electra", "distilbert"]
+ARCHS = ["bert", "roberta", "tinybert", "electra", "distilbert", "deberta-v2"]
 
 
 def _batch(tokenizer, n=6, seed=0):

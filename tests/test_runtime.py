@@ -15,7 +15,7 @@ from hadskip.runtime.backends.device import row_runs
 from hadskip.testing import tiny_sentences
 
 # seeds whose gates route some rows and skip others
-SEEDS = {"bert": 0, "roberta": 1, "tinybert": 0, "electra": 0, "distilbert": 0}
+SEEDS = {"bert": 0, "roberta": 1, "tinybert": 0, "electra": 0, "distilbert": 0, "deberta-v2": 0}
 BATCHES = {
     "mixed": [5, 12, 32, 3, 20, 7, 32, 9, 14, 25, 2, 30],
     "short": [4, 2, 6, 3],
