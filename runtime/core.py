@@ -19,7 +19,7 @@ from hadskip.errors import HadSkipError
 from hadskip.runtime.backends import BUILTIN, BackendOptions, plugin_opener
 from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest
 from hadskip.runtime.router import Backend, BatchResult, route
-from hadskip.runtime.text import Encoded, TextEncoder, TextInput, uses_token_types
+from hadskip.runtime.text import Encoded, TextEncoder, TextInput, manifest_token_types
 
 OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
 
@@ -35,6 +35,7 @@ class ModelInfo:
     tokenizer_file: Path
     pad_token_id: int | None = None
     type_vocab_size: int | None = None  # None: not recorded (older model dirs)
+    token_types: bool = True  # the model reads the tokenizer's token types (else every type is 0)
     budget: float | None = None
     manifest: Manifest | None = None  # None when loaded from a run dir (torch backend)
 
@@ -117,8 +118,7 @@ class Runtime:
 
     def __init__(self, backend: Backend, info: ModelInfo):
         self.backend, self.info = backend, info
-        zero_types = not uses_token_types(info.model_type, info.type_vocab_size)
-        self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, zero_types)
+        self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, not info.token_types)
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "ort-cpu", *, threads: int | None = None,
@@ -236,5 +236,6 @@ def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
                      num_layers=manifest.num_layers, model_type=str(manifest.backbone.get("model_type", "bert")),
                      tokenizer_file=path / manifest.units["tokenizer"],
                      pad_token_id=manifest.backbone.get("pad_token_id"),
-                     type_vocab_size=manifest.backbone.get("type_vocab_size"), budget=manifest.budget,
+                     type_vocab_size=manifest.backbone.get("type_vocab_size"),
+                     token_types=manifest_token_types(manifest.backbone), budget=manifest.budget,
                      manifest=manifest)
