@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_test import WORDS, free_port, get, run_load  # noqa: E402  (the same client as the load test)
+import serve_process  # noqa: E402
+from load_test import WORDS, free_port, run_load  # noqa: E402  (the same client as the load test)
 
 from hadskip.runtime.serve.config import is_loopback  # noqa: E402
 
@@ -117,25 +116,9 @@ def tiny_model_dir(root: Path) -> Path:
 
 
 def start_server(args, model: Path, port: int, logfile: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hadskip.cli", "serve-local", str(model), "--host", args.host, "--port", str(port),
-           "--max-inputs", str(args.max_inputs), "--max-body-bytes", str(args.max_body_bytes),
-           "--header-timeout-s", str(args.header_timeout_s)]
-    env = {k: v for k, v in os.environ.items() if k != "HADSKIP_API_KEY"}
-    with open(logfile, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + args.start_timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}:\n{logfile.read_text()[-2000:]}")
-        try:
-            if asyncio.run(get(args.host, port, "/health"))[0] == 200:
-                return proc
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit(f"the server was not ready within {args.start_timeout_s} s")
-        time.sleep(0.2)
+    return serve_process.start(model, args.host, port, ["--max-inputs", str(args.max_inputs), "--max-body-bytes",
+                                                        str(args.max_body_bytes), "--header-timeout-s",
+                                                        str(args.header_timeout_s)], logfile, args.start_timeout_s)
 
 
 def raise_fd_limit(need: int) -> int:
@@ -242,12 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{args.idle} idle connections")
             idle = idle_phase(args, port, normal[0]) if args.idle else None
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            serve_process.stop(proc, 60)
         server_exit = proc.returncode
     bad = sum(r["codes"].get("5xx", 0) + r["transport_errors"] for r in (norm, lng))
     ratio = lng["p50_ms"] / norm["p50_ms"] if norm["p50_ms"] else float("nan")

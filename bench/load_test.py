@@ -22,13 +22,13 @@ import json
 import os
 import random
 import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import serve_process  # noqa: E402  (bench/, beside this script)
 
 from hadskip.runtime.serve.config import is_loopback
 
@@ -153,29 +153,14 @@ def metric(text: str, name: str) -> float | None:
 # -- one mode: start a server, warm it up, load it, read /metrics, stop it ------------------------------------
 def run_mode(args, mode: str, max_batch: int, payloads: list[bytes], workdir: Path) -> dict:
     port = args.port or free_port(args.host)
-    cmd = [sys.executable, "-m", "hadskip.cli", "serve-local", str(args.model), "--host", args.host, "--port",
-           str(port), "--backend", args.backend, "--max-batch", str(max_batch), "--max-wait-ms",
-           str(args.max_wait_ms), "--max-inputs", str(max(32, args.inputs_per_request))]
+    options = ["--backend", args.backend, "--max-batch", str(max_batch), "--max-wait-ms", str(args.max_wait_ms),
+               "--max-inputs", str(max(32, args.inputs_per_request))]
     if args.threads:
-        cmd += ["--threads", str(args.threads)]
+        options += ["--threads", str(args.threads)]
     logfile = workdir / f"server-{mode}.log"
     log(f"{mode}: starting the server (max_batch {max_batch}) on {args.host}:{port}")
-    env = {k: v for k, v in os.environ.items() if k != "HADSKIP_API_KEY"}  # the load test sends no key
-    with open(logfile, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = serve_process.start(args.model, args.host, port, options, logfile, args.start_timeout_s)
     try:
-        deadline = time.monotonic() + args.start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited with {proc.returncode}:\n{logfile.read_text()[-2000:]}")
-            try:
-                if asyncio.run(get(args.host, port, "/health"))[0] == 200:
-                    break
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the server was not ready within {args.start_timeout_s} s")
-            time.sleep(0.1)
         warm = max(args.concurrency * 2, min(200, len(payloads) // 10))
         asyncio.run(run_load(args.host, port, payloads[:warm], args.concurrency, args.time_limit_s))
         _, before = asyncio.run(get(args.host, port, "/metrics"))
@@ -183,12 +168,7 @@ def run_mode(args, mode: str, max_batch: int, payloads: list[bytes], workdir: Pa
         res = asyncio.run(run_load(args.host, port, payloads, args.concurrency, args.time_limit_s))
         _, after = asyncio.run(get(args.host, port, "/metrics"))
     finally:
-        proc.send_signal(signal.SIGTERM)  # graceful: in-flight requests finish
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        serve_process.stop(proc)  # graceful: in-flight requests finish
     b, a = before.decode(), after.decode()
     calls = (metric(a, "hadskip_batch_size_count") or 0) - (metric(b, "hadskip_batch_size_count") or 0)
     rows = (metric(a, "hadskip_batch_size_sum") or 0) - (metric(b, "hadskip_batch_size_sum") or 0)

@@ -24,9 +24,7 @@ import json
 import os
 import random
 import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serve_process  # noqa: E402  (bench/, beside this script)
 
 MAX_REQUESTS, MAX_CONCURRENCY = 100_000, 256
 WORDS = ("the a movie film plot acting was is very not quite good great dull fun boring long short story music "
@@ -205,42 +206,21 @@ def run_triton(args, items: list[str], workdir: Path) -> dict:
 
 def run_serve_local(args, items: list[str], workdir: Path, labels: list[str], num_layers: int) -> dict:
     port = free_port()
-    cmd = [sys.executable, "-m", "hadskip.cli", "serve-local", str(args.model), "--port", str(port),
-           "--backend", args.backend, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    options = ["--backend", args.backend, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    logfile = workdir / "serve-local.log"
-    env = {k: v for k, v in os.environ.items() if k != "HADSKIP_API_KEY"}
+        options += ["--threads", str(args.threads)]
     log(f"serve-local: starting on 127.0.0.1:{port}")
-    with open(logfile, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    proc = serve_process.start(args.model, "127.0.0.1", port, options, workdir / "serve-local.log",
+                               args.start_timeout_s)
     try:
-        deadline = time.monotonic() + args.start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"serve-local exited with {proc.returncode}:\n{logfile.read_text()[-2000:]}")
-            try:
-                if get(port, "/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"serve-local was not ready within {args.start_timeout_s} s")
-            time.sleep(0.1)
-
         def counters():
             text = get(port, "/metrics")[1].decode()
             return metric(text, "hadskip_batch_size_count"), metric(text, "hadskip_batch_size_sum")
 
         res = measure(serve_local_target(port, labels, num_layers), items, args, counters)
     finally:
-        proc.send_signal(signal.SIGTERM)  # by PID; graceful: in-flight requests finish
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    res["stopped_cleanly"] = proc.returncode == 0
+        code = serve_process.stop(proc)  # by PID; graceful: in-flight requests finish
+    res["stopped_cleanly"] = code == 0
     return res
 
 

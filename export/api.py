@@ -145,19 +145,20 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
     from hadskip.runtime.dial import read_dial
 
     model, tokenizer, info = load_run(run_dir)
-    cfg, hf = model.config, model.config.hf_config
+    cfg, hf, fam = model.config, model.config.hf_config, model.family
     dial = read_dial(run_dir, run_dir / "model.safetensors")  # RUN/dial.json, refused if calibrated on other weights
     if dial is not None and dial.num_layers != cfg.num_layers:
         raise ExportError(f"{run_dir / 'dial.json'} is for {dial.num_layers} layers, the model has {cfg.num_layers}")
     max_seq_len = int(info.max_len)
-    if max_seq_len > int(hf.get("max_position_embeddings", max_seq_len)):
-        raise ExportError(f"run max_len {max_seq_len} exceeds the backbone's max_position_embeddings "
-                          f"{hf.get('max_position_embeddings')}")
+    if hf.get("max_position_embeddings") and max_seq_len > fam.max_tokens(hf):
+        raise ExportError(f"run max_len {max_seq_len} is more than the backbone can take ({fam.position_note(hf)})")
+    token_types = fam.uses_token_types(hf)  # the runtime reads this fact from the manifest
+    type_vocab_size = int(hf.get("type_vocab_size", 1) or 0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(hf.get("pad_token_id") or 0)
     labels = list(info.task.get("label_names") or [str(i) for i in range(cfg.num_labels)])
     onnx_fp16 = fp16 and engine == "onnx"  # TensorRT builds from fp32 graphs and lowers precision itself
     specs = build_specs(model, vocab_size=int(hf["vocab_size"]), pad_token_id=pad_id,
-                        type_vocab_size=int(hf.get("type_vocab_size", 1)), opset=opset, fp16=onnx_fp16)
+                        type_vocab_size=type_vocab_size if token_types else 1, opset=opset, fp16=onnx_fp16)
     cases = validation_cases(max_seq_len, max_batch)
     dummy = (DUMMY[0], min(DUMMY[1], max_seq_len))
 
@@ -229,7 +230,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             backbone={"name": cfg.backbone, "model_type": cfg.model_type, "num_layers": cfg.num_layers,
                       "hidden_size": cfg.hidden_size, "num_heads": cfg.num_heads,
                       "intermediate_size": hf.get("intermediate_size"), "vocab_size": int(hf["vocab_size"]),
-                      "pad_token_id": pad_id, "type_vocab_size": int(hf.get("type_vocab_size", 1)),
+                      "pad_token_id": pad_id, "type_vocab_size": type_vocab_size, "token_types": token_types,
                       "max_position_embeddings": hf.get("max_position_embeddings"), "gate_hidden": cfg.gate_hidden},
             task=dict(info.task), labels=labels, max_seq_len=max_seq_len, precision=precision,
             engine=final_engine, opset=opset, units=units, files=files, budget=info.budget,

@@ -7,10 +7,13 @@ labels and vocabulary); otherwise the run's own model with every gate open (the 
 all layers run). `teacher_source` decides; the manifest records the answer under export.baseline
 {"model": "teacher" | "student-all-gates-open", "teacher_run", "note"}.
 
-Our Head is exactly the classifier of transformers' sequence-classification models on the first token:
-    BERT:    pooler.dense + tanh, dropout, classifier           <- head.dense, head.out
-    RoBERTa: classifier.dense + tanh, dropout, classifier.out_proj   <- head.dense, head.out
-(RobertaClassificationHead has one more dropout before dense: the identity in eval.) So the model is
+Our Head is exactly the classifier of transformers' sequence-classification models on the first token
+(which modules, and the activation, come from the family: hadskip.families `classifier`, `head_activation`):
+    BERT:       pooler.dense + tanh, dropout, classifier                 <- head.dense, head.out
+    RoBERTa:    classifier.dense + tanh, dropout, classifier.out_proj    <- head.dense, head.out
+    ELECTRA:    classifier.dense + gelu, dropout, classifier.out_proj    <- head.dense, head.out
+    DistilBERT: pre_classifier + relu, dropout, classifier                <- head.dense, head.out
+(The RoBERTa and ELECTRA heads have one more dropout before dense: the identity in eval.) So the model is
 rebuilt as `AutoModelForSequenceClassification` from model.config.hf_config with our weights, and
 optimum exports one graph input_ids, attention_mask[, token_type_ids] -> logits, into MODEL/baseline/
 beside config.json and the tokenizer, so `ORTModelForSequenceClassification.from_pretrained` loads it
@@ -30,6 +33,7 @@ def teacher_model(model, labels: list[str]):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from hadskip.checkpoint import load_weights
+    from hadskip.families import base_state
 
     d = dict(model.config.hf_config)
     config = AutoConfig.for_model(d.pop("model_type"), **d)
@@ -37,22 +41,16 @@ def teacher_model(model, labels: list[str]):
     config.id2label = dict(enumerate(labels))
     config.label2id = {name: i for i, name in enumerate(labels)}
     hf = AutoModelForSequenceClassification.from_config(config)
-    prefix = hf.base_model_prefix  # "bert" | "roberta"
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("embeddings.emb."):
-            state[f"{prefix}.embeddings.{key[len('embeddings.emb.'):]}"] = value
-        elif key.startswith("layers."):
-            i, rest = key[len("layers."):].split(".", 1)
-            state[f"{prefix}.encoder.layer.{i}.{rest.removeprefix('layer.')}"] = value
+    prefix = hf.base_model_prefix  # "bert" | "roberta" | "electra" | "distilbert"
+    state = {f"{prefix}.{k}": v for k, v in base_state(model).items()}
     head = {"dense": model.head.dense, "out": model.head.out}
-    if hasattr(hf, "classifier") and hasattr(hf.classifier, "out_proj"):  # RobertaClassificationHead
-        targets = {"dense": "classifier.dense", "out": "classifier.out_proj"}
-    elif getattr(getattr(hf, prefix), "pooler", None) is not None:  # BERT: pooler + classifier
-        targets = {"dense": f"{prefix}.pooler.dense", "out": "classifier"}
-    else:
-        raise ExportError(f"no known classifier layout for {type(hf).__name__}; cannot build the baseline")
-    for ours, theirs in targets.items():
+    for ours, theirs in zip(("dense", "out"), model.family.classifier, strict=True):
+        theirs = theirs.format(prefix=prefix)
+        try:
+            hf.get_submodule(theirs)
+        except AttributeError as exc:
+            raise ExportError(f"no known classifier layout for {type(hf).__name__} ({theirs} is missing); cannot "
+                              "build the baseline") from exc
         for name, p in head[ours].state_dict().items():
             state[f"{theirs}.{name}"] = p
     load_weights(hf, state, f"baseline weights do not map onto {type(hf).__name__}", ExportError)

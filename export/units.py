@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from hadskip.export.spec import TOLERANCES, ExportSpec
-from hadskip.model import call_layer
 from hadskip.runtime.manifest import IO
 
 AXES = {0: "batch", 1: "seq"}
 
 
 class LayerForExport(nn.Module):
-    """model.layers[i] with the additive mask built as HF's classic `(1 - mask) * min`.
+    """model.layers[i] called in its family's export form (hadskip.families `call(..., export_form=True)`):
+    for BERT-shaped layers the additive mask is built as HF's classic `(1 - mask) * min`.
 
     Same values as hadskip.model.additive_mask for a 0/1 mask (0 * min = 0), but in the
     Unsqueeze-Cast-Sub-Mul form that onnxruntime's Attention fusion recognises
@@ -31,11 +31,12 @@ class LayerForExport(nn.Module):
 
     def __init__(self, layer: nn.Module):
         super().__init__()
-        self.layer = layer.layer  # the HF BertLayer / RobertaLayer inside hadskip.model.Layer
+        self.layer = layer.layer  # the HF layer inside hadskip.model.Layer
+        self.family = layer.family
+        self.shared = layer.shared  # registered here, so the tracer sees them as this graph's own weights
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        ext = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min  # (B,1,1,T)
-        return call_layer(self.layer, hidden, ext)[0]  # (B, T, H), whichever transformers line
+        return self.family.call(self.layer, hidden, attention_mask, export_form=True, shared=self.shared)[0]
 
 
 def _mask(batch: int, seq: int, g: torch.Generator) -> torch.Tensor:

@@ -34,7 +34,7 @@ def load_config(name: str):
     Cheap (no weights), so training checks it before creating its run dir."""
     from transformers import AutoConfig
 
-    from hadskip.model import SUPPORTED_MODEL_TYPES
+    from hadskip.families import SUPPORTED_MODEL_TYPES, family, why_not
 
     location = resolve(name)
     try:
@@ -45,39 +45,33 @@ def load_config(name: str):
             f"not a local folder, and not loadable from the hub ({str(exc).splitlines()[0]})"
         ) from exc
     if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise HadSkipError(
-            f"backbone {name!r} is a {config.model_type!r} model; hadskip supports BERT-family encoders "
-            f"({', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+        raise HadSkipError(f"backbone {name!r} is a {config.model_type!r} model; {why_not(config.model_type)}")
+    family(config.model_type).check(config.to_dict())  # a configuration of the family that is not supported
     return config
-
-
-# RoBERTa-family embeddings number positions from padding_idx + 1 (padding_idx = pad_token_id)
-_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert")
 
 
 def max_tokens(hf_config: dict) -> int:
     """The longest input (in tokens, specials included) the backbone's position table can embed."""
-    table = int(hf_config.get("max_position_embeddings") or 0)
-    if hf_config.get("model_type") in _POSITIONS_AFTER_PADDING:
-        return table - int(hf_config.get("pad_token_id") or 0) - 1
-    return table
+    from hadskip.families import family
+
+    return family(str(hf_config.get("model_type"))).max_tokens(hf_config)
 
 
 def check_max_len(max_len: int, hf_config: dict, name: str) -> None:
     """HadSkipError (one line) if inputs of `max_len` tokens do not fit the backbone's position table."""
+    from hadskip.families import family
+
     usable = max_tokens(hf_config)
     if max_len > usable:
-        why = f"its position table has {hf_config.get('max_position_embeddings')} rows"
-        if hf_config.get("model_type") in _POSITIONS_AFTER_PADDING:
-            why += f" and its positions start at padding_idx + 1 = {int(hf_config.get('pad_token_id') or 0) + 1}"
+        why = family(str(hf_config.get("model_type"))).position_note(hf_config)
         raise HadSkipError(f"--max-len {max_len} is more than backbone {name} can take ({why}); use --max-len "
                            f"{usable} or less")
 
 
 def load_hf(name: str):
-    """(hf_model, tokenizer) for a BERT-family backbone, with eager attention (attentions for distillation,
-    plain ops for ONNX export). Raises HadSkipError for unknown names or other architectures."""
+    """(hf_model, tokenizer) for a supported encoder backbone (hadskip.families), with eager attention
+    (attentions for distillation, plain ops for ONNX export). Raises HadSkipError for unknown names or
+    refused architectures (hadskip.families.why_not says why)."""
     from transformers import AutoModel, AutoTokenizer
 
     load_config(name)

@@ -96,11 +96,8 @@ def sweep_batch(model, input_ids, attention_mask, token_type_ids, node_batch: in
     (row in the batch, lo, hi, layers used, logits (M, C))."""
     import torch
 
-    from hadskip.runtime.text import uses_token_types
-
-    cfg = model.config
-    if not uses_token_types(cfg.model_type, cfg.hf_config.get("type_vocab_size")):
-        token_type_ids = torch.zeros_like(input_ids)  # the forward's (and the runtime's) token-type rule
+    if not model.family.uses_token_types(model.config.hf_config):
+        token_type_ids = torch.zeros_like(input_ids)  # the forward's (and the manifest's) token-type rule
     with torch.inference_mode():
         h = model.embeddings(input_ids, attention_mask, token_type_ids)  # (N, T, H), N nodes
         b = input_ids.shape[0]

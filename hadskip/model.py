@@ -1,4 +1,4 @@
-"""The gated encoder: a BERT-family backbone with a binary gate before every layer (HadSkip).
+"""The gated encoder: an encoder backbone with a binary gate before every layer (HadSkip).
 
 The model is four kinds of unit with the same signatures as the exported graphs, so export is per unit
 and the PyTorch eval path and every runtime share one gate rule (`gate_open`; docs/architecture.md):
@@ -13,6 +13,7 @@ Gate modes of `GatedEncoder.forward`:
     "sample" training: ReinMax (or STE) samples g, h_i = g*f_i(h) + (1-g)*h
     "hard"   g = gate_open, same masked formula, every layer computed on every row (a reference for tests)
     "route"  g = gate_open, each layer runs only on its open rows (gather, run, scatter) - the eval path
+Family differences (how to embed, call a layer, start the head) live in hadskip/families.py, never here.
 Not included: cross-attention / decoder use of the backbone, token-level (rather than row-level) skipping.
 """
 
@@ -24,11 +25,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hadskip.families import SUPPORTED_MODEL_TYPES, Family, additive_mask, call_layer, family
 from hadskip.reinmax import ESTIMATORS
-from hadskip.runtime.text import uses_token_types
 
 GateMode = Literal["off", "sample", "hard", "route"]
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+__all__ = ["SUPPORTED_MODEL_TYPES", "additive_mask", "call_layer", "GatedEncoder", "ModelConfig", "gate_open"]
 
 
 @dataclass
@@ -48,8 +49,7 @@ class ModelConfig:
     hf_config: dict = field(default_factory=dict)  # the backbone's transformers config, as a dict
 
     def __post_init__(self) -> None:
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model_type {self.model_type!r} is not BERT-family ({SUPPORTED_MODEL_TYPES})")
+        family(self.model_type)  # HadSkipError naming why another family is refused
         if self.num_layers < 1 or self.num_labels < 2 or self.gate_hidden < 1:
             raise ValueError("num_layers >= 1, num_labels >= 2 and gate_hidden >= 1 are required")
         if self.hidden_size % self.num_heads:
@@ -72,15 +72,6 @@ def gate_open(gate_logits: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
     return (gate_logits[..., 1].double() - gate_logits[..., 0].double()) > offset
 
 
-def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B, 1, 1, T) additive mask: 0 where attended, dtype-min where padded.
-
-    torch.where rather than (1 - m) * min: in fp16 min rounds to -inf and 0 * -inf would be NaN.
-    """
-    keep = attention_mask[:, None, None, :].bool()
-    return torch.where(keep, 0.0, torch.finfo(dtype).min).to(dtype)
-
-
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over the attended tokens.  # (B, T, H), (B, T) -> (B, H)"""
     m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -88,55 +79,39 @@ def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
 
 
 class Embeddings(nn.Module):
-    """The backbone's embeddings (word + position + type, LayerNorm). attention_mask is unused here."""
+    """The backbone's embeddings module (`emb`), then its projection to hidden_size where the family has one
+    (`project`, ELECTRA's embeddings_project). attention_mask is unused here."""
 
-    def __init__(self, hf_embeddings: nn.Module):
+    def __init__(self, fam: Family, hf_model: nn.Module):
         super().__init__()
-        self.emb = hf_embeddings
+        self.family = fam
+        self.emb = hf_model.embeddings
+        self.project = fam.projection(hf_model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.emb(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
-
-
-def call_layer(hf_layer: nn.Module, hidden: torch.Tensor, ext_mask: torch.Tensor,
-               output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One HF encoder layer: (hidden (B, T, H), attention probs (B, heads, T, T) or None).
-
-    transformers 4.x returns a tuple (hidden, [attentions]) from BertLayer.forward, transformers 5 a bare
-    (B, T, H) tensor (it records attentions with hooks), so `out[0]` would take batch row 0 there. The
-    attention probs are read from the self-attention module's (context, probs) output, which both lines
-    return with eager attention.
-    """
-    probs: list = []
-    handle = None
-    if output_attentions:
-        def grab(_module, _args, out):
-            probs.append(out[1] if isinstance(out, tuple) and len(out) > 1 else None)
-
-        handle = hf_layer.attention.self.register_forward_hook(grab)
-    try:
-        out = hf_layer(hidden, attention_mask=ext_mask, **({"output_attentions": True} if output_attentions else {}))
-    finally:
-        if handle is not None:
-            handle.remove()
-    h = out if isinstance(out, torch.Tensor) else out[0]  # (B, T, H)
-    if not output_attentions:
-        return h, None
-    if not probs or probs[-1] is None:
-        raise ValueError("the backbone returned no attention probabilities: load it with attn_implementation='eager'")
-    return h, probs[-1]
+        h = self.family.embed(self.emb, input_ids, token_type_ids, attention_mask)  # (B, T, E)
+        return h if self.project is None else self.project(h)  # (B, T, H)
 
 
 class Layer(nn.Module):
-    """One transformer layer taking the plain (B, T) mask, so every layer graph has the same io."""
+    """One transformer layer taking the plain (B, T) mask, so every layer graph has the same io; the family
+    builds what its layer takes from the mask (hadskip.families)."""
 
-    def __init__(self, hf_layer: nn.Module):
+    def __init__(self, hf_layer: nn.Module, fam: Family | None = None, shared: nn.ModuleDict | None = None):
         super().__init__()
         self.layer = hf_layer
+        self.family = fam if fam is not None else family("bert")
+        # the modules all layers share (registered once, in GatedEncoder.shared): a tuple keeps them unregistered
+        # here, so the weights are saved once
+        self._shared = (shared if shared is not None else nn.ModuleDict(),)
+
+    @property
+    def shared(self) -> nn.ModuleDict:
+        return self._shared[0]
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
-        h, att = call_layer(self.layer, hidden, additive_mask(attention_mask, hidden.dtype), output_attentions)
+        h, att = self.family.call(self.layer, hidden, attention_mask, output_attentions, shared=self.shared)
         return (h, att) if output_attentions else h  # (B, T, H) [, (B, heads, T, T)]
 
 
@@ -159,17 +134,22 @@ class Gate(nn.Module):
         return self.fc2(self.act(self.fc1(masked_mean(hidden, attention_mask))))  # (B, 2)
 
 
-class Head(nn.Module):
-    """Classification head on the first token: dense + tanh (initialised from the pooler), dropout, linear."""
+ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU}
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+
+class Head(nn.Module):
+    """Classification head on the first token: dense + activation (the family's: tanh for BERT, initialised
+    from its pooler; GELU for ELECTRA; ReLU for DistilBERT), dropout, linear."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, activation: str = "tanh"):
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
+        self.act = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, num_labels)
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+        x = self.act(self.dense(hidden[:, 0]))  # (B, H)
         return self.out(self.dropout(x))  # (B, num_labels)
 
 
@@ -188,18 +168,19 @@ class GatedEncoder(nn.Module):
     def __init__(self, config: ModelConfig, hf_model: nn.Module):
         super().__init__()
         self.config = config
-        self.embeddings = Embeddings(hf_model.embeddings)
-        self.layers = nn.ModuleList(Layer(layer) for layer in hf_model.encoder.layer)
+        self.family = fam = family(config.model_type)
+        fam.check(config.hf_config)
+        self.embeddings = Embeddings(fam, hf_model)
+        self.shared = nn.ModuleDict(fam.shared(hf_model))  # e.g. DeBERTa's relative position embeddings
+        self.layers = nn.ModuleList(Layer(layer, fam, self.shared) for layer in fam.layers(hf_model))
         if len(self.layers) != config.num_layers:
             raise ValueError(f"backbone has {len(self.layers)} layers, config says {config.num_layers}")
         self.gates = nn.ModuleList(
             Gate(config.hidden_size, config.gate_hidden, config.gate_open_bias) for _ in self.layers
         )
-        dropout = float(config.hf_config.get("hidden_dropout_prob", 0.1))
-        self.head = Head(config.hidden_size, config.num_labels, dropout)
-        pooler = getattr(hf_model, "pooler", None)
-        if pooler is not None and hasattr(pooler, "dense"):
-            self.head.dense.load_state_dict(pooler.dense.state_dict())
+        self.head = Head(config.hidden_size, config.num_labels, fam.head_dropout(config.hf_config),
+                         fam.head_act(config.hf_config))
+        fam.init_head(self.head, hf_model)
 
     @property
     def num_layers(self) -> int:
@@ -221,9 +202,8 @@ class GatedEncoder(nn.Module):
                 gate_offset: float = 0.0) -> EncoderOutput:
         """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route";
         otherwise they are gate_open(gate logits, gate_offset)."""
-        if token_type_ids is None or not uses_token_types(self.config.model_type,
-                                                          self.config.hf_config.get("type_vocab_size")):
-            token_type_ids = torch.zeros_like(input_ids)  # the runtime's rule (runtime/text.py)
+        if token_type_ids is None or not self.family.uses_token_types(self.config.hf_config):
+            token_type_ids = torch.zeros_like(input_ids)  # the rule the manifest carries to the runtime
         if gates == "route" and output_attentions:
             raise ValueError("attentions are only defined when every layer runs on every row")
         sample = ESTIMATORS[self.config.estimator]

@@ -1,7 +1,8 @@
 """Tiny random models and tasks for tests, benchmarks of the plumbing, and examples (needs torch).
 
 `tiny_run(path, arch="bert")` writes a real run dir (random weights, a small WordPiece tokenizer built
-in code) in well under a second, so parity tests over BERT and RoBERTa shapes need no download.
+in code) in well under a second, so parity tests over every supported encoder family (hadskip.families:
+BERT, RoBERTa, ELECTRA with an embedding projection, DistilBERT, DeBERTa-v3-shaped) need no download.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ TINY_SHAPES = {
     "bert": (32, 4, 3, 48),
     "roberta": (48, 4, 3, 64),
     "tinybert": (312, 12, 2, 64),
+    "electra": (32, 4, 4, 48),  # embedding_size 24: the embeddings_project (24 -> 32) is part of the unit
+    "distilbert": (32, 4, 4, 48),
+    "deberta-v2": (32, 4, 4, 48),  # DeBERTa-v3's layout: relative positions (log buckets), no absolute ones
 }
+ELECTRA_EMBEDDING_SIZE = 24
 
 
 def tiny_tokenizer():
@@ -46,24 +51,37 @@ def tiny_tokenizer():
 
 
 def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, vocab_size: int | None = None,
-               gate_spread: float = 3.0):
+               gate_spread: float = 3.0, shape: tuple[int, int, int, int] | None = None, positions: int = 130):
     """(GatedEncoder, tokenizer) of a tiny random config; gates get random weights large enough that
-    their decisions vary across inputs and sit clearly away from the tie."""
+    their decisions vary across inputs and sit clearly away from the tie. `shape` (hidden, heads, layers,
+    intermediate) overrides TINY_SHAPES[arch] (a family's layout at another size, e.g. for benchmarks);
+    `positions` is the position table's size."""
     import torch
-    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+    from transformers import AutoModel, BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, RobertaConfig
 
     from hadskip.model import GatedEncoder, ModelConfig
 
     tokenizer = tiny_tokenizer()
-    hidden, heads, layers, inter = TINY_SHAPES[arch]
+    hidden, heads, layers, inter = shape or TINY_SHAPES[arch]
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab_size or len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=130,
-                  pad_token_id=tokenizer.pad_token_id, attn_implementation="eager")
+                  num_attention_heads=heads, intermediate_size=inter, max_position_embeddings=positions,
+                  pad_token_id=tokenizer.pad_token_id)
     if arch == "roberta":
-        hf = RobertaModel(RobertaConfig(type_vocab_size=1, **common))
+        cfg = RobertaConfig(type_vocab_size=1, **common)
+    elif arch == "electra":
+        cfg = ElectraConfig(embedding_size=ELECTRA_EMBEDDING_SIZE if shape is None else hidden // 2, **common)
+    elif arch == "distilbert":
+        cfg = DistilBertConfig(vocab_size=common["vocab_size"], dim=hidden, n_heads=heads, n_layers=layers,
+                               hidden_dim=inter, max_position_embeddings=positions,
+                               pad_token_id=tokenizer.pad_token_id)
+    elif arch == "deberta-v2":
+        cfg = DebertaV2Config(type_vocab_size=0, relative_attention=True, position_buckets=16,
+                              max_relative_positions=-1, pos_att_type=["p2c", "c2p"], norm_rel_ebd="layer_norm",
+                              share_att_key=True, position_biased_input=False, **common)
     else:
-        hf = BertModel(BertConfig(**common))
+        cfg = BertConfig(**common)
+    hf = AutoModel.from_config(cfg, attn_implementation="eager")
     c = hf.config
     config = ModelConfig(backbone=f"tiny-{arch}", model_type=c.model_type, num_layers=layers, hidden_size=hidden,
                          num_heads=heads, num_labels=num_labels, gate_hidden=16, hf_config=c.to_dict())
@@ -77,11 +95,12 @@ def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, vocab_siz
 
 
 def tiny_run(path: str | Path, arch: str = "bert", num_labels: int = 2, seed: int = 0, max_len: int = 32,
-             budget: float | None = 2.0) -> Path:
-    """Write a run dir holding a tiny random gated model (see hadskip.checkpoint)."""
+             budget: float | None = 2.0, **model_options) -> Path:
+    """Write a run dir holding a tiny random gated model (see hadskip.checkpoint); model_options go to
+    tiny_model (shape, positions, ...)."""
     from hadskip.checkpoint import RunInfo, save_run
 
-    model, tokenizer = tiny_model(arch, num_labels, seed)
+    model, tokenizer = tiny_model(arch, num_labels, seed, **model_options)
     task = {"name": "tiny", "text_col": "text", "pair_col": None, "label_col": "label",
             "num_labels": num_labels, "metric": "accuracy",
             "label_names": [f"label{i}" for i in range(num_labels)]}
@@ -114,11 +133,15 @@ def tiny_backbone_dir(path: str | Path, arch: str = "bert", seed: int = 0) -> Pa
     save_pretrained, loadable by name like `bert-base-uncased` would be."""
     from hadskip.backbone import empty_hf_model
 
+    from hadskip.checkpoint import load_weights
+    from hadskip.families import base_state
+
     model, tokenizer = tiny_model(arch, seed=seed)
     hf = empty_hf_model(model.config.hf_config)
-    hf.embeddings = model.embeddings.emb
-    for i, layer in enumerate(model.layers):
-        hf.encoder.layer[i] = layer.layer
+    state = base_state(model)
+    if model.family.head_init:  # BERT's pooler: what head.dense starts from when the backbone is loaded
+        state.update({f"{model.family.head_init}.{k}": v for k, v in model.head.dense.state_dict().items()})
+    load_weights(hf, state, "tiny backbone weights do not map onto the transformers model")
     path = Path(path)
     hf.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -58,7 +58,8 @@ def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
         info = ModelInfo(labels=list(labels), max_seq_len=int(run_info.max_len), num_layers=model.num_layers,
                          model_type=model.config.model_type, tokenizer_file=path / "tokenizer" / "tokenizer.json",
                          pad_token_id=model.config.hf_config.get("pad_token_id"),
-                         type_vocab_size=model.config.hf_config.get("type_vocab_size"), budget=run_info.budget,
+                         type_vocab_size=model.config.hf_config.get("type_vocab_size"),
+                         token_types=model.family.uses_token_types(model.config.hf_config), budget=run_info.budget,
                          source=str(path))
         try:  # a dial that does not fit matters only when a budget is asked for
             info.dial = read_dial(path, path / "model.safetensors")

@@ -23,7 +23,7 @@ from hadskip.runtime.backends import BUILTIN, BackendOptions, plugin_opener
 from hadskip.runtime.dial import Dial, DialError, resolve_offset
 from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest, manifest_dial
 from hadskip.runtime.router import Backend, BatchResult, route
-from hadskip.runtime.text import Encoded, TextEncoder, TextInput, uses_token_types
+from hadskip.runtime.text import Encoded, TextEncoder, TextInput, manifest_token_types
 
 OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
 
@@ -39,6 +39,7 @@ class ModelInfo:
     tokenizer_file: Path
     pad_token_id: int | None = None
     type_vocab_size: int | None = None  # None: not recorded (older model dirs)
+    token_types: bool = True  # the model reads the tokenizer's token types (else every type is 0)
     budget: float | None = None
     manifest: Manifest | None = None  # None when loaded from a run dir (torch backend)
     dial: Dial | None = None  # the budget dial (manifest "dial", or RUN/dial.json); None: no dial
@@ -124,8 +125,7 @@ class Runtime:
 
     def __init__(self, backend: Backend, info: ModelInfo, budget: float | None = None):
         self.backend, self.info = backend, info
-        zero_types = not uses_token_types(info.model_type, info.type_vocab_size)
-        self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, zero_types)
+        self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, not info.token_types)
         self.budget: float | None = None  # the dial setting predict uses by default (None: the trained rule)
         self.gate_offset = 0.0  # its gate offset
         self.set_budget(budget)
@@ -280,5 +280,6 @@ def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
                      num_layers=manifest.num_layers, model_type=str(manifest.backbone.get("model_type", "bert")),
                      tokenizer_file=path / manifest.units["tokenizer"],
                      pad_token_id=manifest.backbone.get("pad_token_id"),
-                     type_vocab_size=manifest.backbone.get("type_vocab_size"), budget=manifest.budget,
+                     type_vocab_size=manifest.backbone.get("type_vocab_size"),
+                     token_types=manifest_token_types(manifest.backbone), budget=manifest.budget,
                      manifest=manifest, dial=manifest_dial(manifest, path / MANIFEST), source=str(path))

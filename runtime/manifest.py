@@ -55,7 +55,8 @@ class ManifestError(HadSkipError):
 
 @dataclass
 class Manifest:
-    backbone: dict  # name, model_type, num_layers, hidden_size, num_heads, vocab_size, pad_token_id
+    backbone: dict  # name, model_type, num_layers, hidden_size, num_heads, vocab_size, pad_token_id,
+    #                 token_types (whether the model reads the tokenizer's token types; else all 0)
     task: dict  # TaskSpec as a dict (name, text_col, pair_col, label_col, num_labels, metric, label_names)
     labels: list[str]
     max_seq_len: int
@@ -230,6 +231,7 @@ BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are ch
     "intermediate_size": (_optional(_POS[0]), "a positive integer or null"), "vocab_size": _POS,
     "pad_token_id": (_optional(_is_int), "an integer or null"), "type_vocab_size": _INT,
     "max_position_embeddings": (_optional(_POS[0]), "a positive integer or null"), "gate_hidden": _POS,
+    "token_types": (lambda v: isinstance(v, bool), "true or false"),
 }
 UNIT_TYPES = {"embeddings": _PATH, "layers": _PATHS, "gates": _PATHS, "head": _PATH, "tokenizer": _PATH,
               "engines": (_optional(lambda v: isinstance(v, dict)), "an object or null"),

@@ -48,20 +48,24 @@ from tokenizers import Encoding, Tokenizer
 from hadskip.errors import HadSkipError
 
 TextInput = Union[str, tuple[str, str]]
-ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert")  # type_vocab_size 1: every token type must be 0
 STRATEGIES = ("longest_first", "only_first", "only_second")
 CUT_SPACE = " \t\n\r"  # whitespace to every normalizer and pre-tokenizer of the BERT/RoBERTa families
 CHARS_PER_TOKEN_CAP = 64  # max_chars = 64 x max_seq_len
 FIRST_CHARS_PER_TOKEN = 8  # the first read of a text: 8 characters per token it may need to know
 _TEXT = re.compile(r"\S")
+# model dirs exported before the manifest recorded backbone.token_types: these were the only types without them
+_LEGACY_NO_TOKEN_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
-def uses_token_types(model_type: str, type_vocab_size: int | None) -> bool:
-    """The one token-type rule of training (hadskip.model) and every runtime backend: a backbone sees the
-    tokenizer's token types (1 on a pair's second text) only if it has at least two of them and is not
-    RoBERTa-family; otherwise every token type is 0. None (not recorded) counts as BERT's two."""
-    few = isinstance(type_vocab_size, int) and type_vocab_size < 2
-    return model_type not in ROBERTA_LIKE and not few
+def manifest_token_types(backbone: dict) -> bool:
+    """Whether the model reads the tokenizer's token types (1 on a pair's second text), from the manifest's
+    backbone facts: `token_types`, which the exporter writes from the encoder family's rule
+    (hadskip.families). Model dirs from before that field: the rule they were exported under (no token types
+    for a type vocabulary under 2 or the RoBERTa types; None, not recorded, counts as BERT's two)."""
+    if isinstance(backbone.get("token_types"), bool):
+        return backbone["token_types"]
+    n = backbone.get("type_vocab_size")
+    return backbone.get("model_type") not in _LEGACY_NO_TOKEN_TYPES and not (isinstance(n, int) and n < 2)
 
 
 @dataclass

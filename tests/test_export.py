@@ -1,6 +1,7 @@
 """Export parity: every unit's ONNX graph vs PyTorch, and the whole routed chain vs model(gates="route").
 
-Tiny random BERT, RoBERTa and TinyBERT-shaped (312/12: head size 26) runs, exported once per module.
+Tiny random BERT, RoBERTa, TinyBERT-shaped (312/12: head size 26), ELECTRA (embedding projection) and
+DistilBERT runs, exported once per module.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hadskip.export import ExportError, ShapeError, ValidationError, export_mode
 from hadskip.runtime.manifest import IO, SCHEMA_VERSION, load_manifest
 from hadskip.testing import tiny_run, tiny_sentences
 
-ARCHS = ["bert", "roberta", "tinybert"]
+ARCHS = ["bert", "roberta", "tinybert", "electra", "distilbert", "deberta-v2"]
 ATOL = 1e-4
 
 
@@ -127,7 +128,8 @@ def test_graphs_have_shared_io_dynamic_axes_and_one_layernorm_op(exported):
                 dims = [x.dim_param for x in v.type.tensor_type.shape.dim]
                 assert dims[0] == "batch" and (len(dims) < 3 or dims[1] == "seq"), (rel, v.name, dims)
             ops = [n.op_type for n in g.graph.node]
-            want_ln = {"layer": 2, "embeddings": 1}.get(kind, 0)
+            # a layer has its own 2, plus DeBERTa's LayerNorm of the shared relative embeddings that it runs
+            want_ln = {"layer": 2 + int("rel_norm" in exported["model"].shared), "embeddings": 1}.get(kind, 0)
             assert ops.count("LayerNormalization") == want_ln and "ReduceMean" not in ops, (rel, ops)
     assert [i.name for i in onnx.load(str(d / m.units["layers"][0])).graph.input] == IO["layer"]["inputs"]
 

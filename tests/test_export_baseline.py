@@ -20,7 +20,8 @@ from test_export import encode, run, session  # tests/ is on sys.path under pyte
 pytest.importorskip("optimum.exporters.onnx")
 
 
-@pytest.mark.parametrize("arch,optimize", [("bert", True), ("roberta", False)])
+@pytest.mark.parametrize("arch,optimize", [("bert", True), ("roberta", False), ("electra", False),
+                                           ("distilbert", False), ("deberta-v2", False)])
 def test_without_a_recorded_teacher_the_baseline_is_the_run_with_all_gates_open(arch, optimize, tmp_path):
     run_dir = tiny_run(tmp_path / "run", arch)  # records no teacher
     report = export_model(run_dir, tmp_path / "model", with_baseline=True, optimize=optimize, max_batch=4,

@@ -91,7 +91,7 @@ def test_missing_attention_probs_is_an_error_not_a_silent_none():
         call_layer(NoProbs(), torch.randn(B, T, H), torch.zeros(B, 1, 1, T), output_attentions=True)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "distilbert", "deberta-v2"])
 def test_real_layers_match_the_installed_transformers(arch):
     """Hidden states and attentions of every layer equal what the installed transformers' model returns."""
     from transformers import AutoConfig, AutoModel
@@ -101,14 +101,16 @@ def test_real_layers_match_the_installed_transformers(arch):
     ids, mask = enc["input_ids"], enc["attention_mask"]
     tt = enc.get("token_type_ids", torch.zeros_like(ids))
     assert (mask == 0).any()
+    from hadskip.families import base_state
+
     d = dict(model.config.hf_config)
     hf = AutoModel.from_config(AutoConfig.for_model(d.pop("model_type"), **d), attn_implementation="eager")
-    hf.embeddings = model.embeddings.emb
-    hf.encoder.layer = nn.ModuleList(layer.layer for layer in model.layers)
+    missing, unexpected = hf.load_state_dict(base_state(model), strict=False)
+    assert not unexpected and all(k.startswith("pooler.") for k in missing)
     hf.eval()
+    types = {} if arch == "distilbert" else {"token_type_ids": tt}
     with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=tt, output_attentions=True,
-                 output_hidden_states=True)
+        ref = hf(input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True, **types)
         out = model(ids, mask, tt, gates="off", output_hidden=True, output_attentions=True)
     assert out.hidden_states[-1].shape == (ids.shape[0], ids.shape[1], model.config.hidden_size)
     torch.testing.assert_close(out.hidden_states[-1], ref.last_hidden_state, rtol=0, atol=1e-5)

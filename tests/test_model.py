@@ -5,7 +5,7 @@ import torch
 
 from hadskip.testing import tiny_model, tiny_sentences
 
-ARCHS = ["bert", "roberta", "tinybert"]
+ARCHS = ["bert", "roberta", "tinybert", "electra", "distilbert", "deberta-v2"]
 
 
 def _batch(tokenizer, n=6, seed=0):
@@ -18,9 +18,11 @@ def _hf_backbone(model):
     """The transformers model whose modules the GatedEncoder wraps (same weights)."""
     from transformers import AutoModel
 
+    from hadskip.families import base_state
+
     hf = AutoModel.from_config(_cfg(model), attn_implementation="eager")
-    hf.embeddings = model.embeddings.emb
-    hf.encoder.layer = torch.nn.ModuleList(layer.layer for layer in model.layers)
+    missing, unexpected = hf.load_state_dict(base_state(model), strict=False)
+    assert not unexpected and all(k.startswith("pooler.") for k in missing)  # the pooler: not ours
     return hf.eval()
 
 
@@ -35,7 +37,8 @@ def _cfg(model):
 def test_gates_open_equals_plain_backbone_exactly(arch):
     model, tok = tiny_model(arch)
     ids, mask, tt = _batch(tok)
-    ref = _hf_backbone(model)(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
+    types = {} if arch == "distilbert" else {"token_type_ids": tt}  # DistilBERT takes no token types
+    ref = _hf_backbone(model)(input_ids=ids, attention_mask=mask, **types).last_hidden_state
     with torch.no_grad():
         off = model(ids, mask, tt, gates="off", output_hidden=True)
         ones = torch.ones(ids.shape[0], model.num_layers)

@@ -1,6 +1,7 @@
-"""The runtime against the PyTorch reference (`GatedEncoder(gates="route")`) on tiny BERT, RoBERTa and
-TinyBERT-shaped (head size 26) model dirs: logits within 1e-4, identical gate decisions, forced patterns,
-a padded batch equal to each row alone, predict's ordering and truncation, and the error paths."""
+"""The runtime against the PyTorch reference (`GatedEncoder(gates="route")`) on tiny BERT, RoBERTa,
+TinyBERT-shaped (head size 26), ELECTRA and DistilBERT model dirs: logits within 1e-4, identical gate
+decisions, forced patterns, a padded batch equal to each row alone, predict's ordering and truncation, and
+the error paths."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from hadskip.runtime import Runtime
 from hadskip.runtime.backends.device import row_runs
 from hadskip.testing import tiny_sentences
 
-SEEDS = {"bert": 0, "roberta": 1, "tinybert": 0}  # seeds whose gates route some rows and skip others
+# seeds whose gates route some rows and skip others
+SEEDS = {"bert": 0, "roberta": 1, "tinybert": 0, "electra": 0, "distilbert": 0, "deberta-v2": 0}
 BATCHES = {
     "mixed": [5, 12, 32, 3, 20, 7, 32, 9, 14, 25, 2, 30],
     "short": [4, 2, 6, 3],

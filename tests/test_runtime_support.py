@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ARCHS = ("bert", "roberta", "tinybert")
+ARCHS = ("bert", "roberta", "tinybert", "electra", "distilbert", "deberta-v2")
 
 
 def _private_export(run_dir: Path, out_dir: Path) -> Path:

@@ -18,7 +18,6 @@ import time
 
 import httpx
 import pytest
-from test_runtime_support import cached_model
 
 from hadskip.errors import HadSkipError, MissingExtraError
 from hadskip.runtime import Runtime
@@ -117,16 +116,6 @@ def wait_for(cond, what: str) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return cached_model(tmp_path_factory, "bert", 0)[1]
-
-
-@pytest.fixture(scope="module")
-def rt(model_dir):
-    return Runtime.load(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -24,24 +24,12 @@ import time
 
 import httpx
 import pytest
-from test_runtime_support import cached_model
 from test_server import TIMEOUT, metric, serve, wait_for
 
-from hadskip.runtime import Runtime
 from hadskip.runtime.serve.logs import RateLimit
 
 pytest.importorskip("uvicorn")
 FAST = {"header_timeout_s": 0.3, "keep_alive_s": 0.3, "body_timeout_s": 0.3}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return cached_model(tmp_path_factory, "bert", 0)[1]
-
-
-@pytest.fixture(scope="module")
-def rt(model_dir):
-    return Runtime.load(model_dir)
 
 
 def connect(port: int) -> socket.socket:

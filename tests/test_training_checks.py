@@ -22,7 +22,8 @@ from hadskip.backbone import check_max_len, max_tokens
 from hadskip.checkpoint import read_info, write_info
 from hadskip.cli.main import main
 from hadskip.errors import HadSkipError
-from hadskip.runtime.text import uses_token_types
+from hadskip.families import family
+from hadskip.runtime.text import manifest_token_types
 from hadskip.testing import tiny_backbone_dir, tiny_run, tiny_sentences, tiny_task_dir, tiny_tokenizer
 from hadskip.train import HadSkipConfig, TrainConfig, finetune, train_hadskip
 
@@ -106,9 +107,19 @@ def test_impossible_budget_leaves_no_run_dir(root, backbones, task, capsys):
 
 
 def test_the_token_type_rule():
-    assert uses_token_types("bert", 2) and uses_token_types("bert", None)
-    assert not uses_token_types("bert", 1)
-    assert not uses_token_types("roberta", 1) and not uses_token_types("roberta", 2)
+    def uses(model_type, n):
+        return family(model_type).uses_token_types({} if n is None else {"type_vocab_size": n})
+
+    assert uses("bert", 2) and uses("bert", None) and uses("electra", 2)
+    assert not uses("bert", 1) and not uses("electra", 1)
+    assert not uses("roberta", 1) and not uses("roberta", 2) and not uses("distilbert", None)
+    # the runtime reads the exporter's answer; older manifests keep the rule they were exported under
+    assert manifest_token_types({"model_type": "roberta", "token_types": True})
+    assert not manifest_token_types({"model_type": "bert", "token_types": False})
+    assert manifest_token_types({"model_type": "bert", "type_vocab_size": 2})
+    assert manifest_token_types({"model_type": "bert"})
+    assert not manifest_token_types({"model_type": "bert", "type_vocab_size": 1})
+    assert not manifest_token_types({"model_type": "roberta", "type_vocab_size": 2})
 
 
 def _single_type_backbone(path: Path) -> Path:

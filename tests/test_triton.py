@@ -16,26 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_support import cached_model
 
 from hadskip.cli.main import main
 from hadskip.errors import HadSkipError
-from hadskip.runtime import Runtime
 from hadskip.testing import tiny_sentences
 from hadskip.triton.repo import MODEL_PY, TritonRepoConfig, config_pbtxt, write_repo
 
 MAX_BATCH = 8
 MAX_TEXT_BYTES = 4096
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return cached_model(tmp_path_factory, "bert", 0)[1]
-
-
-@pytest.fixture(scope="module")
-def rt(model_dir):
-    return Runtime.load(model_dir)
 
 
 # -- the repository (no server) -------------------------------------------------------------------------------

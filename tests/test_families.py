@@ -1,0 +1,192 @@
+"""Encoder families (hadskip/families.py): each supported family end to end on a tiny random config, at the
+position limit, and the refused ones with their reason.
+
+Per family: the exported model dir validates at inputs of max_tokens (the longest the position table takes),
+the manifest carries the token-type fact the runtime reads, and the runtime routes padded batches of texts and
+pairs (full-length rows included) like the PyTorch reference: 0 gate disagreements, fp32 logits within 1e-4.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_runtime_support import reference
+
+torch = pytest.importorskip("torch")
+
+from hadskip.backbone import load_config, max_tokens  # noqa: E402
+from hadskip.errors import HadSkipError  # noqa: E402
+from hadskip.families import REFUSED, base_state, family  # noqa: E402
+from hadskip.runtime import Runtime  # noqa: E402
+from hadskip.runtime.manifest import load_manifest  # noqa: E402
+from hadskip.testing import TINY_SHAPES, tiny_model, tiny_run, tiny_sentences  # noqa: E402
+
+FAMILIES = ["bert", "roberta", "electra", "distilbert", "deberta-v2"]
+TOKEN_TYPES = {"bert": True, "roberta": False, "electra": True, "distilbert": False, "deberta-v2": False}
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def limit_model(request, tmp_path_factory):
+    """(arch, run dir, model dir, Runtime) of a tiny run whose max_len is the backbone's position limit."""
+    from hadskip.export import export_model
+
+    arch = request.param
+    root = tmp_path_factory.mktemp(f"limit-{arch}")
+    model, _ = tiny_model(arch)
+    limit = max_tokens(model.config.hf_config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tiny_run(root / "run", arch, max_len=limit)
+        export_model(run, root / "model", max_batch=4, progress=False)  # validates at (4, limit) among others
+    finally:
+        torch.set_num_threads(threads)
+    rt = Runtime.load(root / "model")
+    yield arch, run, root / "model", rt
+    rt.close()
+
+
+def test_manifest_carries_the_family_facts(limit_model):
+    arch, run, md, rt = limit_model
+    m = load_manifest(md)
+    assert m.backbone["token_types"] is TOKEN_TYPES[arch] and rt.info.token_types is TOKEN_TYPES[arch]
+    assert m.max_seq_len == max_tokens(json.loads((run / "model_config.json").read_text())["hf_config"])
+    assert [4, m.max_seq_len] in m.export["validation_cases"]
+    assert all(0 <= v <= ATOL for v in m.validation.values())
+    hidden = TINY_SHAPES[arch][0]
+    assert rt.run_batch(np.array([[2, 7, 3]]), np.ones((1, 3), np.int64)).logits.shape == (1, 2)
+    # ELECTRA's embeddings unit ends in its projection: the graph gives hidden_size, not embedding_size
+    h = rt.backend.run_embeddings(np.array([[2, 7, 3]]), np.ones((1, 3), np.int64), np.zeros((1, 3), np.int64))
+    assert np.asarray(h).shape == (1, 3, hidden)
+
+
+def _pair_batch(rt: Runtime, n: int = 10, seed: int = 0):
+    """Texts and pairs (some cut at max_seq_len) tokenised by the runtime, padded to one batch."""
+    texts = tiny_sentences(n, seed, max_words=30)
+    inputs = texts[: n // 2] + [(a, b) for a, b in zip(texts[n // 2:], reversed(texts), strict=False)]
+    inputs += ["good " * 300, ("fun " * 200, "dull " * 200)]  # at the position limit
+    enc = rt.encode(inputs)
+    ids, mask, tt = rt.encoder.pad_batch(enc, list(range(len(inputs))))
+    return inputs, ids, mask, tt
+
+
+def test_runtime_parity_padded_pairs_at_the_position_limit(limit_model):
+    arch, run, md, rt = limit_model
+    inputs, ids, mask, tt = _pair_batch(rt)
+    assert mask.shape[1] == rt.max_seq_len and mask.sum(1).min() < rt.max_seq_len  # full rows and padded rows
+    assert tt.any() == TOKEN_TYPES[arch]  # the runtime's token types follow the manifest
+    got = rt.run_batch(ids, mask, tt)
+    logits, gates = reference(run, ids, mask, tt)
+    assert int((got.gates != gates).sum()) == 0
+    np.testing.assert_allclose(got.logits, logits, atol=ATOL, rtol=0)
+    used = got.gates.sum(0)
+    assert ((used > 0) & (used < len(ids))).any(), used  # some layer runs on some rows only: routing is tested
+    # forced K = L/2 on every row, and random patterns
+    L = rt.num_layers
+    rng = np.random.default_rng(0)
+    half = np.zeros((len(ids), L), bool)
+    half[:, : L // 2] = True
+    for forced in (half, rng.random((len(ids), L)) < 0.5):
+        a = rt.run_batch(ids, mask, tt, forced=forced.astype(np.int64))
+        ref, _ = reference(run, ids, mask, tt, forced=forced.astype(np.float32))
+        np.testing.assert_allclose(a.logits, ref, atol=ATOL, rtol=0)
+    # a padded row equals the row alone
+    r = int(np.argmin(mask.sum(1)))
+    n = int(mask[r].sum())
+    alone = rt.run_batch(ids[r:r + 1, :n], mask[r:r + 1, :n], tt[r:r + 1, :n])
+    np.testing.assert_array_equal(alone.gates[0], got.gates[r])
+    np.testing.assert_allclose(alone.logits[0], got.logits[r], atol=1e-5, rtol=0)
+
+
+def test_token_types_matter_exactly_where_the_family_reads_them(limit_model):
+    arch, run, _, rt = limit_model
+    _, ids, mask, tt = _pair_batch(rt)
+    tt = np.where(mask.astype(bool), np.arange(ids.shape[1])[None, :] % 2, 0)  # types the tokenizer would not give
+    with_types, _ = reference(run, ids, mask, tt, forced=np.ones((len(ids), rt.num_layers), np.float32))
+    zeros, _ = reference(run, ids, mask, np.zeros_like(tt), forced=np.ones((len(ids), rt.num_layers), np.float32))
+    assert (np.abs(with_types - zeros).max() > 1e-4) == TOKEN_TYPES[arch]
+
+
+@pytest.mark.parametrize("arch", ["electra", "distilbert", "deberta-v2"])
+def test_gates_open_equal_transformers_model_and_classifier(arch):
+    """Every layer on: the hidden states are transformers' AutoModel's bit for bit, and the logits are those of
+    its XForSequenceClassification (the baseline export's mapping) up to attention-kernel rounding."""
+    from transformers import AutoConfig, AutoModel
+
+    from hadskip.export.baseline import teacher_model
+
+    model, tok = tiny_model(arch)
+    enc = tok(tiny_sentences(6, 0), padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert (mask == 0).any()
+    d = dict(model.config.hf_config)
+    hf = AutoModel.from_config(AutoConfig.for_model(d.pop("model_type"), **d), attn_implementation="eager")
+    hf.load_state_dict(base_state(model), strict=True)
+    hf.eval()
+    with torch.no_grad():
+        out = model(ids, mask, gates="off", output_hidden=True)
+        assert torch.equal(out.hidden_states[-1], hf(input_ids=ids, attention_mask=mask).last_hidden_state)
+        teacher = teacher_model(model, ["a", "b"])(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(out.logits, teacher, atol=1e-6, rtol=0)
+
+
+def test_electra_projection_is_trained_and_saved(tmp_path):
+    from hadskip.checkpoint import load_run
+
+    model, _ = tiny_model("electra")
+    assert model.embeddings.project is not None
+    assert model.embeddings.project.in_features == 24 and model.embeddings.project.out_features == 32
+    assert any(n.startswith("embeddings.project.") for n, _ in model.named_parameters())
+    again, _, _ = load_run(tiny_run(tmp_path / "run", "electra"))
+    assert torch.equal(again.embeddings.project.weight, model.embeddings.project.weight)
+
+
+@pytest.mark.parametrize("model_type", sorted(REFUSED))
+def test_refused_families_say_why(tmp_path, model_type):
+    folder = tmp_path / model_type
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(HadSkipError) as err:
+        load_config(str(folder))
+    msg = str(err.value)
+    assert "\n" not in msg and f"is a {model_type!r} model; {REFUSED[model_type]}" in msg
+    with pytest.raises(HadSkipError, match="not supported"):
+        family(model_type)
+
+
+def test_albert_reason_names_the_shared_weights():
+    assert "shares one set of layer weights" in REFUSED["albert"]
+    assert "relative position" in REFUSED["deberta"]
+
+
+def test_deberta_shared_relative_embeddings_are_saved_once_and_run_in_every_layer(tmp_path):
+    from safetensors import safe_open
+
+    from hadskip.checkpoint import load_run
+
+    run = tiny_run(tmp_path / "run", "deberta-v2")
+    with safe_open(str(run / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert [k for k in keys if "rel_embeddings" in k] == ["shared.rel_embeddings.weight"]
+    model, _, _ = load_run(run)
+    assert all(layer.shared is model.shared for layer in model.layers)
+    # every layer reads them: changing the shared table changes each layer's output
+    h, mask = torch.randn(2, 9, 32), torch.ones(2, 9, dtype=torch.long)
+    with torch.no_grad():
+        before = [layer(h, mask) for layer in model.layers]
+        w = model.shared["rel_embeddings"].weight
+        w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(0)))  # (LayerNorm'ed: not a scaling)
+        after = [layer(h, mask) for layer in model.layers]
+    assert all((a - b).abs().max() > 1e-4 for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.parametrize("extra,why", [({"conv_kernel_size": 3}, "convolution layer"), ({"z_steps": 2}, "z_steps")])
+def test_unsupported_deberta_configurations_say_why(tmp_path, extra, why):
+    folder = tmp_path / "deberta"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "deberta-v2", **extra}))
+    with pytest.raises(HadSkipError, match=why):
+        load_config(str(folder))
