@@ -10,11 +10,12 @@ number of layers and which dev metric, and stores the result as a `Dial`:
     {"format": 1, "num_layers": L, "task", "split", "metric", "examples", "trained_budget", "model_sha256",
      "monotone": bool, "max_rise": float,
      "points": [{"target", "offset", "avg_layers", "value"}, ...],   # the requested targets, target ascending
-     "curve":  [{"offset", "avg_layers", "value"}, ...]}            # dense knots, avg_layers ascending
+     "curve":  [{"target", "offset", "avg_layers", "value"}, ...]}  # knots every 0.05 layers and the targets
 
-A budget B (a target average of layers) maps to an offset by linear interpolation of offset over avg_layers
-along `curve` (avg_layers strictly increasing, offset strictly decreasing). A budget outside the curve's range
-(plus RANGE_SLACK) is refused in one line naming the range.
+A budget B (a target average of layers) maps to an offset by linear interpolation of offset over target along
+`curve` (targets strictly increasing, offsets non-increasing), so a calibrated target gets exactly the offset
+whose dev figures `points` reports. A budget outside the curve's targets (plus RANGE_SLACK) is refused in one
+line naming the range.
 Not included: a guarantee on other data than dev; the average layers on other inputs follows their margins.
 """
 
@@ -43,7 +44,7 @@ class DialPoint:
     offset: float  # the gate offset of this operating point
     avg_layers: float  # average layers per input on the calibration split at that offset
     value: float | None  # the task metric on the calibration split at that offset (None: not measured)
-    target: float | None = None  # the requested average (points); None for curve knots
+    target: float  # the average of layers this point was chosen for (avg_layers is what it gives on dev)
 
 
 @dataclass
@@ -66,8 +67,8 @@ class Dial:
 
     @property
     def budget_range(self) -> tuple[float, float]:
-        """(lowest, highest) average layers the curve covers."""
-        return self.curve[0].avg_layers, self.curve[-1].avg_layers
+        """(lowest, highest) budget the curve serves: its first and last target."""
+        return self.curve[0].target, self.curve[-1].target
 
     def offset_for(self, budget: float, where: str = "the model") -> float:
         """The gate offset for a target average of `budget` layers (linear between knots); DialError if the
@@ -77,16 +78,12 @@ class Dial:
         if not lo - RANGE_SLACK <= b <= hi + RANGE_SLACK:
             raise DialError(f"budget {b:g} is outside the calibrated range {lo:.2f}..{hi:.2f} layers of {where} "
                             f"(calibrate a wider range with `hadskip dial RUN --targets ...` and export again)")
-        x = np.array([p.avg_layers for p in self.curve], dtype=np.float64)
+        x = np.array([p.target for p in self.curve], dtype=np.float64)
         y = np.array([p.offset for p in self.curve], dtype=np.float64)
         return float(np.interp(min(max(b, lo), hi), x, y))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        for key in ("curve",):
-            for p in d[key]:
-                p.pop("target")
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d, where: str = "dial") -> Dial:
@@ -112,34 +109,34 @@ class Dial:
                                 ("extra", lambda v: isinstance(v, dict), "an object")):
             if key in d and not test(d[key]):
                 raise DialError(f"{where}.{key} must be {what}, got {_show(d[key])}")
-        points = _points(d.get("points"), f"{where}.points", n, targets=True)
-        curve = _points(d.get("curve"), f"{where}.curve", n, targets=False)
+        points = _points(d.get("points"), f"{where}.points", n)
+        curve = _points(d.get("curve"), f"{where}.curve", n)
         if not curve:
             raise DialError(f"{where}.curve is empty")
         for a, b in zip(curve, curve[1:]):
-            if not (b.avg_layers > a.avg_layers and b.offset < a.offset):
-                raise DialError(f"{where}.curve must have avg_layers strictly increasing and offset strictly "
-                                f"decreasing, got ({a.avg_layers}, {a.offset}) then ({b.avg_layers}, {b.offset})")
+            if not (b.target > a.target and b.offset <= a.offset):
+                raise DialError(f"{where}.curve must have targets strictly increasing and offsets not increasing, "
+                                f"got (target {a.target}, offset {a.offset}) then ({b.target}, {b.offset})")
         rest = {k: d[k] for k in d if k not in ("points", "curve")}
         return cls(points=points, curve=curve, **rest)
 
 
-def _points(items, where: str, num_layers: int, targets: bool) -> list[DialPoint]:
+def _points(items, where: str, num_layers: int) -> list[DialPoint]:
     if not isinstance(items, list):
         raise DialError(f"{where} must be a list, got {_show(items)}")
     out = []
     for j, p in enumerate(items):
-        keys = {"offset", "avg_layers", "value"} | ({"target"} if targets else set())
+        keys = {"target", "offset", "avg_layers", "value"}
         if not isinstance(p, dict) or set(p) != keys:
             raise DialError(f"{where}[{j}] must be an object with exactly {sorted(keys)}, got {_show(p)}")
         for k in keys:
             if not (_is_finite(p[k]) or (k == "value" and p[k] is None)):
                 raise DialError(f"{where}[{j}].{k} must be a finite number, got {_show(p[k])}")
-        if not 0 <= p["avg_layers"] <= num_layers:
-            raise DialError(f"{where}[{j}].avg_layers {p['avg_layers']} is outside 0..{num_layers}")
+        for k in ("avg_layers", "target"):
+            if not 0 <= p[k] <= num_layers:
+                raise DialError(f"{where}[{j}].{k} {p[k]} is outside 0..{num_layers}")
         out.append(DialPoint(offset=float(p["offset"]), avg_layers=float(p["avg_layers"]),
-                             value=None if p["value"] is None else float(p["value"]),
-                             target=float(p["target"]) if targets else None))
+                             value=None if p["value"] is None else float(p["value"]), target=float(p["target"])))
     return out
 
 

@@ -108,12 +108,12 @@ def test_calibration_hits_its_targets_on_a_trained_model(env):
         layers, pred = _routed(model, enc, pad, p.offset)
         assert layers.mean() == pytest.approx(p.avg_layers, abs=1e-12), p
         assert p.value == pytest.approx(compute_metric(spec.metric, pred, enc.labels, spec.num_labels), abs=1e-12)
-        if p.target is not None:
-            assert abs(p.avg_layers - p.target) <= TOLERANCE + 1e-9, p
+    for p in dial.points:
+        assert abs(p.avg_layers - p.target) <= TOLERANCE + 1e-9, p
+        assert dial.offset_for(p.target) == p.offset  # a calibrated target gets exactly its point's offset
     offsets = [p.offset for p in dial.points]
     assert offsets == sorted(offsets, reverse=True) and len(set(offsets)) == len(offsets)
-    lo, hi = dial.budget_range
-    assert lo <= 1.0 + TOLERANCE and hi == 3.0 and len(dial.curve) >= 30
+    assert dial.budget_range == (1.0, 3.0) and len(dial.curve) == 41  # 1, 1.05, ..., 3
 
 
 def _hand_leaves() -> Leaves:
@@ -136,10 +136,14 @@ def test_a_non_monotone_curve_is_measured_and_served_monotone():
     assert not dial.monotone and dial.max_rise == pytest.approx(0.5)
     assert [p.offset for p in dial.points] == pytest.approx([2.1, 1.75, -1.0])
     assert [p.value for p in dial.points] == [0.0, 0.0, 0.5]  # predictions [0, 1], [0, 1], [1, 1] vs labels [1, 0]
-    avg = [p.avg_layers for p in dial.curve]
-    assert avg == sorted(avg) and len(set(avg)) == len(avg) and avg[0] == 1.5 and avg[-1] == 2.5
+    assert [p.target for p in dial.curve] == pytest.approx(np.arange(1.5, 2.51, 0.05))
+    assert [p.offset for p in dial.curve] == sorted((p.offset for p in dial.curve), reverse=True)
+    assert {p.avg_layers for p in dial.curve} == {1.5, 2.0, 2.5}
+    assert all(p.offset == pytest.approx(2.1) for p in dial.curve if p.avg_layers == 1.5)  # never [0, 1.5)
     assert Dial.from_dict(json.loads(json.dumps(dial.to_dict()))) == dial  # the strictness checks pass
-    assert dial.offset_for(2.25) == pytest.approx((1.75 - 1.0) / 2)  # halfway between the knots at 2.0 and 2.5
+    assert dial.offset_for(2.0) == 1.75 and dial.offset_for(2.5) == -1.0
+    budgets = np.linspace(1.5, 2.5, 101)
+    assert np.all(np.diff([dial.offset_for(b) for b in budgets]) <= 0)
     monotone = Leaves(row=[0, 0, 1], lo=[-np.inf, 0.3, -np.inf], hi=[0.3, np.inf, np.inf], layers=[2, 1, 1],
                       pred=[0, 0, 0])
     assert Steps(monotone, 2).max_rise() == 0.0
@@ -223,7 +227,7 @@ def test_load_time_budget_is_the_default_and_predict_overrides_it(env):
     (float("inf"), r"budget must be a finite number"),
     ("abc", r"budget must be a number"),
     (True, r"budget must be a finite number"),
-    ([2], r"budget must be a number"),
+    ({"layers": 2}, r"budget must be a number"),
 ])
 def test_bad_budgets_are_one_line_errors(env, budget, pattern):
     for call in (lambda: Runtime.load(env["model"], budget=budget),
@@ -246,7 +250,7 @@ def _edit_manifest(env, tmp_path, edit) -> Path:
 @pytest.mark.parametrize("edit, pattern", [
     (lambda d: d.update(dial=[1, 2]), r"dial must be an object or null"),
     (lambda d: d["dial"].update(format=2), r"dial has format 2; this hadskip reads 1"),
-    (lambda d: d["dial"]["curve"].reverse(), r"dial\.curve must have avg_layers strictly increasing"),
+    (lambda d: d["dial"]["curve"].reverse(), r"dial\.curve must have targets strictly increasing"),
     (lambda d: d["dial"]["curve"][0].update(offset=float("nan")), r"dial\.curve\[0\]\.offset must be a finite"),
     (lambda d: d["dial"]["curve"][0].update(offset="x"), r"dial\.curve\[0\]\.offset must be a finite"),
     (lambda d: d["dial"].update(curve=[]), r"dial\.curve is empty"),
