@@ -200,7 +200,7 @@ class Steps:
 def build_dial(leaves: Leaves, labels: np.ndarray, metric: str, num_labels: int, num_layers: int,
                targets: list[float], tol: float = TOLERANCE, step: float = CURVE_STEP, **facts) -> Dial:
     """The Dial from a sweep's leaves: points at `targets`, and curve knots every `step` layers between the
-    smallest and the largest target (plus the targets)."""
+    smallest and the largest target (plus the targets themselves, so a target's knot is its point)."""
     from hadskip.data.metrics import compute_metric
 
     n = len(labels)
@@ -222,13 +222,10 @@ def build_dial(leaves: Leaves, labels: np.ndarray, metric: str, num_labels: int,
             value[j] = compute_metric(metric, pred, labels, num_labels)
         return value[j]
 
-    def point(j: int, target: float | None) -> DialPoint:
+    def point(j: int, target: float) -> DialPoint:
         return DialPoint(offset=steps.offset(j), avg_layers=float(steps.avg[j]), value=measured(j), target=target)
 
-    curve: list[DialPoint] = []
-    for j in sorted(set(knot_segs), reverse=True):  # offset descending: average layers ascending but for rises
-        if not curve or steps.avg[j] > curve[-1].avg_layers:
-            curve.append(point(j, None))
+    curve = [point(j, t) for t, j in zip(knots, knot_segs)]  # targets ascending, offsets not increasing
     points = [point(j, t) for j, t in zip(point_segs, targets)]
     rise = steps.max_rise()
     return Dial(num_layers=num_layers, points=points, curve=curve, metric=metric, examples=n,
