@@ -144,7 +144,7 @@ def sweep(model, enc, pad_id: int, batch_size: int = 32, progress=None) -> Leave
             progress(done)
     if not parts:
         return Leaves([], [], [], [], [])
-    return Leaves(*(np.concatenate(p) for p in zip(*parts)))
+    return Leaves(*(np.concatenate(p) for p in zip(*parts, strict=True)))
 
 
 # --- from leaves to a dial --------------------------------------------------------------------------------

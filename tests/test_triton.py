@@ -12,6 +12,7 @@ cannot be fetched.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,8 @@ def server(model_dir, tmp_path_factory):
     write_repo(model_dir, repo, TritonRepoConfig(max_batch=MAX_BATCH, max_text_bytes=MAX_TEXT_BYTES))
     write_repo(model_dir, repo, TritonRepoConfig(name="batched", max_batch=MAX_BATCH, preferred_batch=(7,),
                                                  max_queue_delay_us=10_000_000))
+    write_repo(_with_dial(model_dir, repo.parent / "dialed"), repo, TritonRepoConfig(name="dialed",
+                                                                                  max_batch=MAX_BATCH))
     broken = write_repo(model_dir, repo, TritonRepoConfig(name="broken"))
     (broken / "1" / "model" / "head.onnx").write_bytes(b"changed after the repository was written")
     srv = LocalTriton(repo, args=("--exit-on-error=false", "--strict-readiness=false"))
@@ -138,6 +141,23 @@ def server(model_dir, tmp_path_factory):
     finally:
         _close_clients()
         srv.stop()
+
+
+def _with_dial(model_dir: Path, dst: Path) -> Path:
+    """A copy of the model dir whose manifest carries a budget dial (hand-made: offsets +1e6 at 1 layer .. -1e6 at
+    all layers, linear between), so BUDGET moves the gates without a calibration run."""
+    import shutil
+
+    from hadskip.runtime.dial import Dial, DialPoint
+
+    shutil.copytree(model_dir, dst)
+    data = json.loads((dst / "manifest.json").read_text())
+    n = int(data["backbone"]["num_layers"])
+    knots = [DialPoint(offset=1e6, avg_layers=1.0, value=None, target=1.0),
+             DialPoint(offset=-1e6, avg_layers=float(n), value=None, target=float(n))]
+    data["dial"] = Dial(num_layers=n, points=knots, curve=knots).to_dict()
+    (dst / "manifest.json").write_text(json.dumps(data))
+    return dst
 
 
 _CLIENTS: dict = {}
@@ -165,7 +185,7 @@ PROTOCOLS = ("http", "grpc")
 
 
 def _tensor(mod, name, values, dtype="BYTES"):
-    arr = np.asarray(values, dtype=object if dtype == "BYTES" else None)
+    arr = np.asarray(values, dtype={"BYTES": object, "FP32": np.float32}.get(dtype))
     t = mod.InferInput(name, list(arr.shape), dtype)
     t.set_data_from_numpy(arr)
     return t
@@ -207,6 +227,31 @@ def test_pairs_equal_runtime(server, rt, protocol):
     preds = rt.predict(list(zip(firsts, seconds, strict=True)))
     _assert_equal(_infer(server, protocol, firsts, seconds), preds)
     assert not np.array_equal(preds.probabilities, rt.predict(firsts).probabilities)  # the pair is used
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_budget_input_moves_the_dial_like_runtime_predict(server, model_dir, protocol):
+    """BUDGET (FP32 [B, 1]) reaches Runtime.predict per row; a bad one, or BUDGET on a model without a dial,
+    fails its request with the dial's one-line error."""
+    from hadskip.runtime import Runtime
+
+    dialed = Runtime.load(_with_dial(model_dir, Path(server.repo).parent / f"dial-ref-{protocol}"))
+    mod, client = _clients(server)[protocol]
+    texts = tiny_sentences(6, seed=8)
+    lo, hi = dialed.info.dial.budget_range
+    budgets = [float(np.float32(b)) for b in (lo, hi, lo, (lo + hi) / 2, hi, lo)]  # as FP32 carries them
+    r = client.infer("dialed", [_tensor(mod, "TEXT", _column(texts)),
+                                _tensor(mod, "BUDGET", [[b] for b in budgets], "FP32")])
+    preds = dialed.predict(texts, budget=budgets)
+    _assert_equal((r.as_numpy("LABEL_ID"), r.as_numpy("PROBS"), r.as_numpy("LAYERS")), preds)
+    used = preds.gates.sum(axis=1)
+    assert used[1] > used[0], "the highest budget should run more layers than the lowest"
+    from tritonclient.utils import InferenceServerException
+
+    for model, value, needle in (("dialed", hi + 5, "outside the calibrated range"),
+                                 ("dialed", float("nan"), "BUDGET[0]"), ("hadskip", lo, "no budget dial")):
+        with pytest.raises(InferenceServerException, match=re.escape(needle)):
+            client.infer(model, [_tensor(mod, "TEXT", _column(texts[:1])), _tensor(mod, "BUDGET", [[value]], "FP32")])
 
 
 def test_requests_share_an_execution_and_a_bad_one_fails_alone(server, rt):

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from hadskip.errors import HadSkipError
 from hadskip.runtime import Runtime
 
 
@@ -82,35 +83,56 @@ class TritonPythonModel:
         # verify=True: every graph's sha256 is checked against the manifest before the instance is ready
         self.runtime = Runtime.load(model_dir, backend=backend, verify=True, **options)
 
-    def _rows(self, request) -> list:
+    def _rows(self, request) -> tuple[list, list]:
+        """(inputs, budgets) of one request; a budget of None runs the model's default operating point."""
         texts = _texts(request, "TEXT", self.max_text_bytes)
         if texts is None:
             raise InputError("the request lacks TEXT")
         pairs = _texts(request, "TEXT_PAIR", self.max_text_bytes)
-        # BUDGET: when the budget dial exists, an optional per-request BUDGET input (FP32, dims [1]) is read
-        # here and passed to predict; the repo writer declares it in config.pbtxt (hadskip/triton/repo.py).
+        budgets = self._budgets(request, len(texts))
         if pairs is None:
-            return texts
+            return texts, budgets
         if len(pairs) != len(texts):
             raise InputError(f"TEXT has {len(texts)} rows and TEXT_PAIR {len(pairs)}")
-        return list(zip(texts, pairs, strict=True))
+        return list(zip(texts, pairs, strict=True)), budgets
+
+    def _budgets(self, request, rows: int) -> list:
+        """The optional BUDGET input (FP32 [B, 1]): a target average of layers per row through the model's
+        budget dial (hadskip.runtime.dial), checked here so a bad one fails only its own request."""
+        tensor = pb_utils.get_input_tensor_by_name(request, "BUDGET")
+        if tensor is None:
+            return [None] * rows
+        values = np.asarray(tensor.as_numpy(), dtype=np.float64).reshape(-1)
+        if values.size != rows:
+            raise InputError(f"BUDGET has {values.size} rows and TEXT {rows}")
+        out = []
+        for n, v in enumerate(values):
+            try:
+                self.runtime.offset_for(float(v))  # one line for NaN, out of range, or a model without a dial
+            except HadSkipError as exc:
+                raise InputError(f"BUDGET[{n}]: {exc}") from None
+            out.append(float(v))
+        return out
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
         rows: list = []
+        budgets: list = []  # per row: a dial budget, or None (the model's default)
         spans: list[tuple[int, int, int]] = []  # (request index, first row, row count)
         for n, request in enumerate(requests):
             try:
-                items = self._rows(request)
+                items, row_budgets = self._rows(request)
             except InputError as exc:
                 responses[n] = _error(str(exc), "INVALID_ARG")
                 continue
             spans.append((n, len(rows), len(items)))
             rows.extend(items)
+            budgets.extend(row_budgets)
         if not spans:
             return responses
         try:
-            preds = self.runtime.predict(rows, batch_size=self.max_batch)
+            per_row = budgets if any(b is not None for b in budgets) else None
+            preds = self.runtime.predict(rows, batch_size=self.max_batch, budget=per_row)
         except Exception as exc:  # noqa: BLE001 - any runtime failure fails these requests, not the instance
             message = f"inference failed: {type(exc).__name__}: {str(exc)[:200]}"
             for n, _, _ in spans:

@@ -92,9 +92,9 @@ def config_pbtxt(config: TritonRepoConfig, num_labels: int, num_layers: int, mod
     inputs = [
         '  { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }',
         '  { name: "TEXT_PAIR" data_type: TYPE_STRING dims: [ 1 ] optional: true }',
-        # BUDGET: once the budget dial exists, declare here
-        #   { name: "BUDGET" data_type: TYPE_FP32 dims: [ 1 ] optional: true }
-        # and read it in model.py (TritonPythonModel._rows); requests with different budgets may share a batch.
+        # a target average of layers per row through the model's budget dial; rows with different budgets
+        # share one execution (model.py passes them to Runtime.predict per row)
+        '  { name: "BUDGET" data_type: TYPE_FP32 dims: [ 1 ] optional: true }',
     ]
     outputs = [
         '  { name: "LABEL_ID" data_type: TYPE_INT64 dims: [ 1 ] }',
