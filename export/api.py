@@ -54,6 +54,7 @@ class ExportReport:
     baseline: dict | None = None
     engines: dict | None = None
     validation: dict = field(default_factory=dict)
+    quantization: dict | None = None  # --quantize int8: hadskip.export.quantize's manifest section
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -157,7 +158,8 @@ def _io_types(model_dir: Path, units: dict) -> dict:
 
 def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onnx", opset: int = 17,
                  optimize: bool = False, with_baseline: bool = False, fp16: bool = False, max_batch: int = 64,
-                 validate: bool = True, progress: bool = True) -> ExportReport:
+                 validate: bool = True, progress: bool = True, quantize: str | None = None,
+                 int8=None) -> ExportReport:
     """Export a run dir into a model dir (manifest + per-unit graphs); see the module docstring.
 
     engine: "onnx" (graphs only) or "trt" (also a TensorRT plan per unit; needs tensorrt and a GPU).
@@ -165,6 +167,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     with_baseline: also the full teacher through optimum-onnx into MODEL/baseline/.
     fp16: fp16 graphs (engine onnx) or fp16 plans (engine trt); gates, LayerNorm and softmax stay fp32.
     max_batch: the largest batch the TensorRT profile accepts, and the bound of the validation batches.
+    quantize: "int8" for CPUs (hadskip.export.quantize; int8: its Int8Config), checked on the run's dev split.
     """
     if engine not in ENGINES:
         raise ExportError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -175,6 +178,10 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir).expanduser().resolve()
     _check_target(out)
+    from hadskip.export.quantize import Int8Config, check_on_dev, check_request, quantize_units
+
+    check_request(quantize, fp16=fp16, engine=engine)
+    int8 = (int8 or Int8Config()).resolved() if quantize else None
 
     from hadskip.checkpoint import load_run
     from hadskip.export import optimize as opt
@@ -199,7 +206,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
     scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
-    bar = _Progress(progress, len(specs) + 2 + int(with_baseline))
+    bar = _Progress(progress, len(specs) + 2 + int(with_baseline) + 2 * bool(quantize))
     trt_error: Exception | None = None
     try:
         reports: list[UnitReport] = []
@@ -229,6 +236,10 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
             baseline = _baseline(model, tokenizer, labels, tmp, scratch, specs, cases, opset, optimize,
                                  onnx_fp16, validate)
 
+        quant = None
+        if quantize:
+            bar.step("int8")
+            quant = quantize_units(tmp, scratch, specs, baseline, cases, int8, validate)
         units = {"embeddings": "embeddings.onnx", "layers": [s.path for s in specs if s.kind == "layer"],
                  "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
                  "tokenizer": "tokenizer.json", "engines": None,
@@ -236,7 +247,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
         validation = {r.name: r.max_abs_diff for r in reports if r.max_abs_diff is not None}
         if baseline and baseline.get("max_abs_diff") is not None:
             validation["baseline"] = baseline["max_abs_diff"]
-        final_engine, precision, engines = "onnx", "fp16" if onnx_fp16 else "fp32", None
+        final_engine, precision, engines = "onnx", quantize or ("fp16" if onnx_fp16 else "fp32"), None
         if engine == "trt":
             try:
                 from hadskip.export.trt import build_engines, require_tensorrt
@@ -283,11 +294,15 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             tokenization=tokenization, io_types=_io_types(tmp, units),
             export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
-                    "fp16": fp16, "optimize": optimize, "max_batch": max_batch,
+                    "fp16": fp16, "optimize": optimize, "max_batch": max_batch, "quantize": quantize,
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
                     "atol": {s.name: s.atol for s in specs}},
         )
         write_manifest(tmp, manifest)
+        if quant is not None:
+            bar.step(f"int8 vs fp32 on {int8.split}")
+            manifest.quantization = {**quant, "dev": check_on_dev(tmp, scratch / "fp32", manifest, int8)}
+            write_manifest(tmp, manifest)
         bar.finish()
         total = sum(m["bytes"] for m in files.values()) + (tmp / MANIFEST).stat().st_size
         _install(tmp, out)
@@ -306,7 +321,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
         raise ExportError(f"TensorRT build failed: {type(trt_error).__name__}: {first} {kept}") from trt_error
     return ExportReport(out_dir=str(out), seconds=round(time.perf_counter() - start, 3), total_bytes=total,
                         engine=final_engine, precision=precision, opset=opset, units=reports,
-                        optimization=optimization, baseline=baseline, engines=engines, validation=validation)
+                        optimization=optimization, baseline=baseline, engines=engines, validation=validation,
+                        quantization=manifest.quantization or None)
 
 
 def _settle(spec, candidates: list[tuple[str, Path, dict]], cases, validate: bool):

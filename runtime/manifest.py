@@ -10,7 +10,8 @@
     MODEL/engines/...      TensorRT plans (engine "trt")
     MODEL/baseline/...     the full teacher exported by optimum-onnx (--with-baseline): units["baseline"] is
                            baseline/model.onnx, one graph input_ids, attention_mask[, token_type_ids] -> logits,
-                           beside config.json and the tokenizer (ORTModelForSequenceClassification loads the dir)
+                           beside config.json and the tokenizer (ORTModelForSequenceClassification loads the dir);
+                           precision int8: baseline/model_quantized.onnx instead, quantized like the layers
 
 Loading checks the schema version, the fields and their values (engine, precision, opset >= 17, the units
 of every layer), that every listed file exists, and each file's sha256, naming the file that fails.
@@ -29,7 +30,7 @@ from hadskip.errors import HadSkipError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ENGINES = ("onnx", "trt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: dynamically quantized layer graphs (CPU)
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
 UNIT_KEYS = ("embeddings", "layers", "gates", "head", "tokenizer")
 
@@ -51,7 +52,7 @@ class Manifest:
     task: dict  # TaskSpec as a dict (name, text_col, pair_col, label_col, num_labels, metric, label_names)
     labels: list[str]
     max_seq_len: int
-    precision: str  # "fp32" | "fp16"
+    precision: str  # "fp32" | "fp16" | "int8" (the layer graphs; gates are always fp32)
     engine: str  # "onnx" | "trt"
     opset: int
     units: dict  # {"embeddings": path, "layers": [paths], "gates": [paths], "head": path,
@@ -68,6 +69,7 @@ class Manifest:
     tokenization: dict = field(default_factory=dict)  # max_length, truncation, padding(_side), pad_id, pad_token
     io_types: dict = field(default_factory=dict)  # {"embeddings"|"layer"|"gate"|"head": {io name: numpy dtype}}
     export: dict = field(default_factory=dict)  # options and validation shapes/tolerances of the export
+    quantization: dict = field(default_factory=dict)  # int8: tool, settings, per-unit ops, the dev check vs fp32
 
     @property
     def num_layers(self) -> int:
