@@ -9,6 +9,7 @@ Not included: request queueing or dynamic batching across callers (the server bu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from hadskip.runtime.backends import BACKENDS
 from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest
 from hadskip.runtime.router import Backend, BatchResult, route
 from hadskip.runtime.text import ROBERTA_LIKE, Encoded, TextEncoder, TextInput
+
+log = logging.getLogger("hadskip.runtime")  # unconfigured logging prints a warning as one bare line on stderr
 
 
 @dataclass
@@ -138,6 +141,9 @@ class Runtime:
             return cls._load_torch(path, device, threads)
         manifest = load_manifest(path, verify=verify)
         info = _info_from_manifest(path, manifest)
+        note = precision_note(manifest.precision, backend)
+        if note:
+            log.warning(f"warning: {path}: {note}")
         if backend == "ort-cpu":
             from hadskip.runtime.backends.ort import OrtCpuBackend
 
@@ -235,6 +241,16 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime(backend={self.backend.name!r}, layers={self.num_layers}, labels={self.labels})"
+
+
+def precision_note(precision: str, backend: str) -> str | None:
+    """Why a model dir's precision is a poor fit for a backend, or None. fp16 on a CPU: onnxruntime's CPU
+    kernels are fp32, so the fp16 graphs pay casts (measured ~11% slower than fp32 on 2 cores, issue 13)."""
+    if precision == "fp16" and backend == "ort-cpu":
+        return "fp16 graphs run slower than fp32 on a CPU backend; export without --fp16 (or with --quantize int8)"
+    if precision == "int8" and backend != "ort-cpu":
+        return f"int8 graphs are quantized for CPUs (ort-cpu); on {backend} export fp32 or --fp16 instead"
+    return None
 
 
 def _info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
