@@ -31,6 +31,9 @@ def export(
                                                 "optimum-onnx into DIR/baseline/ (for benchmarks).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="fp16 graphs / plans; gates, LayerNorm and softmax stay "
                                        "fp32.")] = False,
+    fuse_gates: Annotated[bool, typer.Option("--fuse-gates", help="Also compute the gates inside the graph "
+                                             "before them (one call per layer run, none per gate, on ort-cpu); "
+                                             "the separate gate graphs stay for the other backends.")] = False,
     quantize: Annotated[Optional[Quantize], typer.Option(help="int8: dynamic int8 layer graphs (and baseline) for "
                          "CPUs; gates, LayerNorm, embeddings and head stay fp32. Checked against fp32 on the "
                          "run's dev split (a warning line past 0.5 point or 1% of rows with changed gates).")
@@ -51,7 +54,7 @@ def export(
         report = export_model(run, out, engine=engine.value, opset=opset, optimize=optimize,
                               with_baseline=with_baseline, fp16=fp16, max_batch=max_batch,
                               validate=not no_validate, progress=True,
-                              quantize=quantize.value if quantize else None)
+                              quantize=quantize.value if quantize else None, fuse_gates=fuse_gates)
     for w in caught:  # int8 accuracy notes as one `warning:` line each; anything else as Python shows it
         if issubclass(w.category, QuantizationWarning):
             typer.echo(f"warning: {w.message}", err=True)

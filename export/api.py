@@ -159,7 +159,7 @@ def _io_types(model_dir: Path, units: dict) -> dict:
 def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onnx", opset: int = 17,
                  optimize: bool = False, with_baseline: bool = False, fp16: bool = False, max_batch: int = 64,
                  validate: bool = True, progress: bool = True, quantize: str | None = None,
-                 int8=None) -> ExportReport:
+                 int8=None, fuse_gates: bool = False) -> ExportReport:
     """Export a run dir into a model dir (manifest + per-unit graphs); see the module docstring.
 
     engine: "onnx" (graphs only) or "trt" (also a TensorRT plan per unit; needs tensorrt and a GPU).
@@ -168,6 +168,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     fp16: fp16 graphs (engine onnx) or fp16 plans (engine trt); gates, LayerNorm and softmax stay fp32.
     max_batch: the largest batch the TensorRT profile accepts, and the bound of the validation batches.
     quantize: "int8" for CPUs (hadskip.export.quantize; int8: its Int8Config), checked on the run's dev split.
+    fuse_gates: the gates also inside the graph before them (hadskip.export.fuse_gates; ort-cpu reads them).
     """
     if engine not in ENGINES:
         raise ExportError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -206,7 +207,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
     scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
-    bar = _Progress(progress, len(specs) + 2 + int(with_baseline) + 2 * bool(quantize))
+    bar = _Progress(progress, len(specs) + 2 + int(with_baseline) + 2 * bool(quantize) + int(fuse_gates))
     trt_error: Exception | None = None
     try:
         reports: list[UnitReport] = []
@@ -244,7 +245,15 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
                  "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
                  "tokenizer": "tokenizer.json", "engines": None,
                  "baseline": baseline["path"] if baseline else None}
+        if fuse_gates:
+            from hadskip.export.fuse_gates import fuse_model_dir
+
+            bar.step("fuse gates")
+            units["gate_form"] = "fused"
+            fused_gates = fuse_model_dir(tmp, units, cfg.hidden_size, int(hf["vocab_size"]), cases)
         validation = {r.name: r.max_abs_diff for r in reports if r.max_abs_diff is not None}
+        if fuse_gates:
+            validation.update({f"gates-fused/{k}": v for k, v in fused_gates["max_abs_diff"].items()})
         if baseline and baseline.get("max_abs_diff") is not None:
             validation["baseline"] = baseline["max_abs_diff"]
         final_engine, precision, engines = "onnx", quantize or ("fp16" if onnx_fp16 else "fp32"), None
@@ -295,6 +304,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
             tokenization=tokenization, io_types=_io_types(tmp, units),
             export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
                     "fp16": fp16, "optimize": optimize, "max_batch": max_batch, "quantize": quantize,
+                    "fuse_gates": fuse_gates,
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
                     "atol": {s.name: s.atol for s in specs}},
         )

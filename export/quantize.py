@@ -199,7 +199,7 @@ def check_on_dev(int8_dir: Path, fp32_dir: Path, manifest, config: Int8Config, b
         return {"split": None, "note": note}
     _link_shared_units(int8_dir, fp32_dir, manifest)
     write_manifest(fp32_dir, replace(manifest, precision="fp32", files={}, quantization={},
-                                     units={**manifest.units, "baseline": None}))
+                                     units={**manifest.units, "baseline": None, "gate_form": "separate"}))
     inputs = list(zip(split.texts, split.pairs, strict=True)) if split.pairs is not None else list(split.texts)
     out = {}
     for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):

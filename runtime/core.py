@@ -144,7 +144,11 @@ class Runtime:
         note = precision_note(manifest.precision, backend)
         if note:
             log.warning(f"warning: {path}: {note}")
-        if backend == "ort-cpu":
+        if backend == "ort-cpu" and manifest.units.get("gate_form") == "fused":
+            from hadskip.runtime.backends.ort_fused import OrtCpuFusedBackend
+
+            be = OrtCpuFusedBackend(path, manifest, threads=threads, optimization=optimization)
+        elif backend == "ort-cpu":
             from hadskip.runtime.backends.ort import OrtCpuBackend
 
             be = OrtCpuBackend(path, manifest, threads=threads, optimization=optimization)

@@ -33,6 +33,7 @@ ENGINES = ("onnx", "trt")
 PRECISIONS = ("fp32", "fp16", "int8")  # int8: dynamically quantized layer graphs (CPU)
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
 UNIT_KEYS = ("embeddings", "layers", "gates", "head", "tokenizer")
+GATE_FORMS = ("separate", "fused")  # fused: embeddings/layer graphs also output the later gates' logits
 
 IO = {
     "embeddings": {"inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["hidden"]},
@@ -56,7 +57,8 @@ class Manifest:
     engine: str  # "onnx" | "trt"
     opset: int
     units: dict  # {"embeddings": path, "layers": [paths], "gates": [paths], "head": path,
-    #                "tokenizer": path, "engines": {...} | None, "baseline": path | None}
+    #                "tokenizer": path, "engines": {...} | None, "baseline": path | None,
+    #                "gate_form": "separate" | "fused" (absent: separate; fused: hadskip.export.fuse_gates)}
     files: dict = field(default_factory=dict)  # relative path -> {"sha256": hex, "bytes": int}
     budget: float | None = None
     io: dict = field(default_factory=lambda: json.loads(json.dumps(IO)))
@@ -164,6 +166,8 @@ def _check_fields(manifest: Manifest, f: Path) -> None:
     if not isinstance(manifest.units, dict) or any(k not in manifest.units for k in UNIT_KEYS):
         missing = [k for k in UNIT_KEYS if not isinstance(manifest.units, dict) or k not in manifest.units]
         raise ManifestError(f"{f}: units lacks {', '.join(missing)}")
+    if manifest.units.get("gate_form", "separate") not in GATE_FORMS:
+        raise ManifestError(f"{f}: gate_form {manifest.units.get('gate_form')!r} is not one of {', '.join(GATE_FORMS)}")
     if manifest.engine == "trt" and not isinstance(manifest.units.get("engines"), dict):
         raise ManifestError(f"{f}: engine 'trt' but units['engines'] lists no TensorRT plans")
     if not isinstance(manifest.backbone, dict) or "num_layers" not in manifest.backbone:
