@@ -115,7 +115,8 @@ def print_bench(report) -> None:
     for r in report.rows:
         k = "" if r.k is None else (f"{r.k:g}" if isinstance(r.k, float) else str(r.k))
         speedups = [f"{r.speedup_vs_full.get(m['label'], float('nan')):.2f}" for m in models] if several else []
-        table.add_row(r.engine, *([r.precision] if several else []), k, str(r.batch), str(r.seq),
+        label = next((m["label"] for m in models if m["model"] == r.model), r.precision)
+        table.add_row(r.engine, *([label] if several else []), k, str(r.batch), str(r.seq),
                       f"{r.median_ms:.3f}", f"{r.throughput:.1f}", f"{r.avg_layers:.2f}", f"{r.ratio_to_full:.3f}",
                       f"{r.ideal_ratio:.3f}", *speedups)
     console = Console()
@@ -123,7 +124,7 @@ def print_bench(report) -> None:
         console = Console(width=max(console.width, 150))
     console.print(table)
     for p in report.parts:
-        which = f" ({p.get('precision')})" if several else ""
+        which = f" ({next((m['label'] for m in models if m['model'] == p.get('model')), '')})" if several else ""
         console.print(f"parts at batch {p['batch']} seq {p['seq']}{which}: embeddings {p['emb_ms']:.3f} ms, "
                       f"layer {p['layer_ms']:.3f} ms, gate {p['gate_ms']:.3f} ms, head {p['head_ms']:.3f} ms")
 

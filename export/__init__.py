@@ -4,7 +4,8 @@
 
 Modules: api (the orchestration, atomic install), spec (ExportSpec, validation, typed errors), units (the
 GatedEncoder's units as specs, TorchScript ONNX export), optimize (onnxruntime fusions, fp16), tokenizer,
-baseline (the full teacher through optimum-onnx), trt (TensorRT plans). Importing this package is light:
+baseline (the full teacher through optimum-onnx), trt (TensorRT plans), quantize (int8 for CPUs and its check
+on the dev split), fuse_gates (the gates inside the graph before them). Importing this package is light:
 torch, onnx and tensorrt are imported inside the functions that need them.
 """
 
