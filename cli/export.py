@@ -73,6 +73,10 @@ def export(
     typer.echo(f"exported {run} -> {report.out_dir} ({report.engine}, {report.precision}, "
                f"{len(report.units)} units, {report.total_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s; "
                f"{worst}{fused_text}")
+    int8 = [u["max_abs_diff"] for u in (report.quantization or {}).get("units", {}).values()
+            if u.get("max_abs_diff") is not None]
+    if int8:  # the line above is the fp32 export's; the int8 layers are judged end to end below
+        typer.echo(f"int8 layers: max abs diff vs PyTorch {max(int8):.2g}")
     dev = (report.quantization or {}).get("dev") or {}
     if dev.get("split"):
         typer.echo(f"int8 vs fp32 on {dev['split']} ({dev['examples']} rows): {dev['metric']} {dev['int8']:.4f} vs "

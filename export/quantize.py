@@ -55,12 +55,15 @@ class Int8Config:
     metric_tolerance: float = 0.005  # a dev metric drop larger than this (0.5 point) is reported
     gate_tolerance: float = 0.01  # a share of dev rows with any changed gate decision larger than this
     split: str = "dev"
+    max_examples: int | None = 5000  # a larger split is checked on a fixed random subset of this many rows
 
     def __post_init__(self) -> None:
         if self.weight_type not in ("int8", "uint8"):
             raise ExportError(f"int8 weight_type must be int8 or uint8, got {self.weight_type!r}")
         if self.metric_tolerance < 0 or not 0 <= self.gate_tolerance <= 1:
             raise ExportError("int8 tolerances must be >= 0 (gate_tolerance a share within 0..1)")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ExportError(f"int8 max_examples must be >= 1 or None, got {self.max_examples}")
 
     def resolved(self) -> Int8Config:
         return self if self.reduce_range is not None else replace(self, reduce_range=not cpu_has_vnni())
@@ -165,7 +168,7 @@ def quantize_units(tmp: Path, scratch: Path, specs, baseline: dict | None, cases
 
 def _settings(config: Int8Config) -> dict:
     d = asdict(config)
-    for k in ("metric_tolerance", "gate_tolerance", "split"):
+    for k in ("metric_tolerance", "gate_tolerance", "split", "max_examples"):
         d.pop(k)
     d["op_types"] = list(config.op_types)
     d["activations"] = "uint8, dynamic (per call)"
@@ -201,6 +204,10 @@ def check_on_dev(int8_dir: Path, fp32_dir: Path, manifest, config: Int8Config, b
     write_manifest(fp32_dir, replace(manifest, precision="fp32", files={}, quantization={},
                                      units={**manifest.units, "baseline": None, "gate_form": "separate"}))
     inputs = list(zip(split.texts, split.pairs, strict=True)) if split.pairs is not None else list(split.texts)
+    labels = split.labels
+    if config.max_examples is not None and len(inputs) > config.max_examples:
+        keep = np.sort(np.random.default_rng(0).choice(len(inputs), config.max_examples, replace=False))
+        inputs, labels = [inputs[k] for k in keep], labels[keep]
     out = {}
     for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):
         with Runtime.load(d, verify=False) as rt:
@@ -208,11 +215,11 @@ def check_on_dev(int8_dir: Path, fp32_dir: Path, manifest, config: Int8Config, b
     a, b = out["fp32"], out["int8"]
     metric = manifest.task.get("metric", "accuracy")
     n_labels = len(manifest.labels)
-    m32 = compute_metric(metric, a.label_ids, split.labels, n_labels)
-    m8 = compute_metric(metric, b.label_ids, split.labels, n_labels)
+    m32 = compute_metric(metric, a.label_ids, labels, n_labels)
+    m8 = compute_metric(metric, b.label_ids, labels, n_labels)
     rows_changed = float((a.gates != b.gates).any(axis=1).mean())
     report = {
-        "split": config.split, "examples": len(inputs), "metric": metric,
+        "split": config.split, "examples": len(inputs), "of": len(split.texts), "metric": metric,
         "fp32": round(float(m32), 6), "int8": round(float(m8), 6), "delta": round(float(m8 - m32), 6),
         "gate_rows_changed": round(rows_changed, 6),
         "gate_decisions_changed": round(float((a.gates != b.gates).mean()), 6),

@@ -70,7 +70,7 @@ def test_int8_model_dir_quantizes_the_layers_and_nothing_that_decides(dirs):
 def test_export_checks_int8_against_fp32_on_the_dev_split(dirs):
     _, _, d, _, caught = dirs
     dev = load_manifest(d).quantization["dev"]
-    assert dev["split"] == "dev" and dev["examples"] == 64 and dev["metric"] == "accuracy"
+    assert dev["split"] == "dev" and dev["examples"] == dev["of"] == 64 and dev["metric"] == "accuracy"
     assert dev["gate_rows_changed"] <= 0.1 and 0 < dev["max_abs_dprob"] < 0.1  # > 0: int8 was compared to fp32
     assert abs(dev["delta"]) <= 0.05 and dev["delta"] == pytest.approx(dev["int8"] - dev["fp32"], abs=1e-6)
     said = [str(w.message) for w in caught if issubclass(w.category, QuantizationWarning)]
@@ -158,3 +158,20 @@ def test_bench_times_fp32_and_int8_side_by_side(dirs, capsys):
     for r in d["rows"]:  # DESIGN.md §10 keys are all still there
         assert {"engine", "k", "batch", "seq", "median_ms", "throughput", "avg_layers", "ratio_to_full",
                 "ideal_ratio"} <= set(r)
+
+
+def test_a_large_split_is_checked_on_a_fixed_subset(dirs, tmp_path):
+    import shutil
+
+    from hadskip.export.quantize import check_on_dev
+
+    _, fp32, int8, _, _ = dirs
+    manifest = load_manifest(int8)
+    shutil.copytree(fp32 / "layers", tmp_path / "ref" / "layers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QuantizationWarning)
+        a = check_on_dev(int8, tmp_path / "ref", manifest, Int8Config(max_examples=16))
+        b = check_on_dev(int8, tmp_path / "ref", manifest, Int8Config(max_examples=16))
+    assert a["examples"] == 16 and a["of"] == 64 and a == b  # the same rows every time
+    with pytest.raises(ExportError, match="max_examples"):
+        Int8Config(max_examples=0)
