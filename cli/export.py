@@ -79,9 +79,10 @@ def export(
         typer.echo(f"int8 layers: max abs diff vs PyTorch {max(int8):.2g}")
     dev = (report.quantization or {}).get("dev") or {}
     if dev.get("split"):
+        full = f"; full model {dev['full']['int8']:.4f} vs {dev['full']['fp32']:.4f}" if dev.get("full") else ""
         typer.echo(f"int8 vs fp32 on {dev['split']} ({dev['examples']} rows): {dev['metric']} {dev['int8']:.4f} vs "
                    f"{dev['fp32']:.4f}, gate decisions changed in {dev['gate_rows_changed']:.2%} of rows, "
-                   f"max |delta prob| {dev['max_abs_dprob']:.3g}")
+                   f"max |delta prob| {dev['max_abs_dprob']:.3g}{full}")
 
 
 def register(app: typer.Typer) -> None:

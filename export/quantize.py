@@ -208,10 +208,13 @@ def check_on_dev(int8_dir: Path, fp32_dir: Path, manifest, config: Int8Config, b
     if config.max_examples is not None and len(inputs) > config.max_examples:
         keep = np.sort(np.random.default_rng(0).choice(len(inputs), config.max_examples, replace=False))
         inputs, labels = [inputs[k] for k in keep], labels[keep]
-    out = {}
+    out, full = {}, {}
     for name, d in (("fp32", fp32_dir), ("int8", int8_dir)):
         with Runtime.load(d, verify=False) as rt:
             out[name] = rt.predict(inputs, batch_size=batch_size)
+            rel = manifest.units["baseline"] if name == "int8" else "baseline/model.onnx"
+            if manifest.units.get("baseline") and (d / rel).is_file():  # the full teacher (fp32: moved aside
+                full[name] = _baseline_labels(rt, d / rel, inputs, batch_size)  # by quantize_units)
     a, b = out["fp32"], out["int8"]
     metric = manifest.task.get("metric", "accuracy")
     n_labels = len(manifest.labels)
@@ -227,10 +230,30 @@ def check_on_dev(int8_dir: Path, fp32_dir: Path, manifest, config: Int8Config, b
         "max_abs_dprob": float(np.abs(a.probabilities - b.probabilities).max()),
         "avg_layers": {"fp32": round(a.avg_layers, 4), "int8": round(b.avg_layers, 4)},
     }
+    if full:  # the baseline quantized alike: what int8 costs the model a user would deploy instead
+        report["full"] = {k: round(float(compute_metric(metric, v, labels, n_labels)), 6) for k, v in full.items()}
     report["warnings"] = _judge(report, config)
     for w in report["warnings"]:
         warnings.warn(w, QuantizationWarning, stacklevel=2)
     return report
+
+
+def _baseline_labels(rt, path: Path, inputs, batch_size: int):
+    """Predicted label ids of the baseline graph at `path` on `inputs`, tokenized by the runtime's encoder."""
+    import numpy as np
+
+    from hadskip.runtime.backends.ort import open_session, session_options
+
+    sess = open_session(path, session_options(), ["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    enc = rt.encode(inputs)
+    preds = np.zeros(len(inputs), dtype=np.int64)
+    for start in range(0, len(inputs), batch_size):
+        rows = list(range(start, min(start + batch_size, len(inputs))))
+        ids, mask, tt = rt.encoder.pad_batch(enc, rows)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt}
+        preds[rows] = sess.run(None, {k: v for k, v in feed.items() if k in names})[0].argmax(axis=1)
+    return preds
 
 
 def _judge(r: dict, config: Int8Config) -> list[str]:

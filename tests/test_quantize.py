@@ -73,6 +73,7 @@ def test_export_checks_int8_against_fp32_on_the_dev_split(dirs):
     assert dev["split"] == "dev" and dev["examples"] == dev["of"] == 64 and dev["metric"] == "accuracy"
     assert dev["gate_rows_changed"] <= 0.1 and 0 < dev["max_abs_dprob"] < 0.1  # > 0: int8 was compared to fp32
     assert abs(dev["delta"]) <= 0.05 and dev["delta"] == pytest.approx(dev["int8"] - dev["fp32"], abs=1e-6)
+    assert set(dev["full"]) == {"fp32", "int8"} and abs(dev["full"]["int8"] - dev["full"]["fp32"]) <= 0.05
     said = [str(w.message) for w in caught if issubclass(w.category, QuantizationWarning)]
     assert said == dev["warnings"]  # whatever the check found past its tolerance was said, nothing else
 
