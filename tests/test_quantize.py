@@ -32,7 +32,8 @@ def ops(path) -> Counter:
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    """(run, fp32 model dir, int8 model dir with an int8 baseline, the int8 ExportReport, caught warnings).
+    """(run, fp32 model dir, int8 model dir (gates fused) with an int8 baseline, the int8 ExportReport, caught
+    warnings).
     The run's task is a local folder, so the export can check int8 on its dev split."""
     root = tmp_path_factory.mktemp("int8")
     task = tiny_task_dir(root / "task", n_train=8, n_eval=64)
@@ -45,7 +46,7 @@ def dirs(tmp_path_factory):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = export_model(run, root / "int8", quantize="int8", with_baseline=True, optimize=True,
-                              max_batch=4, progress=False)
+                              fuse_gates=True, max_batch=4, progress=False)
     return run, fp32, root / "int8", report, caught
 
 
@@ -55,6 +56,9 @@ def test_int8_model_dir_quantizes_the_layers_and_nothing_that_decides(dirs):
     assert m.precision == "int8" and report.precision == "int8" and m.export["quantize"] == "int8"
     for rel in m.units["layers"]:
         assert INT8_OPS & set(ops(d / rel)), rel
+        gate_ops = {n.op_type for n in onnx.load(str(d / rel)).graph.node if n.name.startswith("gate_next_")}
+        assert (not gate_ops) == (rel == m.units["layers"][-1])  # every layer but the last carries gates
+        assert not INT8_OPS & gate_ops  # the fused gates are the fp32 gate graphs
     for rel in [m.units["embeddings"], m.units["head"], *m.units["gates"]]:
         assert not INT8_OPS & set(ops(d / rel)), rel  # gates and head decide: kept fp32
     assert m.units["baseline"] == "baseline/model_quantized.onnx" and "baseline/model_quantized.onnx" in m.files
