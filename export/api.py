@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hadskip.export.quantize import Int8Config, check_on_dev, check_request, quantize_units
 from hadskip.export.spec import ExportError, ShapeError, ValidationError
 from hadskip.runtime.manifest import MANIFEST, Manifest, file_table, write_manifest
 
@@ -159,7 +160,7 @@ def _io_types(model_dir: Path, units: dict) -> dict:
 def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onnx", opset: int = 17,
                  optimize: bool = False, with_baseline: bool = False, fp16: bool = False, max_batch: int = 64,
                  validate: bool = True, progress: bool = True, quantize: str | None = None,
-                 int8=None, fuse_gates: bool = False) -> ExportReport:
+                 int8: Int8Config | None = None, fuse_gates: bool = False) -> ExportReport:
     """Export a run dir into a model dir (manifest + per-unit graphs); see the module docstring.
 
     engine: "onnx" (graphs only) or "trt" (also a TensorRT plan per unit; needs tensorrt and a GPU).
@@ -179,8 +180,6 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir).expanduser().resolve()
     _check_target(out)
-    from hadskip.export.quantize import Int8Config, check_on_dev, check_request, quantize_units
-
     check_request(quantize, fp16=fp16, engine=engine)
     int8 = (int8 or Int8Config()).resolved() if quantize else None
 
