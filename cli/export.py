@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,6 +14,10 @@ import typer
 class Engine(str, Enum):
     onnx = "onnx"
     trt = "trt"
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
 
 
 def export(
@@ -26,6 +31,13 @@ def export(
                                                 "optimum-onnx into DIR/baseline/ (for benchmarks).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="fp16 graphs / plans; gates, LayerNorm and softmax stay "
                                        "fp32.")] = False,
+    fuse_gates: Annotated[bool, typer.Option("--fuse-gates", help="Also compute the gates inside the graph "
+                                             "before them (one call per layer run, none per gate, on ort-cpu); "
+                                             "the separate gate graphs stay for the other backends.")] = False,
+    quantize: Annotated[Optional[Quantize], typer.Option(help="int8: dynamic int8 layer graphs (and baseline) for "
+                         "CPUs; gates, LayerNorm, embeddings and head stay fp32. Checked against fp32 on the "
+                         "run's dev split (a warning line past 0.5 point or 1% of rows with changed gates).")
+                         ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17: LayerNorm as one op).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile and of validation.")] = 64,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the check of every unit against "
@@ -35,10 +47,19 @@ def export(
 ) -> None:
     """Export every unit (embeddings, gates, layers, head) as its own graph, validated against PyTorch."""
     from hadskip.export import export_model
+    from hadskip.export.quantize import QuantizationWarning
 
-    report = export_model(run, out, engine=engine.value, opset=opset, optimize=optimize,
-                          with_baseline=with_baseline, fp16=fp16, max_batch=max_batch, validate=not no_validate,
-                          progress=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QuantizationWarning)
+        report = export_model(run, out, engine=engine.value, opset=opset, optimize=optimize,
+                              with_baseline=with_baseline, fp16=fp16, max_batch=max_batch,
+                              validate=not no_validate, progress=True,
+                              quantize=quantize.value if quantize else None, fuse_gates=fuse_gates)
+    for w in caught:  # int8 accuracy notes as one `warning:` line each; anything else as Python shows it
+        if issubclass(w.category, QuantizationWarning):
+            typer.echo(f"warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return
@@ -52,3 +73,14 @@ def export(
     typer.echo(f"exported {run} -> {report.out_dir} ({report.engine}, {report.precision}, "
                f"{len(report.units)} units, {report.total_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s; "
                f"{worst}{fused_text}")
+    int8 = [u["max_abs_diff"] for u in (report.quantization or {}).get("units", {}).values()
+            if u.get("max_abs_diff") is not None]
+    if int8:  # the line above is the fp32 export's; the int8 layers are judged end to end below
+        typer.echo(f"int8 layers: max abs diff vs PyTorch {max(int8):.2g}")
+    dev = (report.quantization or {}).get("dev") or {}
+    if dev.get("split"):
+        full = f"; full model {dev['full']['int8']:.4f} vs {dev['full']['fp32']:.4f}" if dev.get("full") else ""
+        typer.echo(f"int8 vs fp32 on {dev['split']} ({dev['examples']} rows): {dev['metric']} {dev['int8']:.4f} vs "
+                   f"{dev['fp32']:.4f}, gate decisions changed in {dev['gate_rows_changed']:.2%} of rows, "
+                   f"max |delta prob| {dev['max_abs_dprob']:.3g}{full}")
+

@@ -78,7 +78,9 @@ def predict(
 
 
 def bench(
-    model: Model,
+    model: Annotated[list[str], typer.Argument(help="Model dir(s) written by `hadskip export` (a run dir for "
+                                               "--backend torch); several (e.g. the fp32 and the int8 export of "
+                                               "one run) are timed side by side in the same rounds.")],
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
     seq: Annotated[str, typer.Option(help="Sequence lengths (exact, synthetic tokens), comma-separated.")] = "64,128",
     repeats: Annotated[int, typer.Option(min=1, max=100_000,
@@ -94,7 +96,10 @@ def bench(
     = False,
     quiet: Quiet = False,
 ) -> None:
-    """Latency of the full model vs HadSkip routing, forced K-of-L and random patterns, with ideal ratios."""
+    """Latency of the full model vs HadSkip routing, forced K-of-L and random patterns, with ideal ratios.
+
+    `hadskip bench models/h3 models/h3-int8` compares full fp32, full int8, hadskip fp32 and hadskip int8 in one
+    run: the `x full ...` columns are throughput over each model dir's full model."""
     from hadskip.runtime.bench import run_bench
 
     progress = None if quiet else (lambda msg: typer.echo(msg, err=True))
@@ -113,20 +118,35 @@ def print_bench(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    opt = report.optimization or {}
-    graphs = f"layer graphs: {opt.get('layers', 'none')}"
-    if report.full_source.startswith("baseline"):
-        graphs += f", baseline graph: {(opt.get('baseline') or {}).get('mode', 'none')}"
+    models = report.models or [{"model": "", "precision": "", "label": "", "full_source": report.full_source,
+                                "optimization": report.optimization}]
+    captions = []
+    for m in models:
+        opt = m.get("optimization") or {}
+        graphs = f"layer graphs: {opt.get('layers', 'none')}"
+        if m["full_source"].startswith("baseline"):
+            graphs += f", baseline graph: {(opt.get('baseline') or {}).get('mode', 'none')}"
+        where = f" ({m['label']}: {m['model']})" if len(models) > 1 else ""
+        captions.append(f"full{where} = {m['full_source']}; {graphs}")
+    several = len(models) > 1
     table = Table(title=f"hadskip bench ({report.backend}, {report.repeats} interleaved rounds, median)",
-                  caption=f"full = {report.full_source}; {graphs}" + "".join(f"\n{n}" for n in report.notes))
-    for col in ("engine", "k", "batch", "seq", "median ms", "rows/s", "avg layers", "ratio to full", "ideal"):
-        table.add_column(col, justify="left" if col == "engine" else "right")
+                  caption="\n".join(captions + list(report.notes)))
+    cols = ["engine", *(["precision"] if several else []), "k", "batch", "seq", "median ms", "rows/s", "avg layers",
+            "ratio to full", "ideal", *([f"x full {m['label']}" for m in models] if several else [])]
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("engine", "precision") else "right")
     for r in report.rows:
         k = "" if r.k is None else (f"{r.k:g}" if isinstance(r.k, float) else str(r.k))
-        table.add_row(r.engine, k, str(r.batch), str(r.seq), f"{r.median_ms:.3f}", f"{r.throughput:.1f}",
-                      f"{r.avg_layers:.2f}", f"{r.ratio_to_full:.3f}", f"{r.ideal_ratio:.3f}")
+        speedups = [f"{r.speedup_vs_full.get(m['label'], float('nan')):.2f}" for m in models] if several else []
+        label = next((m["label"] for m in models if m["model"] == r.model), r.precision)
+        table.add_row(r.engine, *([label] if several else []), k, str(r.batch), str(r.seq),
+                      f"{r.median_ms:.3f}", f"{r.throughput:.1f}", f"{r.avg_layers:.2f}", f"{r.ratio_to_full:.3f}",
+                      f"{r.ideal_ratio:.3f}", *speedups)
     console = Console()
+    if several:  # the speedup columns need room even when stdout is a pipe (rich then assumes 80 columns)
+        console = Console(width=max(console.width, 150))
     console.print(table)
     for p in report.parts:
-        console.print(f"parts at batch {p['batch']} seq {p['seq']}: embeddings {p['emb_ms']:.3f} ms, "
+        which = f" ({next((m['label'] for m in models if m['model'] == p.get('model')), '')})" if several else ""
+        console.print(f"parts at batch {p['batch']} seq {p['seq']}{which}: embeddings {p['emb_ms']:.3f} ms, "
                       f"layer {p['layer_ms']:.3f} ms, gate {p['gate_ms']:.3f} ms, head {p['head_ms']:.3f} ms")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hadskip.export.install import SignalGuard, check_target, install, temp_dirs
 from hadskip.export.progress import ExportProgress
+from hadskip.export.quantize import Int8Config, check_on_dev, check_request, quantize_units
 from hadskip.export.spec import RULE, ExportError, settle
 from hadskip.runtime.manifest import ENGINES, MANIFEST, MIN_OPSET, Manifest, file_table, write_manifest
 
@@ -54,6 +55,7 @@ class ExportReport:
     baseline: dict | None = None
     engines: dict | None = None
     validation: dict = field(default_factory=dict)
+    quantization: dict | None = None  # --quantize int8: hadskip.export.quantize's manifest section
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -99,7 +101,8 @@ def _io_types(model_dir: Path, units: dict) -> dict:
 
 def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onnx", opset: int = 17,
                  optimize: bool = False, with_baseline: bool = False, fp16: bool = False, max_batch: int = 64,
-                 validate: bool = True, progress: bool = True) -> ExportReport:
+                 validate: bool = True, progress: bool = True, quantize: str | None = None,
+                 int8: Int8Config | None = None, fuse_gates: bool = False) -> ExportReport:
     """Export a run dir into a model dir (manifest + per-unit graphs); see the module docstring.
 
     engine: "onnx" (graphs only) or "trt" (also a TensorRT plan per unit; needs tensorrt and a GPU).
@@ -109,6 +112,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
         export.baseline says which; see export/baseline.py).
     fp16: fp16 graphs (engine onnx) or fp16 plans (engine trt); gates, LayerNorm and softmax stay fp32.
     max_batch: the largest batch the TensorRT profile accepts, and the bound of the validation batches.
+    quantize: "int8" for CPUs (hadskip.export.quantize; int8: its Int8Config), checked on the run's dev split.
+    fuse_gates: the gates also inside the graph before them (hadskip.export.fuse_gates; ort-cpu reads them).
     """
     if engine not in ENGINES:
         raise ExportError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -119,10 +124,12 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     start = time.perf_counter()
     run_dir, out = Path(run_dir), Path(out_dir).expanduser().resolve()
     check_target(out)  # refuse before any work; install checks again
+    check_request(quantize, fp16=fp16, engine=engine)
+    int8 = (int8 or Int8Config()).resolved() if quantize else None
     with SignalGuard() as guard:
         report, trt_error = _export(run_dir, out, guard, engine=engine, opset=opset, optimize=optimize,
                                     with_baseline=with_baseline, fp16=fp16, max_batch=max_batch, validate=validate,
-                                    progress=progress)
+                                    progress=progress, quantize=quantize, int8=int8, fuse_gates=fuse_gates)
     if trt_error is not None:  # after the install: the validated ONNX model dir stays usable
         from hadskip.export.trt import TRTUnavailableError
 
@@ -136,7 +143,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
 
 
 def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset: int, optimize: bool,
-            with_baseline: bool, fp16: bool, max_batch: int, validate: bool, progress: bool):
+            with_baseline: bool, fp16: bool, max_batch: int, validate: bool, progress: bool,
+            quantize: str | None = None, int8: Int8Config | None = None, fuse_gates: bool = False):
     """The export proper: (ExportReport, the TensorRT error to raise after the install or None)."""
     from hadskip.checkpoint import load_run
     from hadskip.export import optimize as opt
@@ -163,7 +171,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
     dummy = (DUMMY[0], min(DUMMY[1], max_seq_len))
 
     tmp = scratch = None
-    bar = ExportProgress(progress, len(specs) + 2 + int(with_baseline))
+    bar = ExportProgress(progress, len(specs) + 2 + int(with_baseline) + 2 * bool(quantize) + int(fuse_gates))
     trt_error: Exception | None = None
     try:
         with guard.deferred():  # a signal between the two mkdtemps must not orphan the first
@@ -198,14 +206,26 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             baseline = build_baseline(full, tokenizer, labels, tmp, scratch, specs, cases, opset, optimize,
                                       onnx_fp16, validate, source)
 
+        quant = None
+        if quantize:
+            bar.step("int8")
+            quant = quantize_units(tmp, scratch, specs, baseline, cases, int8, validate)
         units = {"embeddings": "embeddings.onnx", "layers": [s.path for s in specs if s.kind == "layer"],
                  "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
                  "tokenizer": "tokenizer.json", "engines": None,
                  "baseline": baseline["path"] if baseline else None}
+        if fuse_gates:
+            from hadskip.export.fuse_gates import fuse_model_dir
+
+            bar.step("fuse gates")
+            units["gate_form"] = "fused"
+            fused_gates = fuse_model_dir(tmp, units, cfg.hidden_size, int(hf["vocab_size"]), cases)
         validation = {r.name: r.max_abs_diff for r in reports if r.max_abs_diff is not None}
+        if fuse_gates:
+            validation.update({f"gates-fused/{k}": v for k, v in fused_gates["max_abs_diff"].items()})
         if baseline and baseline.get("max_abs_diff") is not None:
             validation["baseline"] = baseline["max_abs_diff"]
-        final_engine, precision, engines = "onnx", "fp16" if onnx_fp16 else "fp32", None
+        final_engine, precision, engines = "onnx", quantize or ("fp16" if onnx_fp16 else "fp32"), None
         if engine == "trt":
             try:
                 from hadskip.export.trt import build_engines, require_tensorrt
@@ -240,13 +260,18 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             tokenization=tokenization, io_types=_io_types(tmp, units), dial=dial.to_dict() if dial else None,
             export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
-                    "fp16": fp16, "optimize": optimize, "max_batch": max_batch,
+                    "fp16": fp16, "optimize": optimize, "max_batch": max_batch, "quantize": quantize,
+                    "fuse_gates": fuse_gates,
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
                     "atol": {s.name: s.atol for s in specs}, "rtol": {s.name: s.rtol for s in specs},
                     "tolerance_rule": RULE,
                     "baseline": {k: baseline[k] for k in ("model", "teacher_run", "note")} if baseline else None},
         )
         write_manifest(tmp, manifest)
+        if quant is not None:
+            bar.step(f"int8 vs fp32 on {int8.split}")
+            manifest.quantization = {**quant, "dev": check_on_dev(tmp, scratch / "fp32", manifest, int8)}
+            write_manifest(tmp, manifest)
         bar.finish()
         total = sum(m["bytes"] for m in files.values()) + (tmp / MANIFEST).stat().st_size
         with guard.deferred():  # the old dir moved aside and the new one in place: both renames, or neither
@@ -260,7 +285,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
                 shutil.rmtree(tmp, ignore_errors=True)
     report = ExportReport(out_dir=str(out), seconds=0.0, total_bytes=total, engine=final_engine, precision=precision,
                           opset=opset, units=reports, optimization=optimization, baseline=baseline, engines=engines,
-                          validation=validation)
+                          validation=validation, quantization=manifest.quantization or None)
     return report, trt_error
 
 

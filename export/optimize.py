@@ -5,7 +5,7 @@ num_heads / hidden_size (head sizes such as 26 are fine). The fused graphs use c
 (Attention, SkipLayerNormalization, BiasGelu) that only onnxruntime runs, so TensorRT engines are built
 from the unfused graphs. fp16 keeps the graph io in fp32 (the runtime loop never changes dtypes) and
 LayerNorm / softmax in fp32 (TensorRT issues 2781 / 2564 describe the fp16 LN overflow).
-Not included: quantisation.
+Quantisation lives in hadskip.export.quantize.
 """
 
 from __future__ import annotations

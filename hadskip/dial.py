@@ -225,8 +225,8 @@ def build_dial(leaves: Leaves, labels: np.ndarray, metric: str, num_labels: int,
     def point(j: int, target: float) -> DialPoint:
         return DialPoint(offset=steps.offset(j), avg_layers=float(steps.avg[j]), value=measured(j), target=target)
 
-    curve = [point(j, t) for t, j in zip(knots, knot_segs)]  # targets ascending, offsets not increasing
-    points = [point(j, t) for j, t in zip(point_segs, targets)]
+    curve = [point(j, t) for t, j in zip(knots, knot_segs, strict=True)]  # targets ascending, offsets not increasing
+    points = [point(j, t) for j, t in zip(point_segs, targets, strict=True)]
     rise = steps.max_rise()
     return Dial(num_layers=num_layers, points=points, curve=curve, metric=metric, examples=n,
                 monotone=rise == 0, max_rise=rise,

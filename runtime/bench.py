@@ -12,12 +12,16 @@ rotates), so machine noise hits all of them alike; the medians are compared.
 
 Parts (embeddings, one layer, one gate, the head) are timed in the same rounds and give the ideal ratio
 (emb + K*layer + head) / (emb + L*layer + head) next to each measured ratio to full.
-Inputs are synthetic: random token ids of exactly `seq` tokens, full mask. Not included: tokenisation time.
+Several model dirs (e.g. the fp32 and the int8 export of one run) run in the same rounds: every row says its
+precision, and speedup_vs_full gives its throughput over each dir's full model (int8 hadskip vs fp32 full and
+vs int8 full in one run). Inputs are synthetic: random token ids of exactly `seq` tokens, full mask (the same
+for every dir). Not included: tokenisation time.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,6 +49,9 @@ class BenchRow:
     p90_ms: float = 0.0
     backend: str = ""
     source: str = ""  # for "full": "baseline (optimum-onnx)" or "chained, all gates open"
+    precision: str = ""  # the model dir's manifest precision: "fp32" | "fp16" | "int8"
+    model: str = ""  # the model dir, when several are compared
+    speedup_vs_full: dict = field(default_factory=dict)  # {label of a dir's full: its median / this median}
 
 
 @dataclass
@@ -57,6 +64,7 @@ class BenchReport:
     full_source: str
     optimization: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    models: list[dict] = field(default_factory=list)  # per model dir: path, precision, label, full_source
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,87 +102,154 @@ def _baseline_session(rt: Runtime, model_dir: Path, threads: int | None):
     return run
 
 
-def run_bench(model_dir: str | Path, batches=(1, 8, 32), seqs=(64, 128), repeats: int = 20, warmup: int = 2,
-              backend: str = "ort-cpu", threads: int | None = None, ks: list[int] | None = None, seed: int = 0,
-              progress: Callable[[str], None] | None = None, **load_options) -> BenchReport:
-    """Benchmark a model dir; see the module docstring. `ks`: the forced K values (default 0..L)."""
+@dataclass
+class _Subject:
+    """One model dir under test: its runtime, its full-model anchor and how rows are labelled."""
+
+    path: Path
+    rt: Runtime
+    baseline: Callable | None
+    full_source: str
+    precision: str
+    label: str = ""  # the precision, or "precision:dir" where two model dirs share one
+
+
+def _open_subject(model_dir: Path, backend: str, threads: int | None, load_options: dict) -> _Subject:
+    rt = Runtime.load(model_dir, backend=backend, threads=threads, **load_options)
+    try:
+        baseline = _baseline_session(rt, model_dir, threads)
+    except BaseException:
+        rt.close()
+        raise
+    manifest = rt.info.manifest
+    precision = manifest.precision if manifest is not None else "fp32"
+    source = "baseline (optimum-onnx)" if baseline is not None else "chained, all gates open"
+    return _Subject(model_dir, rt, baseline, source, precision)
+
+
+def run_bench(model_dir: str | Path | Sequence[str | Path], batches=(1, 8, 32), seqs=(64, 128), repeats: int = 20,
+              warmup: int = 2, backend: str = "ort-cpu", threads: int | None = None, ks: list[int] | None = None,
+              seed: int = 0, progress: Callable[[str], None] | None = None, **load_options) -> BenchReport:
+    """Benchmark a model dir, or several side by side (e.g. the fp32 and the int8 export of one run: every
+    engine of every dir runs in the same interleaved rounds); see the module docstring. `ks`: the forced K
+    values (default 0..L). Rows carry `precision` and `model`; ratio_to_full is to the same dir's full model,
+    speedup_vs_full is the throughput over every dir's full model (keyed by precision)."""
     if repeats < 1 or warmup < 0:
         raise HadSkipError("repeats must be >= 1 and warmup >= 0")
-    model_dir = Path(model_dir)
-    rt = Runtime.load(model_dir, backend=backend, threads=threads, **load_options)
-    n_layers, be = rt.num_layers, rt.backend
+    dirs = [Path(model_dir)] if isinstance(model_dir, (str, Path)) else [Path(d) for d in model_dir]
+    if not dirs:
+        raise HadSkipError("no model dir to benchmark")
+    if len(set(d.resolve() for d in dirs)) != len(dirs):
+        raise HadSkipError("the same model dir is given twice")
+    subjects: list[_Subject] = []
+    try:
+        for d in dirs:
+            subjects.append(_open_subject(d, backend, threads, load_options))
+        return _run(subjects, batches, seqs, repeats, warmup, ks, seed, progress)
+    finally:
+        for sub in subjects:
+            sub.rt.close()
+
+
+def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks, seed: int, progress) -> BenchReport:
+    first = subjects[0]
+    rt, be = first.rt, first.rt.backend
+    n_layers = rt.num_layers
+    for sub in subjects[1:]:
+        if sub.rt.num_layers != n_layers:
+            raise HadSkipError(f"{sub.path} has {sub.rt.num_layers} layers and {first.path} {n_layers}: "
+                               "only exports of one model compare side by side")
+    labels = [sub.precision for sub in subjects]
+    for sub in subjects:
+        sub.label = sub.precision if labels.count(sub.precision) == 1 else f"{sub.precision}:{sub.path.name}"
     ks = list(range(n_layers + 1)) if ks is None else sorted(set(ks))
     if any(k < 0 or k > n_layers for k in ks):
         raise HadSkipError(f"forced K must be within 0..{n_layers}, got {ks}")
     # the graphs have a dynamic sequence axis: timing is possible up to the position table, even past the
     # length the model was trained (and predict truncates) at
     manifest = rt.info.manifest
-    limit = int(manifest.backbone.get("max_position_embeddings") or rt.max_seq_len) if manifest else rt.max_seq_len
+    limit = min(int(sub.rt.info.manifest.backbone.get("max_position_embeddings") or sub.rt.max_seq_len)
+                if sub.rt.info.manifest else sub.rt.max_seq_len for sub in subjects)
     for s in seqs:
         if not 1 <= s <= limit:
             raise HadSkipError(f"seq {s} is outside 1..{limit} (the backbone's position table)")
     if any(b < 1 for b in batches):
         raise HadSkipError("batch sizes must be >= 1")
-    baseline = _baseline_session(rt, model_dir, threads)
-    full_source = "baseline (optimum-onnx)" if baseline is not None else "chained, all gates open"
     notes = []
     if any(s > rt.max_seq_len for s in seqs):
         notes.append(f"seq > {rt.max_seq_len} (the model's max_seq_len) is timed on synthetic tokens only; "
                      "predict truncates real inputs to max_seq_len")
-    if baseline is None:
-        why = "the model dir has no baseline (export with --with-baseline)" if rt.info.manifest is None or \
-            not rt.info.manifest.units.get("baseline") else f"the baseline runs on onnxruntime, not {be.name}"
-        notes.append(f"full = our chained graphs with every gate forced open: {why}")
+    for sub in subjects:
+        if sub.baseline is None:
+            m = sub.rt.info.manifest
+            why = "the model dir has no baseline (export with --with-baseline)" if m is None or \
+                not m.units.get("baseline") else f"the baseline runs on onnxruntime, not {be.name}"
+            where = f" ({sub.path})" if len(subjects) > 1 else ""
+            notes.append(f"full{where} = our chained graphs with every gate forced open: {why}")
+    runs = {str((sub.rt.info.manifest.export or {}).get("run_dir")) for sub in subjects if sub.rt.info.manifest}
+    if len(runs) > 1:
+        notes.append(f"the model dirs come from different runs ({', '.join(sorted(runs))})")
     optimization = dict(manifest.optimization) if manifest is not None else {}
-    vocab = int(manifest.backbone.get("vocab_size") or 1000) if manifest is not None else \
-        int(be.model.config.hf_config.get("vocab_size", 1000))
+    vocabs = [int(sub.rt.info.manifest.backbone.get("vocab_size") or 1000) if sub.rt.info.manifest is not None else
+              int(sub.rt.backend.model.config.hf_config.get("vocab_size", 1000)) for sub in subjects]
     rng = np.random.default_rng(seed)
     rows: list[BenchRow] = []
     parts: list[dict] = []
-    try:
-        for b in batches:
-            for s in seqs:
-                shape_rows, shape_parts = _bench_shape(rt, baseline, full_source, b, s, ks, vocab, rng, repeats,
-                                                       warmup, progress)
-                rows += shape_rows
-                parts.append(shape_parts)
-    finally:
-        rt.close()
+    for b in batches:
+        for s in seqs:
+            shape_rows, shape_parts = _bench_shape(subjects, b, s, ks, min(vocabs), rng, repeats, warmup, progress)
+            rows += shape_rows
+            parts += shape_parts
+    models = [{"model": str(sub.path), "precision": sub.precision, "label": sub.label, "full_source": sub.full_source,
+               "optimization": dict(sub.rt.info.manifest.optimization) if sub.rt.info.manifest else {}}
+              for sub in subjects]
     return BenchReport(rows=rows, parts=parts, backend=be.name, num_layers=n_layers, repeats=repeats,
-                       full_source=full_source, optimization=optimization, notes=notes)
+                       full_source=first.full_source, optimization=optimization, notes=notes, models=models)
 
 
-def _bench_shape(rt: Runtime, baseline, full_source: str, b: int, s: int, ks: list[int], vocab: int,
-                 rng: np.random.Generator, repeats: int, warmup: int, progress) -> tuple[list[BenchRow], dict]:
-    """Rows and parts of one (batch, seq): every engine once per repeat, round-robin."""
-    be, n_layers = rt.backend, rt.num_layers
-    sync = _sync_of(be)
+def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab: int, rng: np.random.Generator,
+                 repeats: int, warmup: int, progress) -> tuple[list[BenchRow], list[dict]]:
+    """Rows and parts of one (batch, seq): every engine of every model dir once per repeat, round-robin."""
+    n_layers = subjects[0].rt.num_layers
     ids = rng.integers(min(100, vocab // 2), vocab, size=(b, s), dtype=np.int64)
     mask = np.ones((b, s), dtype=np.int64)
     tt = np.zeros((b, s), dtype=np.int64)
-    h = be.run_embeddings(ids, mask, tt)
+    random_gates = rng.random((b, n_layers)) < 0.5
     layers_used: dict[str, float] = {}
-
-    def routed(key: str, forced: np.ndarray | None) -> Callable[[], None]:
-        def call() -> None:
-            layers_used[key] = float(rt.run_batch(ids, mask, tt, forced=forced).layers_used.mean())
-        return call
 
     def forced_k(k: int) -> np.ndarray:
         pattern = np.zeros((b, n_layers), dtype=bool)
         pattern[:, :k] = True
         return pattern
 
-    engines: dict[str, Callable[[], object]] = {
-        "full": (lambda: baseline(ids, mask, tt)) if baseline is not None else routed("full", forced_k(n_layers)),
-        "hadskip": routed("hadskip", None),
-        **{f"forced/{k}": routed(f"forced/{k}", forced_k(k)) for k in ks},
-        "random": routed("random", rng.random((b, n_layers)) < 0.5),
-        "part/emb": lambda: be.run_embeddings(ids, mask, tt),
-        "part/layer": lambda: be.run_layer(0, h, mask),
-        "part/gate": lambda: be.run_gate(0, h, mask),
-        "part/head": lambda: be.run_head(h, mask),
-    }
+    engines: dict[str, Callable[[], object]] = {}
+    syncs = []
+    for i, sub in enumerate(subjects):
+        rt, be, baseline = sub.rt, sub.rt.backend, sub.baseline
+        syncs.append(_sync_of(be))
+        h = be.run_embeddings(ids, mask, tt)
+
+        def routed(key: str, forced: np.ndarray | None, rt=rt) -> Callable[[], None]:
+            def call() -> None:
+                layers_used[key] = float(rt.run_batch(ids, mask, tt, forced=forced).layers_used.mean())
+            return call
+
+        engines.update({
+            f"{i}/full": (lambda baseline=baseline: baseline(ids, mask, tt)) if baseline is not None
+            else routed(f"{i}/full", forced_k(n_layers)),
+            f"{i}/hadskip": routed(f"{i}/hadskip", None),
+            **{f"{i}/forced/{k}": routed(f"{i}/forced/{k}", forced_k(k)) for k in ks},
+            f"{i}/random": routed(f"{i}/random", random_gates),
+            f"{i}/part/emb": lambda be=be: be.run_embeddings(ids, mask, tt),
+            f"{i}/part/layer": lambda be=be, h=h: be.run_layer(0, h, mask),
+            f"{i}/part/gate": lambda be=be, h=h: be.run_gate(0, h, mask),
+            f"{i}/part/head": lambda be=be, h=h: be.run_head(h, mask),
+        })
+
+    def sync() -> None:
+        for f in syncs:
+            f()
+
     names = list(engines)
     times: dict[str, list[float]] = {n: [] for n in names}
     for n in names:
@@ -191,20 +266,30 @@ def _bench_shape(rt: Runtime, baseline, full_source: str, b: int, s: int, ks: li
             sync()
             times[n].append((time.perf_counter() - t0) * 1e3)
     med = {n: float(np.median(v)) for n, v in times.items()}
-    emb, layer, head = med["part/emb"], med["part/layer"], med["part/head"]
-    parts = {"batch": b, "seq": s, "emb_ms": round(emb, 4), "layer_ms": round(layer, 4),
-             "gate_ms": round(med["part/gate"], 4), "head_ms": round(head, 4)}
+    fulls = {sub.label: med[f"{i}/full"] for i, sub in enumerate(subjects)}
+    rows, parts = [], []
+    for i, sub in enumerate(subjects):
+        emb, layer, head = med[f"{i}/part/emb"], med[f"{i}/part/layer"], med[f"{i}/part/head"]
+        parts.append({"batch": b, "seq": s, "emb_ms": round(emb, 4), "layer_ms": round(layer, 4),
+                      "gate_ms": round(med[f"{i}/part/gate"], 4), "head_ms": round(head, 4),
+                      "precision": sub.precision, "model": str(sub.path)})
+        model = str(sub.path) if len(subjects) > 1 else ""
 
-    def row(name: str, engine: str, k, avg: float, source: str = "") -> BenchRow:
-        m = med[name]
-        ideal = 1.0 if engine == "full" else (emb + avg * layer + head) / (emb + n_layers * layer + head)
-        return BenchRow(engine=engine, k=k, batch=b, seq=s, median_ms=round(m, 4), throughput=round(b * 1e3 / m, 2),
-                        avg_layers=round(avg, 3), ratio_to_full=round(m / med["full"], 4),
-                        ideal_ratio=round(ideal, 4), p10_ms=round(float(np.percentile(times[name], 10)), 4),
-                        p90_ms=round(float(np.percentile(times[name], 90)), 4), backend=be.name, source=source)
+        def row(name: str, engine: str, k, avg: float, source: str = "", i=i, sub=sub, emb=emb, layer=layer,
+                head=head, model=model) -> BenchRow:
+            m = med[f"{i}/{name}"]
+            ideal = 1.0 if engine == "full" else (emb + avg * layer + head) / (emb + n_layers * layer + head)
+            t = times[f"{i}/{name}"]
+            return BenchRow(engine=engine, k=k, batch=b, seq=s, median_ms=round(m, 4),
+                            throughput=round(b * 1e3 / m, 2), avg_layers=round(avg, 3),
+                            ratio_to_full=round(m / med[f"{i}/full"], 4), ideal_ratio=round(ideal, 4),
+                            p10_ms=round(float(np.percentile(t, 10)), 4), p90_ms=round(float(np.percentile(t, 90)), 4),
+                            backend=sub.rt.backend.name, source=source, precision=sub.precision, model=model,
+                            speedup_vs_full={label: round(f / m, 4) for label, f in fulls.items()})
 
-    rows = [row("full", "full", n_layers, float(n_layers), full_source),
-            row("hadskip", "hadskip", rt.info.budget if rt.budget is None else rt.budget, layers_used["hadskip"]),
-            *(row(f"forced/{k}", "forced", k, float(k)) for k in ks),
-            row("random", "random", None, layers_used["random"])]
+        rows += [row("full", "full", n_layers, float(n_layers), sub.full_source),
+                 row("hadskip", "hadskip", sub.rt.info.budget if sub.rt.budget is None else sub.rt.budget,
+                     layers_used[f"{i}/hadskip"]),
+                 *(row(f"forced/{k}", "forced", k, float(k)) for k in ks),
+                 row("random", "random", None, layers_used[f"{i}/random"])]
     return rows, parts

@@ -113,7 +113,7 @@ class Dial:
         curve = _points(d.get("curve"), f"{where}.curve", n)
         if not curve:
             raise DialError(f"{where}.curve is empty")
-        for a, b in zip(curve, curve[1:]):
+        for a, b in zip(curve, curve[1:], strict=False):
             if not (b.target > a.target and b.offset <= a.offset):
                 raise DialError(f"{where}.curve must have targets strictly increasing and offsets not increasing, "
                                 f"got (target {a.target}, offset {a.offset}) then ({b.target}, {b.offset})")

@@ -14,6 +14,7 @@
                            export["baseline"]["model"] says which model: "teacher" (the run's fine-tuned teacher,
                            export["baseline"]["teacher_run"]) or "student-all-gates-open" (the run's own weights,
                            every layer run: same cost as the teacher, not its accuracy)
+                           precision int8: baseline/model_quantized.onnx instead, quantized like the layers
 
 The optional field "dial" holds the budget dial (hadskip.runtime.dial; its own "format" number versions it):
 absent or null in model dirs exported without one, which load as before.
@@ -37,9 +38,10 @@ from hadskip.errors import HadSkipError
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 ENGINES = ("onnx", "trt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: dynamically quantized layer graphs (CPU)
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
 UNIT_KEYS = ("embeddings", "layers", "gates", "head", "tokenizer")
+GATE_FORMS = ("separate", "fused")  # fused: embeddings/layer graphs also output the later gates' logits
 
 IO = {
     "embeddings": {"inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["hidden"]},
@@ -60,11 +62,12 @@ class Manifest:
     task: dict  # TaskSpec as a dict (name, text_col, pair_col, label_col, num_labels, metric, label_names)
     labels: list[str]
     max_seq_len: int
-    precision: str  # "fp32" | "fp16"
+    precision: str  # "fp32" | "fp16" | "int8" (the layer graphs; gates are always fp32)
     engine: str  # "onnx" | "trt"
     opset: int
     units: dict  # {"embeddings": path, "layers": [paths], "gates": [paths], "head": path,
-    #                "tokenizer": path, "engines": {...} | None, "baseline": path | None}
+    #                "tokenizer": path, "engines": {...} | None, "baseline": path | None,
+    #                "gate_form": "separate" | "fused" (absent: separate; fused: hadskip.export.fuse_gates)}
     files: dict = field(default_factory=dict)  # relative path -> {"sha256": hex, "bytes": int}
     budget: float | None = None
     io: dict = field(default_factory=lambda: json.loads(json.dumps(IO)))
@@ -78,6 +81,7 @@ class Manifest:
     io_types: dict = field(default_factory=dict)  # {"embeddings"|"layer"|"gate"|"head": {io name: numpy dtype}}
     export: dict = field(default_factory=dict)  # options and validation shapes/tolerances of the export
     dial: dict | None = None  # the budget dial (hadskip.runtime.dial.Dial as a dict, versioned by its "format")
+    quantization: dict = field(default_factory=dict)  # int8: tool, settings, per-unit ops, the dev check vs fp32
 
     @property
     def num_layers(self) -> int:
@@ -225,6 +229,7 @@ TOP_TYPES = {
     "budget": (_optional(_is_number), "a number or null"), "io": _DICT, "validation": _DICT,
     "optimization": _DICT, "tools": _DICT, "created": _STR, "tokenization": _DICT, "io_types": _DICT,
     "export": _DICT, "dial": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
+    "quantization": _DICT,
 }
 BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are checked when present
     "num_layers": _POS, "hidden_size": _POS, "name": _STR, "model_type": _STR, "num_heads": _POS,
@@ -235,7 +240,8 @@ BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are ch
 }
 UNIT_TYPES = {"embeddings": _PATH, "layers": _PATHS, "gates": _PATHS, "head": _PATH, "tokenizer": _PATH,
               "engines": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
-              "baseline": (_optional(_PATH[0]), "a relative file path or null")}
+              "baseline": (_optional(_PATH[0]), "a relative file path or null"),
+              "gate_form": (lambda v: v in GATE_FORMS, f"one of {', '.join(GATE_FORMS)}")}
 ENGINE_TYPES = {"embeddings": _PATH, "head": _PATH, "layers": _PATHS, "gates": _PATHS}
 FILE_TYPES = {"sha256": (lambda v: isinstance(v, str) and len(v) == 64 and not set(v) - set("0123456789abcdef"),
                          "64 lowercase hex digits"),
@@ -289,6 +295,8 @@ def _check_fields(manifest: Manifest, f: Path) -> None:
         raise ManifestError(f"{f}: precision {manifest.precision!r} is not one of {', '.join(PRECISIONS)}")
     if manifest.opset < MIN_OPSET:
         raise ManifestError(f"{f}: opset {manifest.opset!r} < {MIN_OPSET} (LayerNorm must be one op)")
+    if manifest.units.get("gate_form", "separate") not in GATE_FORMS:
+        raise ManifestError(f"{f}: gate_form {manifest.units.get('gate_form')!r} is not one of {', '.join(GATE_FORMS)}")
     if manifest.engine == "trt" and not isinstance(manifest.units.get("engines"), dict):
         raise ManifestError(f"{f}: engine 'trt' but units['engines'] lists no TensorRT plans")
     for rel in [*manifest.files, *unit_files(manifest)]:
