@@ -35,19 +35,27 @@ $(RUNS)/h$(BUDGET)/run.json: $(RUNS)/ft/run.json
 $(RUNS)/compare/compare.json: $(RUNS)/h$(BUDGET)/run.json
 	hadskip compare --task $(TASK) --budgets $(BUDGET) --teacher $(RUNS)/ft --hadskip $(BUDGET)=$(RUNS)/h$(BUDGET) --out $(RUNS)/compare --max-len $(MAXLEN)
 
-$(MODELS)/h$(BUDGET)/manifest.json: $(RUNS)/h$(BUDGET)/run.json
+# the budget dial: one model, several operating points (stored in the run dir, copied into the manifest at export)
+$(RUNS)/h$(BUDGET)/dial.json: $(RUNS)/h$(BUDGET)/run.json
+	hadskip dial $(RUNS)/h$(BUDGET)
+
+$(MODELS)/h$(BUDGET)/manifest.json: $(RUNS)/h$(BUDGET)/dial.json
 	hadskip export $(RUNS)/h$(BUDGET) --engine onnx --with-baseline --out $(MODELS)/h$(BUDGET)
+
+# int8 layer graphs for CPUs, gates fused into the graph before them; the export checks int8 vs fp32 on dev
+$(MODELS)/h$(BUDGET)-int8/manifest.json: $(RUNS)/h$(BUDGET)/dial.json
+	hadskip export $(RUNS)/h$(BUDGET) --engine onnx --with-baseline --quantize int8 --fuse-gates --out $(MODELS)/h$(BUDGET)-int8
 
 finetune: $(RUNS)/ft/run.json
 train: $(RUNS)/h$(BUDGET)/run.json
 compare: $(RUNS)/compare/compare.json
-export: $(MODELS)/h$(BUDGET)/manifest.json
+export: $(MODELS)/h$(BUDGET)/manifest.json $(MODELS)/h$(BUDGET)-int8/manifest.json
 
-bench: $(RUNS)/compare/compare.json $(MODELS)/h$(BUDGET)/manifest.json
+bench: $(RUNS)/compare/compare.json $(MODELS)/h$(BUDGET)/manifest.json $(MODELS)/h$(BUDGET)-int8/manifest.json
 	hadskip eval $(RUNS)/h$(BUDGET) --split test
 	$(PY) bench/parity.py $(RUNS)/h$(BUDGET) $(MODELS)/h$(BUDGET) --split test
 	cat $(RUNS)/compare/compare.md
-	hadskip bench $(MODELS)/h$(BUDGET) --batch 1,32 --seq 128 --k 3,6 --repeats 30 | tee $(RUNS)/bench.txt
+	hadskip bench $(MODELS)/h$(BUDGET) $(MODELS)/h$(BUDGET)-int8 --batch 1,32 --seq 128 --k 3,6 --repeats 30 | tee $(RUNS)/bench.txt
 
 clean:
 	rm -rf $(RUNS) $(MODELS)
