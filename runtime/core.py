@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from hadskip.errors import HadSkipError
-from hadskip.runtime.backends import BUILTIN, BackendOptions, plugin_opener
+from hadskip.runtime.backends import BUILTIN, OPTIMIZATIONS, BackendOptions, plugin_opener
 from hadskip.runtime.dial import Dial, DialError, resolve_offset
 from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest, manifest_dial
 from hadskip.runtime.router import Backend, BatchResult, route
 from hadskip.runtime.text import Encoded, TextEncoder, TextInput, manifest_token_types
 
-OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels
 
 log = logging.getLogger("hadskip.runtime")  # unconfigured logging prints a warning as one bare line on stderr
 

@@ -25,6 +25,7 @@ from hadskip.errors import HadSkipError
 BACKENDS = ("ort-cpu", "ort-cuda", "trt", "torch")
 BUILTIN = BACKENDS[:3]  # opened by hadskip.runtime.core from a model dir
 ENTRY_POINT_GROUP = "hadskip.backends"
+OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels, by our names
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from hadskip.errors import HadSkipError, MissingExtraError
+from hadskip.runtime.backends import OPTIMIZATIONS
 from hadskip.runtime.backends.device import DeviceTensor, PointerBackend
 from hadskip.runtime.manifest import Manifest
 
@@ -30,10 +31,9 @@ def session_options(threads: int | None = None, optimization: str = "all") -> or
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
+    levels = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    so.graph_optimization_level = dict(zip(OPTIMIZATIONS, levels, strict=True))[optimization]
     so.log_severity_level = 3  # errors only: unused-initializer warnings are noise here
     return so
 
@@ -77,9 +77,13 @@ class OrtCpuBackend:
         self.inputs = {k: {i.name for i in s.get_inputs()} for k, s in self.sessions.items()}
         self.num_layers = manifest.num_layers
 
-    def _run(self, key: tuple[str, int], feed: dict) -> np.ndarray:
+    def _run_all(self, key: tuple[str, int], feed: dict) -> list[np.ndarray]:
+        """Every output of one graph, fed only the inputs it declares."""
         names = self.inputs[key]
-        return self.sessions[key].run(None, {k: v for k, v in feed.items() if k in names})[0]
+        return self.sessions[key].run(None, {k: v for k, v in feed.items() if k in names})
+
+    def _run(self, key: tuple[str, int], feed: dict) -> np.ndarray:
+        return self._run_all(key, feed)[0]
 
     def run_embeddings(self, input_ids, attention_mask, token_type_ids) -> np.ndarray:
         return self._run(("embeddings", 0), {"input_ids": input_ids, "attention_mask": attention_mask,

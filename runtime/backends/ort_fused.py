@@ -46,10 +46,6 @@ class OrtCpuFusedBackend(OrtCpuBackend):
                 if OUTPUT not in {o.name for o in s.get_outputs()}:
                     raise HadSkipError(f"{key[0]} graph {key[1]} lacks the {OUTPUT} output its manifest promises")
 
-    def _run_all(self, key: tuple[str, int], feed: dict) -> list[np.ndarray]:
-        names = self.inputs[key]
-        return self.sessions[key].run(None, {k: v for k, v in feed.items() if k in names})
-
     def run_embeddings(self, input_ids, attention_mask, token_type_ids) -> Fused:
         h, logits = self._run_all(("embeddings", 0), {"input_ids": input_ids, "attention_mask": attention_mask,
                                                       "token_type_ids": token_type_ids})[:2]
