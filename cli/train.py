@@ -69,6 +69,9 @@ def train(
     kd: Annotated[str, typer.Option(help="Distillation: full, logits (prediction-KD only) or none.")] = "full",
     no_gate_init: Annotated[bool, typer.Option("--no-gate-init", help="Ablation: skip stage II.")] = False,
     no_homotopy: Annotated[bool, typer.Option("--no-homotopy", help="Ablation: stage III at K only.")] = False,
+    homotopy_start: Annotated[Optional[float], typer.Option(
+        help="First k of stage III's homotopy (default: L). Total stage III epochs stay the same.")] = None,
+    stage2_kd: Annotated[bool, typer.Option("--stage2-kd", help="Distil from the teacher in stage II too.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after the last finished stage/phase.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     max_examples: MaxExamples = None,
@@ -87,8 +90,8 @@ def train(
                         epochs=epochs, stage2_epochs=stage2_epochs, phase_epochs=phase_epochs,
                         final_phase_epochs=final_phase_epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr,
                         estimator=estimator, tau=tau, weights=LossWeights(budget=beta), kd=kd,
-                        gate_init=not no_gate_init, homotopy=not no_homotopy, resume=resume, seed=seed,
-                        max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
+                        gate_init=not no_gate_init, homotopy=not no_homotopy, homotopy_start=homotopy_start,
+                        stage2_kd=stage2_kd, resume=resume, seed=seed, max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
                         metric=metric, progress=not quiet)
     _report({"out": out, **train_hadskip(cfg)}, as_json)
 
@@ -171,18 +174,31 @@ def compare(
     task: Annotated[Optional[str], typer.Option(
         help="Task (default: the --teacher's task, else rotten-tomatoes); registry name or folder.")] = None,
     budgets: Annotated[str, typer.Option(help="Comma-separated budgets K, e.g. 2,3,4.")] = "2,3,4",
-    out: Annotated[str, typer.Option(help="Folder for the runs it trains and compare.md/json.")] = "runs/compare",
+    out: Annotated[str, typer.Option(help="Folder for the runs it trains, compare.md/json and frontier.png.")
+                   ] = "runs/compare",
     backbone: Backbone = "minilm-l6",
     teacher: Annotated[Optional[str], typer.Option(help="A finished finetune run to use as the full model.")] = None,
     hadskip_run: Annotated[Optional[list[str]], typer.Option(
-        "--hadskip", help="Reuse a trained HadSkip run for a budget: K=RUN_DIR (repeatable).")] = None,
+        "--hadskip", help="Reuse a trained HadSkip run for a budget: K=RUN_DIR (repeatable; its budget, teacher "
+                          "and task must match).")] = None,
+    dial_from: Annotated[Optional[str], typer.Option(
+        help="The HadSkip run whose budget dial gives the hadskip-dial rows (default: the middle budget's).")
+                         ] = None,
+    phase_epochs: Annotated[Optional[float], typer.Option(
+        help="Stage III epochs per homotopic phase of HadSkip runs trained here.")] = None,
+    final_phase_epochs: Annotated[Optional[float], typer.Option(
+        help="Epochs of the last phase of HadSkip runs trained here.")] = None,
+    baseline_epochs: Annotated[Optional[float], typer.Option(
+        help="Baseline training epochs (default: the compared HadSkip run's stage III epochs).")] = None,
+    kd: Annotated[str, typer.Option(help="The baselines' distillation: full, logits or none.")] = "full",
     max_len: MaxLen = 64,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Full model vs budgeted exit vs early exit vs HadSkip at each budget (trains what is missing)."""
+    """Full model vs budgeted exit, early exit (entropy and patience) and HadSkip at matched average layers;
+    writes compare.md, compare.json and frontier.png (trains what is missing)."""
+    from hadskip.compare import CompareConfig, to_markdown
     from hadskip.compare import compare as run
-    from hadskip.compare import to_markdown
     from hadskip.errors import HadSkipError
 
     try:
@@ -190,9 +206,13 @@ def compare(
         runs = {float(k): v for k, v in (item.split("=", 1) for item in (hadskip_run or []))}
     except ValueError as exc:
         raise HadSkipError(f"--budgets takes numbers like 2,3,4 and --hadskip takes K=RUN_DIR ({exc})") from exc
-    result = run(task, ks, out=out, backbone=backbone, teacher=teacher, hadskip_runs=runs, max_len=max_len,
-                 progress=not quiet)
+    options = {k: v for k, v in (("phase_epochs", phase_epochs), ("final_phase_epochs", final_phase_epochs))
+               if v is not None}
+    result = run(CompareConfig(task=task, budgets=ks, out=out, backbone=backbone, teacher=teacher,
+                               hadskip_runs=runs, dial_from=dial_from, max_len=max_len, hadskip_options=options,
+                               baseline_epochs=baseline_epochs, kd=kd, progress=not quiet))
     if as_json:
         typer.echo(json.dumps(result))
     else:
         typer.echo(to_markdown(result))
+        typer.echo(f"frontier: {result['plot']}")

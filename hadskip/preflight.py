@@ -39,7 +39,7 @@ def check_hadskip(cfg) -> None:
     check_max_len(max_len, hf_config, name)
     from hadskip.train import homotopy_schedule  # the schedule the run will use; raises for budget > layers
 
-    homotopy_schedule(num_layers, cfg.budget, cfg.homotopy)
+    homotopy_schedule(num_layers, cfg.budget, cfg.homotopy, cfg.homotopy_start)
 
 
 def _model_config(run: Path) -> dict:

@@ -80,6 +80,8 @@ class HadSkipConfig(TrainConfig):
     gate_hidden: int = 64
     gate_init: bool = True
     homotopy: bool = True
+    homotopy_start: float | None = None  # first k of stage III (default L); every variant keeps the same total
+    stage2_kd: bool = False  # stage II also distils from the teacher (the backbone stays frozen)
     kd: str = "full"  # "full" | "logits" | "none"
     weights: LossWeights = field(default_factory=LossWeights)
     resume: bool = False
@@ -92,6 +94,8 @@ class HadSkipConfig(TrainConfig):
             raise HadSkipError(f"--kd must be full, logits or none, got {self.kd!r}")
         if self.estimator not in ("reinmax", "ste"):
             raise HadSkipError(f"--estimator must be reinmax or ste, got {self.estimator!r}")
+        if self.homotopy_start is not None and self.homotopy_start < self.budget:
+            raise HadSkipError(f"--homotopy-start {self.homotopy_start:g} is below the budget {self.budget:g}")
 
     def loss_weights(self) -> LossWeights:
         w = LossWeights(**asdict(self.weights))
@@ -102,16 +106,41 @@ class HadSkipConfig(TrainConfig):
         return w
 
 
-def homotopy_schedule(num_layers: int, budget: float, homotopy: bool = True) -> list[float]:
-    """k = L, L-1, ..., down to the budget (fractional budgets end on themselves): L=6, K=2.5 -> 6,5,4,3,2.5."""
+def homotopy_schedule(num_layers: int, budget: float, homotopy: bool = True,
+                      start: float | None = None) -> list[float]:
+    """k = start, start-1, ..., down to the budget (start defaults to L; fractional budgets end on themselves):
+    L=6, K=2.5 -> 6,5,4,3,2.5; start=4, K=2 -> 4,3,2."""
     if budget > num_layers:
         raise HadSkipError(f"budget {budget} is more than the backbone's {num_layers} layers")
+    top = float(num_layers if start is None else start)
+    if not budget <= top <= num_layers:
+        raise HadSkipError(f"the homotopy must start between the budget {budget:g} and {num_layers} layers, "
+                           f"got {top:g}")
     if not homotopy:
         return [float(budget)]
-    ks = [float(k) for k in range(num_layers, math.ceil(budget) - 1, -1) if k >= budget]
+    ks = [top - j for j in range(int(math.floor(top - budget)) + 1) if top - j >= budget]
     if not ks or ks[-1] != budget:
         ks.append(float(budget))
     return ks
+
+
+def phase_epochs(num_layers: int, cfg: HadSkipConfig) -> list[float]:
+    """Epochs of each phase of stage III. The total is always that of the full homotopy L, ..., K
+    (phase_epochs per phase before the last, final_phase_epochs for k = K), so the ablations (no homotopy, a
+    later start) train exactly as long: the earlier phases they do run get phase_epochs each, the last phase
+    the rest."""
+    full = homotopy_schedule(num_layers, cfg.budget, True)
+    total = cfg.phase_epochs * (len(full) - 1) + cfg.final_phase_epochs
+    sched = homotopy_schedule(num_layers, cfg.budget, cfg.homotopy, cfg.homotopy_start)
+    early = [cfg.phase_epochs] * (len(sched) - 1)
+    return [*early, total - sum(early)]
+
+
+def stage3_epochs(run_config: dict, num_layers: int) -> float:
+    """Total stage III epochs of a finished run, from its recorded config (run.json extra.config)."""
+    known = {f.name for f in fields(HadSkipConfig)}
+    cfg = HadSkipConfig(**{k: v for k, v in run_config.items() if k in known and k != "weights"})
+    return float(sum(phase_epochs(num_layers, cfg)))
 
 
 # --------------------------------------------------------------------------------------------- stage I
@@ -272,16 +301,20 @@ def _stage1(cfg: HadSkipConfig, record: _ProgressFile, timings: dict) -> Path:
     return teacher_dir
 
 
-def _gate_step(student, weights: LossWeights, target: float, batch) -> dict:
-    """Stage II: task loss + budget penalty of the sampled gates (the backbone is frozen)."""
+def _gate_step(student, weights: LossWeights, target: float, batch, teacher=None) -> dict:
+    """Stage II: task loss + budget penalty of the sampled gates (the backbone is frozen); with a teacher
+    (--stage2-kd) also the distillation terms of stage III."""
+    if teacher is not None:
+        return _joint_step(student, teacher, weights, target, batch)
     o = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="sample")
     return {"task": task_loss(o.logits, batch["labels"]),
             "budget": weights.budget * budget_penalty(o.gates, target),
             "_mean_gate": o.gates.mean()}
 
 
-def _stage2(st: _Stages) -> Path:
-    """Gate initialisation: train only the gates of a fresh student at the target budget. Returns its run dir."""
+def _stage2(st: _Stages, teacher=None) -> Path:
+    """Gate initialisation: train only the gates of a fresh student at the target budget (distilling from
+    `teacher` when given). Returns its run dir."""
     cfg, acc = st.cfg, st.acc
     student = st.fresh_student()
     for p in student.backbone_parameters():
@@ -289,7 +322,7 @@ def _stage2(st: _Stages) -> Path:
     opt = adamw([(list(student.gate_parameters()), cfg.gate_lr)], 0.0)
     dl = train_loader(acc, st.prep, cfg, cfg.seed + 2)
     student_p, opt = acc.prepare(student, opt)
-    step = partial(_gate_step, student_p, st.weights, cfg.budget / st.num_layers)
+    step = partial(_gate_step, student_p, st.weights, cfg.budget / st.num_layers, teacher=teacher)
     parts = loop.run_steps(acc, student_p, dl, opt, num_steps(len(dl), cfg.stage2_epochs), cfg.warmup, step,
                            "stage II (gates)", cfg.progress)
     dev = eval_split(acc, student_p, st.prep.dev, st.prep, cfg, gates="route")
@@ -324,7 +357,7 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
                 cfg.weight_decay)
     dl = train_loader(acc, st.prep, cfg, cfg.seed + 10 + j)
     student_p, opt = acc.prepare(student, opt)
-    epochs = cfg.final_phase_epochs if j == len(schedule) - 1 else cfg.phase_epochs
+    epochs = phase_epochs(L, cfg)[j]
     parts = loop.run_steps(acc, student_p, dl, opt, num_steps(len(dl), epochs), cfg.warmup,
                            partial(_joint_step, student_p, teacher, st.weights, k / L),
                            f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})", cfg.progress)
@@ -356,22 +389,21 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
         raise HadSkipError(f"teacher has {teacher.config.num_labels} labels, task {prep.spec.name} has "
                            f"{prep.spec.num_labels}")
     st = _Stages(cfg, acc, record, log, teacher_dir, tokenizer, prep, teacher.num_layers, cfg.loss_weights())
-    schedule = homotopy_schedule(st.num_layers, cfg.budget, cfg.homotopy)
+    schedule = homotopy_schedule(st.num_layers, cfg.budget, cfg.homotopy, cfg.homotopy_start)
 
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher = teacher.to(acc.device)  # frozen: no DDP wrapper (it has nothing to synchronise)
     last = None
     if cfg.gate_init:
         if "stage2" in record.done:
             last = Path(record.done["stage2"])
         else:
             t = time.time()
-            last = _stage2(st)
+            last = _stage2(st, teacher if cfg.stage2_kd else None)
             timings["stage2"] = time.time() - t
             acc.free_memory()  # accelerate keeps every prepared model/optimizer otherwise
-
-    teacher = teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    teacher = teacher.to(acc.device)  # frozen: no DDP wrapper (it has nothing to synchronise)
     for j, k in enumerate(schedule):
         name = f"stage3-k{k:g}"
         if name in record.done:
@@ -393,6 +425,7 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
         save_run(out, final, tokenizer, RunInfo(task=prep.task_dict(), max_len=cfg.max_len, kind="hadskip",
                                                  budget=cfg.budget, metrics=metrics,
                                                  extra={"config": asdict(cfg), "teacher": str(teacher_dir),
-                                                        "schedule": schedule}))
+                                                        "schedule": schedule,
+                                                        "phase_epochs": phase_epochs(st.num_layers, cfg)}))
     log(stage="done", test=test.value, test_avg_layers=test.avg_layers, total_seconds=round(total, 1))
     return metrics

@@ -144,19 +144,58 @@ def test_eval_report_and_plots(env, gated):
     assert all(Path(p).stat().st_size > 1000 for p in r["plots"])
 
 
-def test_baselines(env):
-    from hadskip.baselines import early_exit, exit_layers, threshold_for, train_budgeted_exit
+def test_exit_rules_by_hand():
+    from hadskip.baselines import exit_layers, patience_layers, threshold_for
+    from hadskip.baselines.rules import mix, mixed
 
-    out = env["root"] / "be"
-    train_budgeted_exit(str(env["teacher"]), 2, str(out), epochs=1, progress=False, batch_size=16)
-    model, _, info = load_run(out)
-    assert model.num_layers == 2 and info.kind == "budgeted-exit"
-    res = early_exit(str(env["teacher"]), [1.5, 2.0], epochs=1)
-    assert set(res) == {1.5, 2.0}
-    assert abs(res[2.0].dev_avg_layers - 2.0) <= 0.5
     ent = np.array([[0.1, 0.5, 0.9], [0.6, 0.2, 0.3], [0.9, 0.8, 0.7]])
     assert exit_layers(ent, 0.25).tolist() == [0, 1, 2]
     assert abs(exit_layers(ent, threshold_for(ent, 2.0)).mean() + 1 - 2.0) < 1e-9
+    preds = np.array([[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 0, 1], [1, 1, 0, 0]])
+    assert patience_layers(preds, 0).tolist() == [0, 0, 0, 0]
+    assert patience_layers(preds, 1).tolist() == [1, 2, 3, 1]  # the first repeat
+    assert patience_layers(preds, 2).tolist() == [2, 3, 3, 3]  # two repeats in a row, else the last layer
+    points = [(1.0, 0.5), (2.0, 0.7), (4.0, 0.8)]
+    assert mix(points, 3.0) == (1, 0.5) and mixed(points, 1, 0.5) == (3.0, 0.75)
+    assert mix(points, 0.5) == (0, 0.0) and mix(points, 9.0) == (1, 1.0)
+
+
+def test_budgeted_exit_distils_and_keeps_the_teacher(env):
+    from hadskip.baselines import BaselineConfig, layer_map, train_budgeted_exit
+    from hadskip.runtime.manifest import sha256_file
+
+    assert layer_map(3, 6) == [2, 4, 6] and layer_map(2, 3) == [2, 3] and layer_map(1, 3) == [3]
+    before = sha256_file(env["teacher"] / "model.safetensors")
+    out = env["root"] / "be"
+    m = train_budgeted_exit(BaselineConfig(teacher=str(env["teacher"]), out=str(out), epochs=1, batch_size=16,
+                                           progress=False), 2)
+    model, _, info = load_run(out)
+    assert model.num_layers == 2 and info.kind == "budgeted-exit" and info.extra["layer_map"] == [2, 3]
+    assert {"loss_task", "loss_kd_logits", "loss_kd_hidden", "loss_kd_attention", "loss_kd_embedding"} <= set(m)
+    assert sha256_file(env["teacher"] / "model.safetensors") == before
+    teacher, _, _ = load_run(env["teacher"])
+    assert not torch.equal(model.layers[0].layer.attention.self.query.weight,
+                           teacher.layers[0].layer.attention.self.query.weight)  # it trained
+
+
+def test_exit_model_probabilities(env):
+    from hadskip.baselines import BaselineConfig, exit_probs, load_exit_model, train_exit_model
+    from hadskip.batches import encode_split
+    from hadskip.checkpoint import load_run_task
+    from hadskip.evaluate import predict
+
+    out = env["root"] / "ee"
+    m = train_exit_model(BaselineConfig(teacher=str(env["teacher"]), out=str(out), epochs=1, batch_size=16,
+                                        progress=False))
+    assert m["epochs"] == 1 and "loss_kd_logits" in m
+    model, tok, info = load_exit_model(out, device="cpu")
+    enc = encode_split(load_run_task(info.task).split("test"), tok, info.max_len)
+    p = exit_probs(model, enc, tok.pad_token_id, batch_size=5)  # several batches, in length order
+    assert p.shape == (24, 3, 2) and np.allclose(p.sum(-1), 1, atol=1e-5)
+    logits, _, _ = predict(model.encoder, enc, tok.pad_token_id, gates="off")
+    assert np.allclose(p[:, -1], torch.from_numpy(logits).softmax(-1).numpy(), atol=1e-5)  # exit L = the model
+    with pytest.raises(HadSkipError, match="not an early-exit run"):
+        load_exit_model(env["teacher"])
 
 
 def test_accelerate_two_processes_agree(env, tmp_path):
@@ -201,16 +240,67 @@ def test_cli_finetune_on_a_bad_folder_task(env, tmp_path, capsys):
     assert "text" in capsys.readouterr().err
 
 
-def test_compare_table_uses_the_teachers_task(env, gated, tmp_path):
-    from hadskip.compare import compare
+def test_compare_table_and_frontier(env, gated, tmp_path):
+    from hadskip.compare import METHODS, CompareConfig, compare
 
     with pytest.raises(HadSkipError, match="differs from the teacher's task"):
-        compare("glue/sst2", [2.0], out=str(tmp_path / "x"), teacher=str(env["teacher"]), progress=False)
-    result = compare(None, [1.5], out=str(tmp_path / "cmp"), teacher=str(env["teacher"]),
-                     hadskip_runs={1.5: str(gated[0])}, backbone=str(env["backbone"]), max_len=32, progress=False)
-    assert [r["method"] for r in result["rows"]] == ["full", "budgeted-exit", "early-exit", "hadskip"]
-    assert result["task"] == str(env["task"]) and result["rows"][1]["avg_layers"] == 2.0
-    assert all(0 <= r["value"] <= 1 for r in result["rows"])
-    assert result["rows"][3]["avg_layers"] == pytest.approx(gated[1]["test_avg_layers"])
+        compare(CompareConfig("glue/sst2", [2.0], out=str(tmp_path / "x"), teacher=str(env["teacher"]),
+                              progress=False))
+    cfg = dict(out=str(tmp_path / "cmp"), teacher=str(env["teacher"]), backbone=str(env["backbone"]), max_len=32,
+               baseline_epochs=0.5, progress=False)
+    result = compare(CompareConfig(None, [1.5], hadskip_runs={1.5: str(gated[0])}, **cfg))
+    assert [r["method"] for r in result["rows"]] == list(METHODS)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["task"] == str(env["task"]) and rows["budgeted-exit"]["avg_layers"] == 2.0
+    assert all(0 <= r["value"] <= 1 and 1 <= r["avg_layers"] <= 3 for r in result["rows"])
+    assert rows["hadskip"]["avg_layers"] == pytest.approx(gated[1]["test_avg_layers"])
+    target = rows["hadskip"]["dev_avg_layers"]
+    # every dynamic rule was calibrated on dev to HadSkip's dev average (entropy: as close as the rows allow)
+    assert rows["patience-exit"]["dev_avg_layers"] == pytest.approx(target)
+    assert abs(rows["early-exit"]["dev_avg_layers"] - target) <= 1 / 24 + 1e-9
+    assert set(result["curves"]) == set(METHODS) and len(result["curves"]["patience-exit"]) == 3
+    assert result["margins"]["1.5"]["best_baseline"] in ("budgeted-exit", "early-exit", "patience-exit")
+    assert result["peak_rss_mb"]["process"] > 0 and result["seconds"]["total"] > 0
+    assert (tmp_path / "cmp" / "frontier.png").stat().st_size > 5000
     assert "| hadskip | 1.5 |" in (tmp_path / "cmp" / "compare.md").read_text()
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["metric"] == "accuracy"
+    # a second call reuses every run it trained
+    again = compare(CompareConfig(None, [1.5], hadskip_runs={1.5: str(gated[0])}, **cfg))
+    assert again["rows"] == result["rows"]
+
+
+def test_compare_refuses_mismatched_hadskip_runs(env, gated, tmp_path):
+    from hadskip.compare import CompareConfig, compare
+
+    def run(k, path, **kw):
+        compare(CompareConfig(None, [k], out=str(tmp_path / "c"), teacher=str(kw.pop("teacher", env["teacher"])),
+                              hadskip_runs={k: str(path)}, progress=False, **kw))
+
+    with pytest.raises(HadSkipError, match="trained for budget 1.5, not 2"):
+        run(2.0, gated[0])
+    with pytest.raises(HadSkipError, match="not a `hadskip train` run"):
+        run(1.5, env["teacher"])
+    other = tmp_path / "ft2"  # another teacher: same task, other weights
+    shutil.copytree(env["teacher"], other)
+    t, _, _ = load_run(other)
+    with torch.no_grad():
+        t.head.out.bias.add_(1.0)
+    from hadskip.checkpoint import save_run
+
+    save_run(other, t, load_run(other)[1], read_info(other))
+    with pytest.raises(HadSkipError, match="trained from teacher"):
+        run(1.5, gated[0], teacher=other)
+    copy = tmp_path / "ft-copy"  # a copy of the right teacher is accepted up to the training step
+    shutil.copytree(env["teacher"], copy)
+    from hadskip.compare import check_hadskip_run
+
+    check_hadskip_run(gated[0], 1.5, copy, read_info(copy).task)
+    moved = json.loads((gated[0] / "run.json").read_text())
+    moved["task"] = dict(moved["task"], name="elsewhere")
+    fake = tmp_path / "fake"
+    shutil.copytree(gated[0], fake, ignore=shutil.ignore_patterns("stages"))
+    (fake / "run.json").write_text(json.dumps(moved))
+    with pytest.raises(HadSkipError, match="task elsewhere differs"):
+        run(1.5, fake)
+    with pytest.raises(HadSkipError, match="not in --budgets"):
+        CompareConfig(None, [2.0], hadskip_runs={1.5: str(gated[0])})

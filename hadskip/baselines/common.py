@@ -1,0 +1,110 @@
+"""What the trained baselines share: their config, the teacher they start from, and the training run.
+
+Every baseline starts from the same fine-tuned teacher as HadSkip, trains for a given number of epochs (the
+comparison passes HadSkip's stage III epochs) with the same optimiser, schedule and batch size, and distils
+from the teacher with the same loss weights where the method allows it (hadskip.losses.LossWeights).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from hadskip import loop
+from hadskip.checkpoint import RunInfo, load_run, read_info, save_run, task_source
+from hadskip.errors import HadSkipError
+from hadskip.losses import LossWeights
+
+
+@dataclass
+class BaselineConfig:
+    """A baseline trained from `teacher` (a finished finetune run) into the run dir `out`."""
+
+    teacher: str
+    out: str
+    epochs: float  # HadSkip's stage III epochs at the compared budget
+    kd: str = "full"  # "full" | "logits" | "none", as HadSkip's --kd
+    lr: float = 5e-5
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup: float = 0.06
+    seed: int = 0
+    eval_batch_size: int = 64
+    max_examples: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
+            raise HadSkipError("a baseline needs epochs > 0, lr > 0 and batch_size >= 1")
+        if self.kd not in ("full", "logits", "none"):
+            raise HadSkipError(f"kd must be full, logits or none, got {self.kd!r}")
+
+    def weights(self) -> LossWeights:
+        w = LossWeights()
+        if self.kd != "full":
+            w.kd_hidden = w.kd_attention = w.kd_embedding = 0.0
+        if self.kd == "none":
+            w.kd_logits = 0.0
+        return w
+
+
+@dataclass
+class Setup:
+    """The teacher (frozen, on the training device), its tokenizer and task data, and the accelerator."""
+
+    cfg: BaselineConfig
+    acc: object
+    teacher: torch.nn.Module
+    tokenizer: object
+    prep: loop.Prepared
+    train_cfg: object  # hadskip.train.TrainConfig of the teacher's task, with this baseline's settings
+
+
+def setup(cfg: BaselineConfig) -> Setup:
+    from hadskip.train import TrainConfig
+
+    info = read_info(cfg.teacher)
+    if info.kind != "finetune":
+        raise HadSkipError(f"{cfg.teacher} is a {info.kind!r} run, not a finetune run (the teacher)")
+    teacher, tokenizer, info = load_run(cfg.teacher)
+    task, options = task_source(info.task)
+    tc = TrainConfig(backbone=teacher.config.backbone, task=task, out=cfg.out, max_len=info.max_len,
+                     batch_size=cfg.batch_size, lr=cfg.lr, epochs=cfg.epochs, weight_decay=cfg.weight_decay,
+                     warmup=cfg.warmup, seed=cfg.seed, max_examples=cfg.max_examples,
+                     eval_batch_size=cfg.eval_batch_size, progress=cfg.progress, **options)
+    acc = loop.accelerator(cfg.seed)
+    prep = loop.Prepared(tc, tokenizer)
+    teacher = teacher.eval().to(acc.device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return Setup(cfg, acc, teacher, tokenizer, prep, tc)
+
+
+def train(st: Setup, model, step_fn, desc: str) -> tuple[torch.nn.Module, dict, float]:
+    """cfg.epochs of `step_fn(model_prepared, batch)` over the training split, every parameter of `model`
+    trained at cfg.lr. Returns (the unwrapped model on cpu, mean loss parts, seconds)."""
+    cfg, acc = st.cfg, st.acc
+    t0 = time.time()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = loop.adamw([(list(model.parameters()), cfg.lr)], cfg.weight_decay)
+    dl = loop.train_loader(acc, st.prep, st.train_cfg, cfg.seed + 20)
+    model_p, opt = acc.prepare(model, opt)
+    parts = loop.run_steps(acc, model_p, dl, opt, loop.num_steps(len(dl), cfg.epochs), cfg.warmup,
+                           lambda batch: step_fn(model_p, batch), desc, cfg.progress)
+    model = acc.unwrap_model(model_p)
+    acc.free_memory()
+    return model, parts, time.time() - t0
+
+
+def save(st: Setup, model, kind: str, metrics: dict, extra: dict | None = None) -> Path:
+    out = Path(st.cfg.out)
+    if st.acc.is_main_process:
+        save_run(out, model.cpu(), st.tokenizer, RunInfo(
+            task=st.prep.task_dict(), max_len=st.train_cfg.max_len, kind=kind, metrics=metrics,
+            extra={"config": asdict(st.cfg), "teacher": str(st.cfg.teacher), **(extra or {})}))
+    st.acc.wait_for_everyone()
+    return out

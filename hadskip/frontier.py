@@ -1,0 +1,42 @@
+"""frontier.png: the task metric against the average layers used (test), one series per method of a
+`hadskip compare` result (its "curves"), with the compared budgets marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STYLE = {  # method -> (label, matplotlib format)
+    "full": ("full model", "k*"),
+    "budgeted-exit": ("budgeted exit (first K layers)", "s--"),
+    "early-exit": ("early exit, entropy (joint exits)", "-"),
+    "patience-exit": ("patience exit (PABEE)", "^:"),
+    "hadskip-dial": ("HadSkip dial (one model)", "-"),
+    "hadskip": ("HadSkip (a model per budget)", "o"),
+}
+
+
+def plot_frontier(result: dict, path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, (label, fmt) in STYLE.items():
+        pts = result["curves"].get(method) or []
+        if not pts:
+            continue
+        xs, ys = zip(*sorted(pts), strict=True)
+        ax.plot(xs, ys, fmt, label=label, markersize=8 if method in ("hadskip", "full") else 4, linewidth=1.5)
+    for k in {r["budget"] for r in result["rows"] if r["method"] != "full"}:
+        ax.axvline(k, color="0.85", linewidth=0.8, zorder=0)
+    ax.set_xlabel("average layers used (test)")
+    ax.set_ylabel(f"{result['metric']} (test)")
+    ax.set_title(f"{result['task']}: accuracy-compute frontier ({result['num_layers']} layers)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
