@@ -57,6 +57,8 @@ class CompareConfig:
         extra = sorted(set(self.hadskip_runs) - set(self.budgets))
         if extra:
             raise HadSkipError(f"--hadskip given for budget(s) {extra} that are not in --budgets {self.budgets}")
+        if self.kd not in ("full", "logits", "none"):
+            raise HadSkipError(f"--kd must be full, logits or none, got {self.kd!r}")
         if self.baseline_epochs is not None and not self.baseline_epochs > 0:
             raise HadSkipError(f"--baseline-epochs must be > 0, got {self.baseline_epochs}")
 

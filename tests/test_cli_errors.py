@@ -195,6 +195,13 @@ CASES = [
      r"not a finetune run"),
     ("compare-budgets", lambda e: ["compare", "--budgets", "two"], r"--budgets takes numbers"),
     ("compare-hadskip-run", lambda e: ["compare", "--budgets", "2", "--hadskip", "2"], r"K=RUN_DIR"),
+    ("compare-hadskip-other-budget", lambda e: ["compare", "--budgets", "2", "--hadskip", f"3={e.run}"],
+     r"not in --budgets"),
+    ("compare-negative-budget", lambda e: ["compare", "--budgets", "-1"], r"budgets must be > 0"),
+    ("compare-kd", lambda e: ["compare", "--kd", "most"], r"--kd must be full, logits or none"),
+    ("compare-baseline-epochs", lambda e: ["compare", "--baseline-epochs", "0"], r"--baseline-epochs must be > 0"),
+    ("train-homotopy-start", lambda e: ["train", "--budget", "3", "--homotopy-start", "2", "--out",
+                                        str(e.root / "t6")], r"--homotopy-start 2 is below the budget 3"),
     # --- data ---
     ("data-unknown-task", lambda e: ["data", "show", "imdb"], r"unknown task 'imdb'"),
     ("data-missing-folder", lambda e: ["data", "show", str(e.root / "nope/")], r"task folder not found"),
