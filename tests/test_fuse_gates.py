@@ -63,6 +63,7 @@ def test_fused_gates_call_no_gate_session(dirs):
     rt.backend.sessions = {k: _Counting(s, k, calls) for k, s in rt.backend.sessions.items()}
     out = rt.predict(["a good movie", "bad", "the plot was not fun at all"], batch_size=3)
     assert not [k for k in calls if k[0] == "gate"]
+    assert not [k for k in rt.backend.sessions if k[0] == "gate"]  # not even opened (memory, load time)
     assert len(calls) == 2 + len({i for row in out.layers for i in row})  # embeddings + head + each layer run
 
 

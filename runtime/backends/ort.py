@@ -67,12 +67,14 @@ class OrtCpuBackend:
     """Hidden states are numpy arrays; gather/scatter are numpy indexing."""
 
     name = "ort-cpu"
+    gate_graphs = True  # False: the gates are computed by other graphs (ort_fused), their own are not opened
 
     def __init__(self, model_dir: str | Path, manifest: Manifest, threads: int | None = None,
                  optimization: str = "all"):
         so = session_options(threads, optimization)
         self.sessions = {k: open_session(p, so, ["CPUExecutionProvider"])
-                         for k, p in unit_paths(Path(model_dir), manifest).items()}
+                         for k, p in unit_paths(Path(model_dir), manifest).items()
+                         if self.gate_graphs or k[0] != "gate"}
         # a graph may drop an input it does not use (embeddings: attention_mask; head: attention_mask)
         self.inputs = {k: {i.name for i in s.get_inputs()} for k, s in self.sessions.items()}
         self.num_layers = manifest.num_layers

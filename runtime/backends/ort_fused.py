@@ -35,7 +35,10 @@ class Fused:
 
 
 class OrtCpuFusedBackend(OrtCpuBackend):
-    """OrtCpuBackend whose embeddings and layer graphs also return the logits of the gates after them."""
+    """OrtCpuBackend whose embeddings and layer graphs also return the logits of the gates after them (the
+    separate gate graphs, kept in the model dir for other backends, are not opened)."""
+
+    gate_graphs = False
 
     def __init__(self, model_dir: str | Path, manifest: Manifest, threads: int | None = None,
                  optimization: str = "all"):
