@@ -72,6 +72,8 @@ def train(
     homotopy_start: Annotated[Optional[float], typer.Option(
         help="First k of stage III's homotopy (default: L). Total stage III epochs stay the same.")] = None,
     stage2_kd: Annotated[bool, typer.Option("--stage2-kd", help="Distil from the teacher in stage II too.")] = False,
+    hard_tail: Annotated[float, typer.Option(
+        help="Share of the last phase trained on the gates' own (inference) decisions, gates frozen.")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after the last finished stage/phase.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     max_examples: MaxExamples = None,
@@ -91,7 +93,7 @@ def train(
                         final_phase_epochs=final_phase_epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr,
                         estimator=estimator, tau=tau, weights=LossWeights(budget=beta), kd=kd,
                         gate_init=not no_gate_init, homotopy=not no_homotopy, homotopy_start=homotopy_start,
-                        stage2_kd=stage2_kd, resume=resume, seed=seed, max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
+                        stage2_kd=stage2_kd, hard_tail=hard_tail, resume=resume, seed=seed, max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
                         metric=metric, progress=not quiet)
     _report({"out": out, **train_hadskip(cfg)}, as_json)
 

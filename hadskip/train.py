@@ -82,6 +82,7 @@ class HadSkipConfig(TrainConfig):
     homotopy: bool = True
     homotopy_start: float | None = None  # first k of stage III (default L); every variant keeps the same total
     stage2_kd: bool = False  # stage II also distils from the teacher (the backbone stays frozen)
+    hard_tail: float = 0.0  # share of the last phase trained on the gates' own decisions (gates frozen)
     kd: str = "full"  # "full" | "logits" | "none"
     weights: LossWeights = field(default_factory=LossWeights)
     resume: bool = False
@@ -94,6 +95,8 @@ class HadSkipConfig(TrainConfig):
             raise HadSkipError(f"--kd must be full, logits or none, got {self.kd!r}")
         if self.estimator not in ("reinmax", "ste"):
             raise HadSkipError(f"--estimator must be reinmax or ste, got {self.estimator!r}")
+        if not 0.0 <= self.hard_tail < 1.0:
+            raise HadSkipError(f"--hard-tail must be in [0, 1), got {self.hard_tail}")
         if self.homotopy_start is not None and self.homotopy_start < self.budget:
             raise HadSkipError(f"--homotopy-start {self.homotopy_start:g} is below the budget {self.budget:g}")
 
@@ -330,13 +333,16 @@ def _stage2(st: _Stages, teacher=None) -> Path:
     return st.save("stage2", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers})
 
 
-def _joint_step(student, teacher, weights: LossWeights, target: float, batch) -> dict:
-    """Stage III: task + distillation from the frozen teacher + budget penalty at the phase's target."""
+def _joint_step(student, teacher, weights: LossWeights, target: float, batch, gates: str = "sample") -> dict:
+    """Stage III: task + distillation from the frozen teacher + budget penalty at the phase's target.
+    gates="hard": the gates' own decisions, as at inference (no gradient reaches the gates; the penalty is
+    only logged)."""
     need_inner = bool(weights.kd_hidden or weights.kd_attention or weights.kd_embedding)
     ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-    s = student(ids, mask, tt, gates="sample", output_hidden=need_inner, output_attentions=bool(weights.kd_attention))
+    s = student(ids, mask, tt, gates=gates, output_hidden=need_inner, output_attentions=bool(weights.kd_attention))
+    penalty = weights.budget * budget_penalty(s.gates, target)
     parts = {"task": weights.task * task_loss(s.logits, batch["labels"]),
-             "budget": weights.budget * budget_penalty(s.gates, target)}
+             ("budget" if gates == "sample" else "_budget"): penalty}
     if weights.kd_logits or need_inner:
         with torch.no_grad():
             te = teacher(ids, mask, tt, gates="off", output_hidden=need_inner,
@@ -358,9 +364,18 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
     dl = train_loader(acc, st.prep, cfg, cfg.seed + 10 + j)
     student_p, opt = acc.prepare(student, opt)
     epochs = phase_epochs(L, cfg)[j]
-    parts = loop.run_steps(acc, student_p, dl, opt, num_steps(len(dl), epochs), cfg.warmup,
-                           partial(_joint_step, student_p, teacher, st.weights, k / L),
-                           f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})", cfg.progress)
+    total = num_steps(len(dl), epochs)
+    hard = int(round(total * cfg.hard_tail)) if j == len(schedule) - 1 else 0  # the last steps on hard gates
+    desc = f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})"
+    parts = loop.run_steps(acc, student_p, dl, opt, total - hard, cfg.warmup,
+                           partial(_joint_step, student_p, teacher, st.weights, k / L), desc, cfg.progress,
+                           total=total)
+    if hard:
+        hard_parts = loop.run_steps(acc, student_p, dl, opt, hard, cfg.warmup,
+                                    partial(_joint_step, student_p, teacher, st.weights, k / L, gates="hard"),
+                                    desc + " hard gates", cfg.progress, offset=total - hard, total=total,
+                                    first_epoch=1000)
+        parts.update({f"hard_{n}": v for n, v in hard_parts.items()})
     dev = eval_split(acc, student_p, st.prep.dev, st.prep, cfg, gates="route")
     st.log(stage="stage3", k=k, **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
     return st.save(f"stage3-k{k:g}", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers, "k": k})

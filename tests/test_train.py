@@ -36,6 +36,21 @@ def test_homotopy_schedule():
     assert homotopy_schedule(4, 4) == [4]
     with pytest.raises(HadSkipError):
         homotopy_schedule(4, 5)
+    assert homotopy_schedule(6, 2, start=4) == [4, 3, 2] and homotopy_schedule(6, 2.5, start=5.5) == [5.5, 4.5, 3.5, 2.5]
+    with pytest.raises(HadSkipError, match="must start between"):
+        homotopy_schedule(6, 2, start=7)
+
+
+def test_every_stage_iii_variant_trains_as_long_as_the_full_homotopy():
+    from hadskip.train import phase_epochs, stage3_epochs
+
+    base = dict(budget=2.0, phase_epochs=0.25, final_phase_epochs=0.5)
+    assert phase_epochs(6, HadSkipConfig(**base)) == [0.25, 0.25, 0.25, 0.25, 0.5]
+    assert phase_epochs(6, HadSkipConfig(**base, homotopy=False)) == [1.5]
+    assert phase_epochs(6, HadSkipConfig(**base, homotopy_start=4)) == [0.25, 0.25, 1.0]
+    assert stage3_epochs({**base, "homotopy": False, "out": "x", "weights": {}}, 6) == 1.5
+    with pytest.raises(HadSkipError, match="below the budget"):
+        HadSkipConfig(**base, homotopy_start=1.5)
 
 
 def test_finetune_writes_a_loadable_run(env):
@@ -304,3 +319,32 @@ def test_compare_refuses_mismatched_hadskip_runs(env, gated, tmp_path):
         run(1.5, fake)
     with pytest.raises(HadSkipError, match="not in --budgets"):
         CompareConfig(None, [2.0], hadskip_runs={1.5: str(gated[0])})
+
+
+def test_hard_tail_trains_the_backbone_on_frozen_gate_decisions(env, tmp_path, monkeypatch):
+    """--hard-tail: the last steps run on the gates' inference decisions; the gates do not move there."""
+    from hadskip import loop
+
+    real = loop.run_steps
+    seen = []
+
+    def spy(acc, model, dl, opt, steps, *a, **kw):
+        m = acc.unwrap_model(model)
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        out = real(acc, model, dl, opt, steps, *a, **kw)
+        seen.append((a[2], steps, {n: torch.equal(before[n], p) for n, p in m.named_parameters()}))
+        return out
+
+    monkeypatch.setattr(loop, "run_steps", spy)
+    cfg = _hadskip_cfg(env, tmp_path / "h", hard_tail=0.5, homotopy=False, final_phase_epochs=1.0)
+    train_hadskip(cfg)
+    desc, steps, same = seen[-1]
+    # no homotopy trains as long as the homotopy 3, 2, 1.5 would: 0.5 + 0.5 + 1.0 epochs of 4 steps; half hard
+    assert desc.endswith("hard gates") and steps == 4
+    assert all(same[n] for n in same if n.startswith("gates."))
+    assert not all(same[n] for n in same if not n.startswith("gates."))
+    assert not all(v for n, v in seen[-2][2].items() if n.startswith("gates."))  # the soft steps moved them
+    log = [json.loads(line) for line in (tmp_path / "h" / "log.jsonl").read_text().splitlines()]
+    assert "hard_task" in log[-2] and "budget" in log[-2] and "hard_budget" in log[-2]
+    with pytest.raises(HadSkipError, match="--hard-tail"):
+        _hadskip_cfg(env, tmp_path / "x", hard_tail=1.0)
