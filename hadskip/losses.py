@@ -3,6 +3,9 @@
 Stage III loss = task + a1*KL(logits) + a2*MSE(hidden, per layer) + a3*MSE(attention, per layer)
                  + a4*MSE(embeddings) + beta*(mean g - s)^2          (weights default to 1, paper App. E)
 Hidden and embedding MSEs average over attended tokens only; attention MSE over attended query/key pairs.
+In training ("sample" gates) every layer runs on every row: hidden KD compares the mixed state g*f + (1-g)*h (what
+the student passes on), attention KD each layer's own attention, also on rows whose gate closed (sampled gates
+are not the inference rule, so a layer skipped in one sample may run at inference; tests/test_losses.py pins it).
 
 beta defaults to 20, not 1: the penalty is one scalar over B*L gates, so with beta = 1 its gradient on each
 gate is ~L/2 times smaller than the task loss's and the gates of a MiniLM-L6 stayed open at k = 4 of 6
