@@ -254,8 +254,9 @@ def sweep_split(run_dir: str | Path, split: str = "dev", batch_size: int = 32, p
     enc = encode_split(data.split(split), tokenizer, info.max_len)
     if len(enc) == 0:
         raise HadSkipError(f"the {split} split of {data.spec.name} is empty: nothing to calibrate on")
-    if device:
-        model.to(device)
+    from hadskip.report import default_device
+
+    model.to(device or default_device())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with progress_bar(progress) as bar:
         task = bar.add_task(f"dial sweep ({split})", total=len(enc), status="")

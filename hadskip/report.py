@@ -37,6 +37,13 @@ def evaluate_path(path: str, split: str = "test", task: str | None = None, plots
     return report
 
 
+def default_device() -> str:
+    """"cuda" when torch sees a GPU, else "cpu" (evaluation of run dirs, dial sweeps, baselines)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _dial_keys(budget: float | None, offset: float) -> dict:
     return {} if budget is None else {"target_budget": float(budget), "gate_offset": offset}
 
@@ -55,6 +62,7 @@ def _eval_run(p: Path, split: str, task: str | None, batch_size: int, budget: fl
             raise HadSkipError(f"{p} is a {first.kind} run without gates: a budget needs a `hadskip train` run")
     offset = resolve_offset(read_dial(p, p / "model.safetensors") if budget is not None else None, budget, str(p))
     model, tokenizer, info = load_run(p)
+    model.to(default_device())  # evaluate where the model can run fastest
     data = load_run_task(info.task, task)
     enc = encode_split(data.split(split), tokenizer, info.max_len)
     gated = info.kind != "finetune" and info.budget is not None

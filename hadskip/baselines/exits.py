@@ -99,7 +99,9 @@ def load_exit_model(run_dir: str | Path, device: str | None = None):
         raise HadSkipError(f"{run_dir} is not an early-exit run (kind {info.kind!r}, {HEADS_FILE})")
     model = MultiExit(encoder)
     load_weights(model.exits, load_file(str(run_dir / HEADS_FILE)), f"{run_dir / HEADS_FILE} does not fit")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from hadskip.report import default_device
+
+    device = device or default_device()
     return model.to(device).eval(), tokenizer, info
 
 
