@@ -28,6 +28,7 @@ class BaselineConfig:
     epochs: float  # HadSkip's stage III epochs at the compared budget
     kd: str = "full"  # "full" | "logits" | "none", as HadSkip's --kd
     lr: float = 5e-5
+    new_lr: float = 1e-3  # modules the teacher lacks (exit heads): HadSkip's gate learning rate for its gates
     batch_size: int = 32
     weight_decay: float = 0.01
     warmup: float = 0.06
@@ -37,8 +38,8 @@ class BaselineConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
-            raise HadSkipError("a baseline needs epochs > 0, lr > 0 and batch_size >= 1")
+        if self.epochs <= 0 or self.lr <= 0 or self.new_lr <= 0 or self.batch_size < 1:
+            raise HadSkipError("a baseline needs epochs > 0, learning rates > 0 and batch_size >= 1")
         if self.kd not in ("full", "logits", "none"):
             raise HadSkipError(f"kd must be full, logits or none, got {self.kd!r}")
 
@@ -83,14 +84,17 @@ def setup(cfg: BaselineConfig) -> Setup:
     return Setup(cfg, acc, teacher, tokenizer, prep, tc)
 
 
-def train(st: Setup, model, step_fn, desc: str) -> tuple[torch.nn.Module, dict, float]:
-    """cfg.epochs of `step_fn(model_prepared, batch)` over the training split, every parameter of `model`
-    trained at cfg.lr. Returns (the unwrapped model on cpu, mean loss parts, seconds)."""
+def train(st: Setup, model, step_fn, desc: str, new: list | None = None) -> tuple[torch.nn.Module, dict, float]:
+    """cfg.epochs of `step_fn(model_prepared, batch)` over the training split: the parameters in `new` (modules
+    the teacher lacks) at cfg.new_lr, every other parameter of `model` at cfg.lr.
+    Returns (the unwrapped model, mean loss parts, seconds)."""
     cfg, acc = st.cfg, st.acc
     t0 = time.time()
     for p in model.parameters():
         p.requires_grad_(True)
-    opt = loop.adamw([(list(model.parameters()), cfg.lr)], cfg.weight_decay)
+    fresh = {id(p) for p in new or []}
+    old = [p for p in model.parameters() if id(p) not in fresh]
+    opt = loop.adamw([(old, cfg.lr), (list(new or []), cfg.new_lr)], cfg.weight_decay)
     dl = loop.train_loader(acc, st.prep, st.train_cfg, cfg.seed + 20)
     model_p, opt = acc.prepare(model, opt)
     parts = loop.run_steps(acc, model_p, dl, opt, loop.num_steps(len(dl), cfg.epochs), cfg.warmup,

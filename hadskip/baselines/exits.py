@@ -1,7 +1,8 @@
 """Early exit with exits trained jointly with the backbone: one multi-exit model serves the entropy rule
 (DeeBERT / BranchyNet) and the patience rule (PABEE) at any budget (hadskip.baselines.rules).
 
-    exit i (1..L-1): a classification head (as the model's own, initialised from it) on layer i's first token
+    exit i (1..L-1): a classification head (as the model's own, initialised from it) on layer i's first token,
+                     trained at the learning rate HadSkip's gates get (new modules; BaselineConfig.new_lr)
     exit L: the model's own head
     loss = sum_i i * (CE_i + a1 * KL(teacher logits || exit_i logits)) / sum_i i        (PABEE's weighting)
            + the hidden, attention and embedding distillation of HadSkip's stage III (all layers run)
@@ -76,7 +77,8 @@ def train_exit_model(cfg: BaselineConfig) -> dict:
     st = setup(cfg)
     model = MultiExit(copy.deepcopy(st.teacher).cpu()).train()
     weights = cfg.weights()
-    model, parts, seconds = train(st, model, lambda m, b: _step(m, st.teacher, weights, b), "early exit (joint)")
+    model, parts, seconds = train(st, model, lambda m, b: _step(m, st.teacher, weights, b), "early exit (joint)",
+                                  new=list(model.exits.parameters()))
     model = model.cpu()
     metrics = {"seconds": round(seconds, 1), "epochs": cfg.epochs,
                **{f"loss_{n}": round(v, 5) for n, v in parts.items()}}
