@@ -145,6 +145,11 @@ def test_gates_open_equal_transformers_model_and_classifier(arch, pooling):
         last = model.head.final_norm(out.hidden_states[-1]) if arch == "modernbert" else out.hidden_states[-1]
         assert torch.equal(last, ref.last_hidden_state)
         teacher = teacher_model(model, ["a", "b"])(input_ids=ids, attention_mask=mask).logits
+        if arch == "modernbert":  # the attention probs distillation reads (local layers: the window's)
+            ours = model(ids, mask, gates="off", output_attentions=True).attentions
+            theirs = hf(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+            assert len(ours) == len(theirs) == model.num_layers
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
     torch.testing.assert_close(out.logits, teacher, atol=1e-6, rtol=0)
 
 
@@ -270,3 +275,30 @@ def test_modernbert_refuses_the_unpadded_flash_path_and_unknown_poolings():
         fam.check({"classifier_pooling": "max"})
     with pytest.raises(HadSkipError, match="classifier_activation 'nope'"):
         fam.check({"classifier_activation": "nope"})
+
+
+def test_modernbert_folder_loads_with_its_final_norm_and_without_torch_compile(tmp_path):
+    """A saved ModernBERT folder whose config asks for torch.compile (reference_compile, as the hub's
+    ModernBERT-base does) builds a GatedEncoder on the plain eager path: its final norm comes from the folder,
+    and with every layer on it gives transformers' own model's last hidden state."""
+    from transformers import AutoModel
+
+    from hadskip.backbone import build_gated
+    from hadskip.testing import tiny_backbone_dir
+
+    folder = tiny_backbone_dir(tmp_path / "mb", "modernbert")
+    with torch.no_grad():
+        hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+        hf.final_norm.weight.add_(1.0)  # differs from a fresh LayerNorm's ones: the test sees where it came from
+        hf.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())  # (ModernBertConfig.to_dict leaves the switch out)
+    (folder / "config.json").write_text(json.dumps({**cfg, "reference_compile": True}))
+    with torch.no_grad():
+        model, tok = build_gated(str(folder), num_labels=2)
+        assert model.head.final_norm.weight.equal(hf.final_norm.weight)
+        assert model.embeddings.emb.config.reference_compile is False
+        assert all(layer.layer.config.reference_compile is False for layer in model.layers)
+        enc = tok(tiny_sentences(4, 2), padding=True, return_tensors="pt")
+        out = model.eval()(enc["input_ids"], enc["attention_mask"], gates="off", output_hidden=True)
+        ref = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    assert torch.equal(model.head.final_norm(out.hidden_states[-1]), ref)
