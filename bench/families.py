@@ -1,12 +1,13 @@
 """Each supported encoder family end to end: tiny-config parity, export time, and forced K = L/2 speed vs ideal.
 
-    python bench/families.py [--families bert,roberta,electra,distilbert] [--repeats 30] [--json]
+    python bench/families.py [--families bert,roberta,electra,distilbert,deberta-v2,modernbert] [--repeats 30] [--json]
 
 Per family (random weights, the offline tiny tokenizer of hadskip.testing):
   tiny     TINY_SHAPES[family] at max_len = the position limit: export (validated), then the runtime (ort-cpu)
            against the PyTorch reference (`GatedEncoder(gates="route")`) on a padded batch of texts and pairs,
            full-length rows included: max |delta logit| and gate disagreements
-  small    hidden 256, 4 heads, 8 layers, intermediate 1024 (ELECTRA: embedding size 128): export seconds, and
+  small    hidden 256, 4 heads, 8 layers, intermediate 1024 (ELECTRA: embedding size 128; ModernBERT: the tiny
+           config's local window of 8 on every 2nd layer): export seconds, and
            hadskip.runtime.bench at batch 8, seq 128 with K = L/2 forced: measured ratio to all-gates-open,
            the ideal (emb + K layer + head) / (emb + L layer + head), and measured / ideal
 Timings come from one process with engines interleaved (runtime/bench.py); the machine may be shared: treat

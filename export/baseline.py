@@ -13,6 +13,8 @@ Our Head is exactly the classifier of transformers' sequence-classification mode
     RoBERTa:    classifier.dense + tanh, dropout, classifier.out_proj    <- head.dense, head.out
     ELECTRA:    classifier.dense + gelu, dropout, classifier.out_proj    <- head.dense, head.out
     DistilBERT: pre_classifier + relu, dropout, classifier                <- head.dense, head.out
+    ModernBERT: model.final_norm, cls/mean pooling, head.dense + act + head.norm, dropout, classifier
+                                                                          <- head.final_norm, head.dense, .norm, .out
 (The RoBERTa and ELECTRA heads have one more dropout before dense: the identity in eval.) So the model is
 rebuilt as `AutoModelForSequenceClassification` from model.config.hf_config with our weights, and
 optimum exports one graph input_ids, attention_mask[, token_type_ids] -> logits, into MODEL/baseline/
@@ -43,8 +45,8 @@ def teacher_model(model, labels: list[str]):
     hf = AutoModelForSequenceClassification.from_config(config)
     prefix = hf.base_model_prefix  # "bert" | "roberta" | "electra" | "distilbert"
     state = {f"{prefix}.{k}": v for k, v in base_state(model).items()}
-    head = {"dense": model.head.dense, "out": model.head.out}
-    for ours, theirs in zip(("dense", "out"), model.family.classifier, strict=True):
+    head = {part: getattr(model.head, part) for part in model.family.classifier_parts}
+    for ours, theirs in zip(model.family.classifier_parts, model.family.classifier, strict=True):
         theirs = theirs.format(prefix=prefix)
         try:
             hf.get_submodule(theirs)

@@ -14,16 +14,19 @@ why the type is refused. An adapter says
                                                               into the manifest; the runtime reads only that)
     max_tokens(hf_config)                                  the longest input the position table embeds
     head_activation, head_dropout(hf_config), head_init    the classification head and its initialisation
-    classifier, base_key(key)                              where our weights go in transformers'
+    make_head(config, hf_model)                            the head unit (ModernBERT's holds the final norm)
+    classifier, classifier_parts, base_key(key)            where our weights go in transformers'
                                                               XForSequenceClassification (baseline export, tests)
 
 Needs torch (imported at module level): import it where the model is built.
 Supported: BERT, RoBERTa (xlm-roberta, camembert), ELECTRA, DistilBERT, DeBERTa-v2/v3 (its relative position
-embeddings, shared by all layers, are held once by the GatedEncoder and run inside every layer unit).
+embeddings, shared by all layers, are held once by the GatedEncoder and run inside every layer unit), ModernBERT
+(rotary cos/sin computed inside every layer unit from positions 0..T-1, the sliding-window mask of its local
+layers built there from the plain mask on the padded eager/sdpa path, and its final norm in the head unit, so it
+follows whichever layer ran last).
 Refused: ALBERT (one set of layer weights shared by every layer: there is no layer of its own to skip or to
-export per layer), DeBERTa v1 (not ported), DeBERTa-v2 with a convolution layer or z_steps, ModernBERT
-(rotary, alternating local/global attention and a final norm after the last layer, not yet exported on the
-padded path), and everything that is not an encoder listed here.
+export per layer), DeBERTa v1 (not ported), DeBERTa-v2 with a convolution layer or z_steps, ModernBERT loaded
+for flash attention (the unpadded path), and everything that is not an encoder listed here.
 """
 
 from __future__ import annotations
@@ -96,7 +99,8 @@ class Family:
     positions_after_padding: bool = False  # RoBERTa numbers positions from padding_idx + 1
     head_activation: str = "tanh"  # of the classification head's dense layer
     head_init: str | None = "pooler.dense"  # base-model module whose weights start head.dense, when present
-    classifier: tuple[str, str] = ("{prefix}.pooler.dense", "classifier")  # head.dense, head.out in XFor...
+    classifier: tuple[str, ...] = ("{prefix}.pooler.dense", "classifier")  # head.dense, head.out in XFor...
+    classifier_parts: tuple[str, ...] = ("dense", "out")  # the head modules `classifier` names, in its order
     dropout_keys: tuple[str, ...] = ("hidden_dropout_prob",)  # the first one set is the head's dropout
 
     # -- embeddings -----------------------------------------------------------------------------------------
@@ -166,6 +170,16 @@ class Family:
             if hf_config.get(key) is not None:
                 return float(hf_config[key])
         return 0.1
+
+    def make_head(self, config, hf_model: nn.Module) -> nn.Module:
+        """The head unit of a GatedEncoder of hadskip.model.ModelConfig `config`:
+        (hidden (B, T, H), attention_mask (B, T)) -> logits (B, num_labels)."""
+        from hadskip.model import Head
+
+        hf = config.hf_config
+        head = Head(config.hidden_size, config.num_labels, self.head_dropout(hf), self.head_act(hf))
+        self.init_head(head, hf_model)
+        return head
 
     def init_head(self, head: nn.Module, hf_model: nn.Module) -> None:
         """Start head.dense from the backbone's pooler where it has one (BERT); else it stays fresh."""
@@ -251,6 +265,101 @@ class DebertaV2Family(Family):
                                               output_attentions=output_attentions), output_attentions, 0)
 
 
+class ModernBertHead(nn.Module):
+    """ModernBERT's head unit: the backbone's final norm (after whichever layer ran last, so a skipped last layer
+    stays correct), then ModernBertForSequenceClassification's classifier: "cls" (first token) or "mean" (masked
+    mean) pooling, dense + activation + LayerNorm, dropout, linear.  (B, T, H), (B, T) -> (B, num_labels)"""
+
+    def __init__(self, final_norm: nn.Module, hidden_size: int, num_labels: int, hf_config: dict):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        eps, bias = float(hf_config.get("norm_eps", 1e-5)), bool(hf_config.get("norm_bias", False))
+        self.final_norm = final_norm  # the backbone's own module (its pre-trained weights)
+        self.pooling = str(hf_config.get("classifier_pooling", "cls"))
+        self.dense = nn.Linear(hidden_size, hidden_size, bias=bool(hf_config.get("classifier_bias", False)))
+        self.act = ACT2FN[str(hf_config.get("classifier_activation", "gelu"))]
+        self.norm = nn.LayerNorm(hidden_size, eps=eps, bias=bias)
+        self.dropout = nn.Dropout(float(hf_config.get("classifier_dropout") or 0.0))
+        self.out = nn.Linear(hidden_size, num_labels)
+        # transformers' initialisation of a fresh ModernBertForSequenceClassification head
+        std = float(hf_config.get("initializer_range", 0.02))
+        cut = float(hf_config.get("initializer_cutoff_factor") or 3.0)
+        layers = int(hf_config.get("num_hidden_layers", 1))
+        for lin, s in ((self.dense, std / (2.0 * layers) ** 0.5), (self.out, hidden_size ** -0.5)):
+            nn.init.trunc_normal_(lin.weight, std=s, a=-cut * s, b=cut * s)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.final_norm(hidden)  # (B, T, H)
+        if self.pooling == "mean":
+            m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+            x = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # (B, H)
+        else:
+            x = h[:, 0]  # (B, H)
+        return self.out(self.dropout(self.norm(self.act(self.dense(x)))))  # (B, num_labels)
+
+
+@dataclass(frozen=True)
+class ModernBertFamily(Family):
+    """ModernBERT: token embeddings + LayerNorm (no positions, no token types), layers under `layers` with rotary
+    positions and, on all but every global_attn_every_n_layers-th layer, sliding-window attention
+    (|i - j| <= local_attention // 2). Every layer call builds, from the plain (B, T) mask and T alone, the
+    positions 0..T-1 its rotary module turns into cos/sin and its additive mask (the window's on local layers), on
+    the padded eager/sdpa path, so each exported layer graph is self-contained. The final norm after the last
+    layer lives in the head unit (ModernBertHead)."""
+
+    POOLINGS = ("cls", "mean")
+
+    def embed(self, emb, input_ids, token_type_ids, mask):
+        return emb(input_ids=input_ids)  # (B, T, H)
+
+    def check(self, hf_config: dict) -> None:
+        from transformers.activations import ACT2FN
+
+        if hf_config.get("classifier_pooling", "cls") not in self.POOLINGS:
+            raise HadSkipError(f"ModernBERT classifier_pooling {hf_config.get('classifier_pooling')!r} is not "
+                               f"supported ({', '.join(self.POOLINGS)})")
+        if str(hf_config.get("classifier_activation", "gelu")) not in ACT2FN:
+            raise HadSkipError(f"ModernBERT classifier_activation {hf_config.get('classifier_activation')!r} is "
+                               "not a transformers activation")
+
+    def layers(self, hf_model):
+        impl = getattr(hf_model.config, "_attn_implementation", "eager")
+        if impl not in ("eager", "sdpa"):
+            raise HadSkipError(f"ModernBERT loaded with attn_implementation={impl!r} (the unpadded path) is not "
+                               "supported: load it with 'eager' or 'sdpa'")
+        # layers and embeddings are called one by one, never through ModernBertModel.forward (which turns
+        # torch.compile off on CPU): keep them on their plain, traceable path
+        hf_model.config.reference_compile = False
+        return super().layers(hf_model)
+
+    def call(self, layer, hidden, mask, output_attentions=False, export_form=False, shared=None):
+        att = layer.attn
+        pos = torch.arange(hidden.shape[1], device=hidden.device)  # (T,) positions 0..T-1 of the padded rows
+        keep = mask[:, None, None, :].bool()  # (B, 1, 1, T): key j is a token
+        if att.local_attention != (-1, -1):  # a local layer: also |i - j| <= local_attention // 2
+            keep = keep & ((pos[None, :] - pos[:, None]).abs() <= att.local_attention[0])[None, None]  # (B,1,T,T)
+        ext = torch.where(keep, 0.0, torch.finfo(hidden.dtype).min).to(hidden.dtype)
+        # the layer's attention picks sliding_window_mask on local layers, attention_mask on global ones
+        return _run(layer, att, lambda: layer(hidden, attention_mask=ext, sliding_window_mask=ext,
+                                              position_ids=pos[None, :], output_attentions=output_attentions),
+                    output_attentions, 0)
+
+    def make_head(self, config, hf_model):
+        return ModernBertHead(hf_model.final_norm, config.hidden_size, config.num_labels, config.hf_config)
+
+    def position_note(self, hf_config: dict) -> str:
+        return (f"it was pre-trained on up to max_position_embeddings = {hf_config.get('max_position_embeddings')} "
+                "rotary positions")
+
+    def base_key(self, key: str) -> str | None:
+        if key.startswith("head.final_norm."):
+            return key[len("head."):]
+        return super().base_key(key)
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("bert", ("bert",)),
     Family("roberta", ("roberta", "xlm-roberta", "camembert"), token_types=False, positions_after_padding=True,
@@ -264,6 +373,9 @@ FAMILIES: tuple[Family, ...] = (
     DebertaV2Family("deberta-v2", ("deberta-v2",), head_activation="gelu", head_init=None,
                     classifier=("pooler.dense", "classifier"), dropout_keys=("cls_dropout", "hidden_dropout_prob"),
                     shared_paths=(("rel_embeddings", "encoder.rel_embeddings"), ("rel_norm", "encoder.LayerNorm"))),
+    ModernBertFamily("modernbert", ("modernbert",), layer_path="layers", token_types=False, head_activation="gelu",
+                     head_init=None, classifier=("head.dense", "head.norm", "classifier"),
+                     classifier_parts=("dense", "norm", "out"), dropout_keys=("classifier_dropout",)),
 )
 SUPPORTED_MODEL_TYPES = tuple(t for f in FAMILIES for t in f.model_types)
 
@@ -272,8 +384,6 @@ REFUSED = {
               "skip, train or export per layer",
     "deberta": "DeBERTa v1's relative position embeddings are shared by all layers and its adapter is not written "
                "yet (DeBERTa-v2/v3, model_type deberta-v2, is supported)",
-    "modernbert": "ModernBERT (rotary positions, alternating local/global attention, a final norm after the last "
-                  "layer) is not yet exported on its padded attention path",
 }
 
 

@@ -178,9 +178,7 @@ class GatedEncoder(nn.Module):
         self.gates = nn.ModuleList(
             Gate(config.hidden_size, config.gate_hidden, config.gate_open_bias) for _ in self.layers
         )
-        self.head = Head(config.hidden_size, config.num_labels, fam.head_dropout(config.hf_config),
-                         fam.head_act(config.hf_config))
-        fam.init_head(self.head, hf_model)
+        self.head = fam.make_head(config, hf_model)  # Head, or the family's (ModernBERT's holds its final norm)
 
     @property
     def num_layers(self) -> int:

@@ -2,7 +2,7 @@
 
 `tiny_run(path, arch="bert")` writes a real run dir (random weights, a small WordPiece tokenizer built
 in code) in well under a second, so parity tests over every supported encoder family (hadskip.families:
-BERT, RoBERTa, ELECTRA with an embedding projection, DistilBERT, DeBERTa-v3-shaped) need no download.
+BERT, RoBERTa, ELECTRA with an embedding projection, DistilBERT, DeBERTa-v3-shaped, ModernBERT) need no download.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ TINY_SHAPES = {
     "electra": (32, 4, 4, 48),  # embedding_size 24: the embeddings_project (24 -> 32) is part of the unit
     "distilbert": (32, 4, 4, 48),
     "deberta-v2": (32, 4, 4, 48),  # DeBERTa-v3's layout: relative positions (log buckets), no absolute ones
+    "modernbert": (32, 4, 4, 48),  # rotary; layers 1 and 3 local with a window of +-MODERNBERT_WINDOW // 2 tokens
 }
 ELECTRA_EMBEDDING_SIZE = 24
+MODERNBERT_WINDOW = 8  # local_attention of the tiny ModernBERT: shorter than most test inputs, so the window matters
 
 
 def tiny_tokenizer():
@@ -74,6 +76,14 @@ def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, vocab_siz
     elif arch == "distilbert":
         cfg = DistilBertConfig(vocab_size=common["vocab_size"], dim=hidden, n_heads=heads, n_layers=layers,
                                hidden_dim=inter, max_position_embeddings=positions,
+                               pad_token_id=tokenizer.pad_token_id)
+    elif arch == "modernbert":
+        from transformers import ModernBertConfig
+
+        cfg = ModernBertConfig(global_attn_every_n_layers=2, local_attention=MODERNBERT_WINDOW,
+                               cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id,
+                               bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                               **{k: v for k, v in common.items() if k != "pad_token_id"},
                                pad_token_id=tokenizer.pad_token_id)
     elif arch == "deberta-v2":
         cfg = DebertaV2Config(type_vocab_size=0, relative_attention=True, position_buckets=16,

@@ -23,8 +23,9 @@ from hadskip.runtime import Runtime  # noqa: E402
 from hadskip.runtime.manifest import load_manifest  # noqa: E402
 from hadskip.testing import TINY_SHAPES, tiny_model, tiny_run, tiny_sentences  # noqa: E402
 
-FAMILIES = ["bert", "roberta", "electra", "distilbert", "deberta-v2"]
-TOKEN_TYPES = {"bert": True, "roberta": False, "electra": True, "distilbert": False, "deberta-v2": False}
+FAMILIES = ["bert", "roberta", "electra", "distilbert", "deberta-v2", "modernbert"]
+TOKEN_TYPES = {"bert": True, "roberta": False, "electra": True, "distilbert": False, "deberta-v2": False,
+               "modernbert": False}
 ATOL = 1e-4
 
 
@@ -110,26 +111,45 @@ def test_token_types_matter_exactly_where_the_family_reads_them(limit_model):
     assert (np.abs(with_types - zeros).max() > 1e-4) == TOKEN_TYPES[arch]
 
 
-@pytest.mark.parametrize("arch", ["electra", "distilbert", "deberta-v2"])
-def test_gates_open_equal_transformers_model_and_classifier(arch):
-    """Every layer on: the hidden states are transformers' AutoModel's bit for bit, and the logits are those of
-    its XForSequenceClassification (the baseline export's mapping) up to attention-kernel rounding."""
+def _hf_base(model):
+    """transformers' AutoModel (eager attention) holding a GatedEncoder's backbone weights."""
     from transformers import AutoConfig, AutoModel
 
-    from hadskip.export.baseline import teacher_model
-
-    model, tok = tiny_model(arch)
-    enc = tok(tiny_sentences(6, 0), padding=True, return_tensors="pt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    assert (mask == 0).any()
     d = dict(model.config.hf_config)
     hf = AutoModel.from_config(AutoConfig.for_model(d.pop("model_type"), **d), attn_implementation="eager")
     hf.load_state_dict(base_state(model), strict=True)
-    hf.eval()
+    return hf.eval()
+
+
+@pytest.mark.parametrize("arch,pooling", [("electra", None), ("distilbert", None), ("deberta-v2", None),
+                                          ("modernbert", "cls"), ("modernbert", "mean")])
+def test_gates_open_equal_transformers_model_and_classifier(arch, pooling):
+    """Every layer on: the hidden states are transformers' AutoModel's bit for bit, and the logits are those of
+    its XForSequenceClassification (the baseline export's mapping) up to attention-kernel rounding. ModernBERT:
+    inputs longer than its local window (local layers differ from global ones there), its final norm (in our
+    head unit) gives AutoModel's last_hidden_state, and both classifier poolings."""
+    from hadskip.export.baseline import teacher_model
+
+    model, tok = tiny_model(arch)
+    if pooling:
+        model.config.hf_config["classifier_pooling"] = model.head.pooling = pooling
+    enc = tok(tiny_sentences(6, 0), padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert (mask == 0).any()
+    hf = _hf_base(model)
     with torch.no_grad():
         out = model(ids, mask, gates="off", output_hidden=True)
-        assert torch.equal(out.hidden_states[-1], hf(input_ids=ids, attention_mask=mask).last_hidden_state)
+        ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        for ours, theirs in zip(out.hidden_states, ref.hidden_states, strict=True):
+            assert torch.equal(ours, theirs)
+        last = model.head.final_norm(out.hidden_states[-1]) if arch == "modernbert" else out.hidden_states[-1]
+        assert torch.equal(last, ref.last_hidden_state)
         teacher = teacher_model(model, ["a", "b"])(input_ids=ids, attention_mask=mask).logits
+        if arch == "modernbert":  # the attention probs distillation reads (local layers: the window's)
+            ours = model(ids, mask, gates="off", output_attentions=True).attentions
+            theirs = hf(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+            assert len(ours) == len(theirs) == model.num_layers
+            assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
     torch.testing.assert_close(out.logits, teacher, atol=1e-6, rtol=0)
 
 
@@ -190,3 +210,95 @@ def test_unsupported_deberta_configurations_say_why(tmp_path, extra, why):
     (folder / "config.json").write_text(json.dumps({"model_type": "deberta-v2", **extra}))
     with pytest.raises(HadSkipError, match=why):
         load_config(str(folder))
+
+
+def test_modernbert_local_layers_see_only_their_window_global_layers_everything():
+    """A token far outside the window (|i - j| > local_attention // 2) changes a global layer's output at i but
+    not a local layer's; a token inside the window changes both (layers 0, 2 global, 1, 3 local)."""
+    from hadskip.testing import MODERNBERT_WINDOW
+
+    model, _ = tiny_model("modernbert")
+    T, half = 20, MODERNBERT_WINDOW // 2
+    h = torch.randn(1, T, 32, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(1, T, dtype=torch.long)
+    bump = torch.randn(32, generator=torch.Generator().manual_seed(1))  # not a constant: LayerNorm would remove it
+    far, near = h.clone(), h.clone()
+    far[0, half + 1] += bump  # outside token 0's window
+    near[0, half] += bump  # its window's edge
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            local = layer.layer.attn.local_attention != (-1, -1)
+            assert local == (i % 2 == 1)
+            base = layer(h, mask)[0, 0]
+            assert (layer(far, mask)[0, 0] - base).abs().max() > 1e-4 or local
+            assert torch.equal(layer(far, mask)[0, 0], base) or not local
+            assert (layer(near, mask)[0, 0] - base).abs().max() > 1e-4
+
+
+def test_modernbert_final_norm_follows_the_last_layer_that_ran():
+    """Last layer skipped: the logits are transformers' classifier with that layer removed (its final norm after
+    layer L-1); every gate closed: the head on the embeddings (a closed gate is the identity)."""
+    from hadskip.export.baseline import teacher_model
+
+    model, tok = tiny_model("modernbert")
+    enc = tok(tiny_sentences(5, 1), padding=True, return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    L = model.num_layers
+    skip_last = torch.ones(len(ids), L)
+    skip_last[:, -1] = 0
+    teacher = teacher_model(model, ["a", "b"])
+    with torch.no_grad():
+        got = model(ids, mask, gates="hard", forced=skip_last).logits
+        routed = model(ids, mask, gates="route", forced=skip_last).logits
+        full = model(ids, mask, gates="off").logits
+        teacher.model.layers = teacher.model.layers[:-1]
+        shorter = teacher(input_ids=ids, attention_mask=mask).logits
+        closed = model(ids, mask, gates="route", forced=torch.zeros(len(ids), L)).logits
+        on_embeddings = model.head(model.embeddings(ids, mask, torch.zeros_like(ids)), mask)
+    torch.testing.assert_close(got, shorter, atol=1e-6, rtol=0)
+    torch.testing.assert_close(routed, shorter, atol=1e-6, rtol=0)
+    assert (got - full).abs().max() > 1e-3  # the last layer mattered
+    assert torch.equal(closed, on_embeddings)
+
+
+def test_modernbert_refuses_the_unpadded_flash_path_and_unknown_poolings():
+    from transformers import ModernBertConfig, ModernBertModel
+
+    fam = family("modernbert")
+    hf = ModernBertModel(ModernBertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=48, vocab_size=50, pad_token_id=0))
+    hf.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(HadSkipError, match="unpadded"):
+        fam.layers(hf)
+    fam.check({"classifier_pooling": "mean"})
+    with pytest.raises(HadSkipError, match="classifier_pooling 'max'"):  # (transformers' config refuses it too)
+        fam.check({"classifier_pooling": "max"})
+    with pytest.raises(HadSkipError, match="classifier_activation 'nope'"):
+        fam.check({"classifier_activation": "nope"})
+
+
+def test_modernbert_folder_loads_with_its_final_norm_and_without_torch_compile(tmp_path):
+    """A saved ModernBERT folder whose config asks for torch.compile (reference_compile, as the hub's
+    ModernBERT-base does) builds a GatedEncoder on the plain eager path: its final norm comes from the folder,
+    and with every layer on it gives transformers' own model's last hidden state."""
+    from transformers import AutoModel
+
+    from hadskip.backbone import build_gated
+    from hadskip.testing import tiny_backbone_dir
+
+    folder = tiny_backbone_dir(tmp_path / "mb", "modernbert")
+    with torch.no_grad():
+        hf = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+        hf.final_norm.weight.add_(1.0)  # differs from a fresh LayerNorm's ones: the test sees where it came from
+        hf.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())  # (ModernBertConfig.to_dict leaves the switch out)
+    (folder / "config.json").write_text(json.dumps({**cfg, "reference_compile": True}))
+    with torch.no_grad():
+        model, tok = build_gated(str(folder), num_labels=2)
+        assert model.head.final_norm.weight.equal(hf.final_norm.weight)
+        assert model.embeddings.emb.config.reference_compile is False
+        assert all(layer.layer.config.reference_compile is False for layer in model.layers)
+        enc = tok(tiny_sentences(4, 2), padding=True, return_tensors="pt")
+        out = model.eval()(enc["input_ids"], enc["attention_mask"], gates="off", output_hidden=True)
+        ref = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    assert torch.equal(model.head.final_norm(out.hidden_states[-1]), ref)
