@@ -20,13 +20,18 @@ def test_local_folder_bert_and_roberta(tmp_path):
         assert tok.is_fast
 
 
-def test_hub_name_through_the_hub_cache(tmp_path):
-    """A hub name goes to transformers' hub loading; a hub cache laid out like a real download stands in
-    for the network (HF_HUB_OFFLINE makes any real network call fail loudly instead). A subprocess, because
-    the hub settings are read when transformers is imported."""
-    src = tiny_backbone_dir(tmp_path / "src")
+@pytest.mark.parametrize("name, arch", [
+    ("bert-base-uncased", "bert"), ("distilbert-base-uncased", "distilbert"),
+    ("google/electra-small-discriminator", "electra"), ("microsoft/deberta-v3-small", "deberta-v2"),
+    ("answerdotai/ModernBERT-base", "modernbert"), ("FacebookAI/roberta-base", "roberta"),
+])
+def test_hub_name_through_the_hub_cache(tmp_path, name, arch):
+    """A hub name goes to transformers' hub loading, for every family; a hub cache laid out like a real download
+    stands in for the network (HF_HUB_OFFLINE makes any real network call fail loudly instead). A subprocess,
+    because the hub settings are read when transformers is imported."""
+    src = tiny_backbone_dir(tmp_path / "src", arch)
     cache = tmp_path / "hub"
-    repo = cache / "models--bert-base-uncased"
+    repo = cache / ("models--" + name.replace("/", "--"))
     snap = repo / "snapshots" / "0123456789abcdef"
     snap.mkdir(parents=True)
     for f in src.iterdir():
@@ -34,14 +39,17 @@ def test_hub_name_through_the_hub_cache(tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123456789abcdef")
     code = ("from hadskip.backbone import build_gated, resolve\n"
-            "assert resolve('bert-base-uncased') == 'bert-base-uncased'\n"
-            "m, _ = build_gated('bert-base-uncased', num_labels=2)\n"
-            "print(m.config.backbone, m.num_layers)\n")
+            f"assert resolve({name!r}) == {name!r}\n"
+            f"m, _ = build_gated({name!r}, num_labels=2)\n"
+            "print(m.config.backbone, m.config.model_type, m.num_layers)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / "home"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["bert-base-uncased", "3"]
+    from hadskip.testing import tiny_model
+
+    assert proc.stdout.split() == [name, tiny_model(arch)[0].config.model_type,
+                                   str(tiny_model(arch)[0].num_layers)]
 
 
 def test_unknown_name_is_one_clear_error(monkeypatch, tmp_path):
