@@ -118,3 +118,58 @@ def test_real_layers_match_the_installed_transformers(arch):
     for mine, theirs in zip(out.attentions, ref.attentions, strict=True):
         assert mine.shape == (ids.shape[0], model.config.num_heads, ids.shape[1], ids.shape[1])
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+
+
+class _DistilAttention(nn.Module):
+    """(context, probs) from an additive (B, 1, 1|T, T) mask or none, like DistilBertSelfAttention (5.x, eager)."""
+
+    def forward(self, hidden, attention_mask=None, **kwargs):
+        scores = (hidden @ hidden.transpose(1, 2))[:, None]  # (B, 1, T, T)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = scores.softmax(-1).expand(-1, HEADS, -1, -1)  # (B, heads, T, T)
+        return probs[:, 0] @ hidden, probs
+
+
+class _DistilBlock4(nn.Module):
+    """transformers 4.x DistilBERT TransformerBlock shape: the plain (B, T) mask as `attn_mask`, masked_fill
+    inside, (attentions, hidden) or (hidden,) back."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = _DistilAttention()
+
+    def forward(self, x, attn_mask=None, head_mask=None, output_attentions=False):
+        ext = torch.zeros(x.shape[0], 1, 1, x.shape[1]).masked_fill(
+            (attn_mask == 0)[:, None, None, :], torch.finfo(x.dtype).min)
+        ctx, probs = self.attention(x, ext)
+        return (probs, ctx + 1.0) if output_attentions else (ctx + 1.0,)
+
+
+class _DistilBlock5(_DistilBlock4):
+    """transformers 5.x shape: the additive mask as `attention_mask`, other keywords swallowed by **kwargs (an
+    `attn_mask=` there would be ignored silently), a bare tensor back."""
+
+    def forward(self, hidden_states, attention_mask=None, **kwargs):
+        ctx, _ = self.attention(hidden_states, attention_mask, **kwargs)
+        return ctx + 1.0
+
+
+@pytest.mark.parametrize("block_cls", [_DistilBlock4, _DistilBlock5],
+                         ids=["transformers4-shape", "transformers5-shape"])
+@pytest.mark.parametrize("export_form", [False, True])
+def test_distilbert_layer_masks_padding_under_both_call_shapes(block_cls, export_form):
+    from hadskip.families import family
+
+    hidden = torch.randn(B, T, H, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[2, 2:] = 0
+    h, att = family("distilbert").call(block_cls(), hidden, mask, output_attentions=True, export_form=export_form)
+    assert h.shape == (B, T, H) and att.shape == (B, HEADS, T, T)
+    assert torch.all(att[2, :, :, 2:] < 1e-6)  # the padded keys of row 2 got (numerically) no weight
+    ctx, probs = _DistilAttention()(hidden, torch.where(mask[:, None, None, :].bool(), 0.0,
+                                                        torch.finfo(hidden.dtype).min))
+    torch.testing.assert_close(h, ctx + 1.0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(att, probs, rtol=0, atol=1e-7)
+    h2, none = family("distilbert").call(block_cls(), hidden, mask, export_form=export_form)
+    assert none is None and torch.equal(h2, h)
