@@ -13,14 +13,10 @@ import torch
 from hadskip import train
 from hadskip.losses import LossWeights, attention_mse, budget_penalty, distillation, kd_logits, masked_mse
 from hadskip.reinmax import reinmax
+from test_runtime_support import one_torch_thread  # noqa: F401
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------- kd_logits
