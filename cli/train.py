@@ -192,7 +192,8 @@ def compare(
         help="Epochs of the last phase of HadSkip runs trained here.")] = None,
     baseline_epochs: Annotated[Optional[float], typer.Option(
         help="Baseline training epochs (default: the compared HadSkip run's stage III epochs).")] = None,
-    kd: Annotated[str, typer.Option(help="The baselines' distillation: full, logits or none.")] = "full",
+    kd: Annotated[str, typer.Option(
+        help="Distillation of every method (HadSkip runs given must match): full, logits or none.")] = "full",
     max_len: MaxLen = 64,
     as_json: Json = False,
     quiet: Quiet = False,

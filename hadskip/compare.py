@@ -44,7 +44,7 @@ class CompareConfig:
     epochs: float = 3.0  # the teacher's epochs, when trained here
     hadskip_options: dict = field(default_factory=dict)  # HadSkipConfig fields for runs trained here
     baseline_epochs: float | None = None  # default: the compared HadSkip run's stage III epochs
-    kd: str = "full"  # the baselines' distillation: full, logits or none
+    kd: str = "full"  # distillation of every method trained here (and of every --hadskip run): full, logits, none
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -89,34 +89,44 @@ def _task_key(task: dict) -> tuple:
     return task.get("name"), src.get("text_col"), src.get("pair_col"), src.get("label_col"), src.get("metric")
 
 
-def check_hadskip_run(run: str | Path, budget: float, teacher: str | Path, teacher_task: dict) -> None:
-    """Refuse a run that is not a HadSkip run for `budget`, from `teacher`, on the teacher's task."""
+def check_hadskip_run(run: str | Path, budget: float | None, teacher: str | Path, teacher_task: dict,
+                      kd: str | None = None, flag: str = "--hadskip") -> None:
+    """Refuse a run that is not a HadSkip run for `budget` (None: any), from `teacher`, on the teacher's task,
+    distilled as `kd` (None: any)."""
     run = Path(run)
     info = read_info(run)
-    if info.kind != "hadskip":
-        raise HadSkipError(f"--hadskip {budget:g}={run}: a {info.kind!r} run, not a `hadskip train` run")
-    if info.budget is None or abs(float(info.budget) - budget) > 1e-9:
-        raise HadSkipError(f"--hadskip {budget:g}={run}: trained for budget {info.budget}, not {budget:g}")
+    if info.kind != "hadskip" or info.budget is None:
+        raise HadSkipError(f"{flag} {run}: a {info.kind!r} run, not a `hadskip train` run")
+    if budget is None:
+        budget = float(info.budget)
+    run_kd = info.extra.get("config", {}).get("kd", "full")
+    if kd is not None and run_kd != kd:
+        raise HadSkipError(f"{flag} {budget:g}={run}: trained with --kd {run_kd}, the comparison distils with {kd}")
+    if abs(float(info.budget) - budget) > 1e-9:
+        raise HadSkipError(f"{flag} {budget:g}={run}: trained for budget {info.budget}, not {budget:g}")
     if _task_key(info.task) != _task_key(teacher_task):
-        raise HadSkipError(f"--hadskip {budget:g}={run}: task {info.task.get('name')} differs from the teacher's "
+        raise HadSkipError(f"{flag} {budget:g}={run}: task {info.task.get('name')} differs from the teacher's "
                            f"{teacher_task.get('name')}")
     its_teacher = info.extra.get("teacher")
     if not its_teacher or not _same_run(its_teacher, teacher):
-        raise HadSkipError(f"--hadskip {budget:g}={run}: trained from teacher {its_teacher}, not {teacher}")
+        raise HadSkipError(f"{flag} {budget:g}={run}: trained from teacher {its_teacher}, not {teacher}")
 
 
-def _reuse_or_check(run_dir: Path, kind: str, teacher: Path, epochs: float) -> bool:
-    """True when run_dir holds a finished `kind` run from `teacher` trained `epochs` epochs; False when empty;
-    refuses anything else (never overwritten silently)."""
+def _reuse_or_check(run_dir: Path, kind: str, wanted) -> bool:
+    """True when run_dir holds a finished `kind` run trained with the BaselineConfig `wanted` (same teacher or a
+    copy of it, same settings); False when it holds no run; refuses anything else (never overwritten silently)."""
+    from dataclasses import asdict
+
     if not _have(run_dir):
         return False
     info = read_info(run_dir)
-    ok = (info.kind == kind and _same_run(info.extra.get("teacher", ""), teacher)
-          and abs(float(info.metrics.get("epochs", -1)) - epochs) < 1e-9)
-    if not ok:
-        raise HadSkipError(f"{run_dir} holds another run ({info.kind}, teacher {info.extra.get('teacher')}, "
-                           f"{info.metrics.get('epochs')} epochs; wanted {kind}, {teacher}, {epochs:g}): "
-                           "remove it or choose another --out")
+    skip = ("out", "progress", "teacher")
+    want = {k: v for k, v in asdict(wanted).items() if k not in skip}
+    have = {k: v for k, v in info.extra.get("config", {}).items() if k not in skip}
+    diff = sorted(k for k in want if have.get(k) != want[k])
+    if info.kind != kind or diff or not _same_run(info.extra.get("teacher", ""), wanted.teacher):
+        what = f"other settings: {', '.join(diff)}" if diff else f"a {info.kind} run from {info.extra.get('teacher')}"
+        raise HadSkipError(f"{run_dir} holds another run ({what}); remove it or choose another --out")
     return True
 
 
@@ -147,10 +157,17 @@ def _teacher(cfg: CompareConfig, root: Path) -> tuple[Path, dict]:
             raise HadSkipError(f"--task {cfg.task} differs from the teacher's task {teacher_task} ({cfg.teacher})")
         return Path(cfg.teacher), info.task
     teacher_dir = root / "full"
+    task = cfg.task or "rotten-tomatoes"
     if not _have(teacher_dir):
-        finetune(TrainConfig(backbone=cfg.backbone, task=cfg.task or "rotten-tomatoes", out=str(teacher_dir),
-                             max_len=cfg.max_len, epochs=cfg.epochs, progress=cfg.progress))
-    return teacher_dir, read_info(teacher_dir).task
+        finetune(TrainConfig(backbone=cfg.backbone, task=task, out=str(teacher_dir), max_len=cfg.max_len,
+                             epochs=cfg.epochs, progress=cfg.progress))
+    info = read_info(teacher_dir)
+    its_task, _ = task_source(info.task)
+    backbone = json.loads((teacher_dir / "model_config.json").read_text()).get("backbone")
+    if info.kind != "finetune" or its_task != task or backbone != cfg.backbone:
+        raise HadSkipError(f"{teacher_dir} holds another teacher ({info.kind} of {backbone} on {its_task}; wanted "
+                           f"{cfg.backbone} on {task}): remove it, choose another --out, or pass it as --teacher")
+    return teacher_dir, info.task
 
 
 def _metric(spec, preds: np.ndarray, labels: np.ndarray) -> float:
@@ -179,27 +196,42 @@ def compare(cfg: CompareConfig) -> dict:
             raise HadSkipError(f"budget {k:g} is more than the model's {L} layers")
     clock.lap("full", t)
 
+    # every run given is checked before anything trains
+    for k, run in cfg.hadskip_runs.items():
+        if not _have(Path(run)):
+            raise HadSkipError(f"--hadskip {k:g}={run} is not a finished run dir (no run.json)")
+        check_hadskip_run(run, k, teacher_dir, teacher_task, cfg.kd)
+    if cfg.dial_from:
+        check_hadskip_run(cfg.dial_from, None, teacher_dir, teacher_task, cfg.kd, flag="--dial-from")
+
     # --- HadSkip at each budget (the compared average layers come from it) ---
     t = time.time()
     runs: dict[float, Path] = {}
     for k in cfg.budgets:
         run = Path(cfg.hadskip_runs.get(k) or root / f"hadskip-{k:g}")
         if not _have(run):
-            if k in cfg.hadskip_runs:
-                raise HadSkipError(f"--hadskip {k:g}={run} is not a finished run dir (no run.json)")
             train_hadskip(HadSkipConfig(backbone=cfg.backbone, task=task_name, out=str(run), budget=k,
                                         teacher=str(teacher_dir), max_len=cfg.max_len, progress=cfg.progress,
-                                        **options, **cfg.hadskip_options))
-        check_hadskip_run(run, k, teacher_dir, teacher_task)
+                                        kd=cfg.kd, **options, **cfg.hadskip_options))
+        check_hadskip_run(run, k, teacher_dir, teacher_task, cfg.kd)
+        config = read_info(run).extra.get("config", {})
+        changed = sorted(o for o, v in cfg.hadskip_options.items() if config.get(o) != v)
+        if k not in cfg.hadskip_runs and changed:
+            raise HadSkipError(f"{run} was trained with other {', '.join(changed)}: remove it or choose another --out")
         runs[k] = run
     hadskip = {k: {s: evaluate_path(str(r), s, plots_dir=None) for s in ("dev", "test")} for k, r in runs.items()}
     target = {k: hadskip[k]["dev"]["avg_layers"] for k in cfg.budgets}
-    epochs = {k: cfg.baseline_epochs or stage3_epochs(read_info(r).extra.get("config", {}), L)
-              for k, r in runs.items()}
+    infos = {k: read_info(r) for k, r in runs.items()}
+    epochs = {k: cfg.baseline_epochs or stage3_epochs(infos[k], L) for k in cfg.budgets}
     clock.lap("hadskip", t)
 
-    def base_cfg(out: Path, ep: float) -> BaselineConfig:
-        return BaselineConfig(teacher=str(teacher_dir), out=str(out), epochs=ep, kd=cfg.kd, progress=cfg.progress)
+    def base_cfg(out: Path, ep: float, k: float) -> BaselineConfig:
+        """The baseline's settings: those HadSkip's run at budget k trained with (its gate learning rate for
+        the modules the teacher lacks)."""
+        c = infos[k].extra.get("config", {})
+        same = {f: c[f] for f in ("lr", "batch_size", "weight_decay", "warmup", "seed") if f in c}
+        return BaselineConfig(teacher=str(teacher_dir), out=str(out), epochs=ep, kd=cfg.kd, progress=cfg.progress,
+                              new_lr=c.get("gate_lr", 1e-3), **same)
 
     # --- budgeted exit: one static model per budget ---
     t = time.time()
@@ -207,25 +239,25 @@ def compare(cfg: CompareConfig) -> dict:
     for k in cfg.budgets:
         kb = max(1, min(L, int(np.floor(target[k] + 0.5))))
         bdir = root / f"budgeted-exit-{kb}-e{epochs[k]:g}"
-        if not _reuse_or_check(bdir, "budgeted-exit", teacher_dir, epochs[k]):
-            train_budgeted_exit(base_cfg(bdir, epochs[k]), kb)
+        if not _reuse_or_check(bdir, "budgeted-exit", base_cfg(bdir, epochs[k], k)):
+            train_budgeted_exit(base_cfg(bdir, epochs[k], k), kb)
         budgeted[k] = {s: evaluate_path(str(bdir), s, plots_dir=None) for s in ("dev", "test")}
         budgeted[k]["run"] = str(bdir)
     clock.lap("budgeted-exit", t)
 
-    # --- the multi-exit model: entropy and patience rules ---
+    # --- the multi-exit model (one for every budget, trained as long as the longest HadSkip stage III) ---
     t = time.time()
-    ep_exit = max(epochs.values())
+    k_long = max(cfg.budgets, key=lambda k: epochs[k])
+    ep_exit = epochs[k_long]
     edir = root / f"early-exit-e{ep_exit:g}"
-    if not _reuse_or_check(edir, "early-exit", teacher_dir, ep_exit):
-        train_exit_model(base_cfg(edir, ep_exit))
+    if not _reuse_or_check(edir, "early-exit", base_cfg(edir, ep_exit, k_long)):
+        train_exit_model(base_cfg(edir, ep_exit, k_long))
     exits = _exit_rows(edir, cfg.budgets, target)
     clock.lap("early-exit", t)
 
     # --- the dial of one HadSkip run ---
     t = time.time()
     dial_run = Path(cfg.dial_from) if cfg.dial_from else runs[cfg.budgets[len(cfg.budgets) // 2]]
-    check_hadskip_run(dial_run, float(read_info(dial_run).budget), teacher_dir, teacher_task)
     dial = _dial_rows(dial_run, cfg.budgets, target, L)
     clock.lap("hadskip-dial", t)
 
@@ -313,7 +345,7 @@ def _dial_rows(run: Path, budgets: list[float], target: dict[float, float], L: i
     dev, dev_labels, spec, info, _ = sweep_split(run, "dev", progress=False)
     test, test_labels, _, _, _ = sweep_split(run, "test", progress=False)
     grid = sorted(set([*(1.0 + 0.25 * j for j in range(int((L - 1) / 0.25) + 1)), *target.values()]))
-    grid = [g for g in grid if 1.0 <= g <= L] or [float(L)]
+    grid = [g for g in grid if 0.0 <= g <= L] or [float(L)]
     dial = build_dial(dev, dev_labels, spec.metric, spec.num_labels, L, grid)
 
     def on_test(offset: float) -> tuple[float, float]:
@@ -357,5 +389,8 @@ def to_markdown(result: dict) -> str:
     notes = [f"- budget {k}: hadskip − best baseline ({v['best_baseline']}) = {100 * v['hadskip_minus_best']:+.2f} "
              f"points" + (f"; dial {100 * v['dial_minus_best']:+.2f}" if v.get("dial_minus_best") is not None else "")
              for k, v in result.get("margins", {}).items()]
+    epochs = ", ".join(f"{k}: {v:g}" for k, v in result.get("epochs", {}).items())
+    notes.append(f"- training epochs per budget (HadSkip stage III = budgeted exit): {epochs}; early and patience "
+                 f"exit: one multi-exit model, {result.get('exit_model_epochs', 0):g} epochs")
     return (f"Task {result['task']} (test; dynamic methods calibrated on dev to HadSkip's dev average layers)\n\n"
             + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")

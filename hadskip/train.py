@@ -121,10 +121,10 @@ def homotopy_schedule(num_layers: int, budget: float, homotopy: bool = True,
                            f"got {top:g}")
     if not homotopy:
         return [float(budget)]
-    ks = [top - j for j in range(int(math.floor(top - budget)) + 1) if top - j >= budget]
-    if not ks or ks[-1] != budget:
-        ks.append(float(budget))
-    return ks
+    # rounded: 5.9 - 3 is 2.9000000000000004, which would make a phase next to the final k = 2.9
+    ks = [round(top - j, 9) for j in range(int(math.floor(top - budget + 1e-9)) + 1)]
+    ks = [k for k in ks if k > budget + 1e-9]
+    return [*ks, float(budget)]
 
 
 def phase_epochs(num_layers: int, cfg: HadSkipConfig) -> list[float]:
@@ -139,10 +139,16 @@ def phase_epochs(num_layers: int, cfg: HadSkipConfig) -> list[float]:
     return [*early, total - sum(early)]
 
 
-def stage3_epochs(run_config: dict, num_layers: int) -> float:
-    """Total stage III epochs of a finished run, from its recorded config (run.json extra.config)."""
+def stage3_epochs(info: RunInfo, num_layers: int) -> float:
+    """Total stage III epochs a finished HadSkip run trained: what it recorded (run.json extra.phase_epochs),
+    else what its recorded config gives (runs written before phase_epochs was recorded)."""
+    if info.extra.get("phase_epochs"):
+        return float(sum(info.extra["phase_epochs"]))
     known = {f.name for f in fields(HadSkipConfig)}
-    cfg = HadSkipConfig(**{k: v for k, v in run_config.items() if k in known and k != "weights"})
+    config = {k: v for k, v in info.extra.get("config", {}).items() if k in known and k != "weights"}
+    cfg = HadSkipConfig(**{**config, "budget": float(info.budget)})
+    if not cfg.homotopy:  # such runs trained final_phase_epochs only at K
+        return float(cfg.final_phase_epochs)
     return float(sum(phase_epochs(num_layers, cfg)))
 
 
@@ -366,6 +372,8 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
     epochs = phase_epochs(L, cfg)[j]
     total = num_steps(len(dl), epochs)
     hard = int(round(total * cfg.hard_tail)) if j == len(schedule) - 1 else 0  # the last steps on hard gates
+    if hard and acc.num_processes > 1:  # DDP would stop at the gates that get no gradient on hard decisions
+        raise HadSkipError("--hard-tail runs in one process only (the gates get no gradient in its steps)")
     desc = f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})"
     parts = loop.run_steps(acc, student_p, dl, opt, total - hard, cfg.warmup,
                            partial(_joint_step, student_p, teacher, st.weights, k / L), desc, cfg.progress,

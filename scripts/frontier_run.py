@@ -110,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         rec = record["tasks"][name] = {"task": task}
         t = time.time()
         teacher = root / "full"
-        m = finetune(TrainConfig(backbone=str(backbone), task=task, out=str(teacher), max_len=args.max_len,
-                                 epochs=3.0, progress=False))
+        if (teacher / "run.json").is_file():  # a rerun keeps its teacher (the runs trained from it stay valid)
+            from hadskip.checkpoint import read_info
+
+            m = read_info(teacher).metrics
+        else:
+            m = finetune(TrainConfig(backbone=str(backbone), task=task, out=str(teacher), max_len=args.max_len,
+                                     epochs=3.0, progress=False))
         n_train = math.ceil(m["train_examples_per_s"] * m["seconds"] / 32 / 3)  # steps per epoch (batch 32)
         step_s = m["seconds"] / (3 * n_train)
         rec.update(teacher=m, steps_per_epoch=n_train, finetune_step_s=round(step_s, 4),
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "dev_avg_layers": ev["dev"]["avg_layers"], "test": ev["test"]["value"],
                                        "test_avg_layers": ev["test"]["avg_layers"]}
             save_record()
-        done = {n: v for n, v in study["variants"].items() if "dev" in v}
+        # only variants at the budget compete (a variant using more layers would win for that reason alone)
+        done = {n: v for n, v in study["variants"].items() if "dev" in v and abs(v["dev_avg_layers"] - k) <= 0.05}
         if done:
             study["best_on_dev"] = max(done, key=lambda n: done[n]["dev"])
     save_record()

@@ -37,6 +37,7 @@ def test_homotopy_schedule():
     with pytest.raises(HadSkipError):
         homotopy_schedule(4, 5)
     assert homotopy_schedule(6, 2, start=4) == [4, 3, 2] and homotopy_schedule(6, 2.5, start=5.5) == [5.5, 4.5, 3.5, 2.5]
+    assert homotopy_schedule(6, 2.9, start=5.9) == [5.9, 4.9, 3.9, 2.9]  # no float-noise phase beside the last
     with pytest.raises(HadSkipError, match="must start between"):
         homotopy_schedule(6, 2, start=7)
 
@@ -48,7 +49,14 @@ def test_every_stage_iii_variant_trains_as_long_as_the_full_homotopy():
     assert phase_epochs(6, HadSkipConfig(**base)) == [0.25, 0.25, 0.25, 0.25, 0.5]
     assert phase_epochs(6, HadSkipConfig(**base, homotopy=False)) == [1.5]
     assert phase_epochs(6, HadSkipConfig(**base, homotopy_start=4)) == [0.25, 0.25, 1.0]
-    assert stage3_epochs({**base, "homotopy": False, "out": "x", "weights": {}}, 6) == 1.5
+    from hadskip.checkpoint import RunInfo
+
+    def info(extra):
+        return RunInfo(task={}, max_len=8, kind="hadskip", budget=2.0, extra=extra)
+
+    assert stage3_epochs(info({"phase_epochs": [0.25, 0.25, 1.0], "config": base}), 6) == 1.5  # what it recorded
+    assert stage3_epochs(info({"config": {**base, "budget": 3.0}}), 6) == 1.5  # the run's budget, not the config's
+    assert stage3_epochs(info({"config": {**base, "homotopy": False}}), 6) == 0.5  # older runs: K only
     with pytest.raises(HadSkipError, match="below the budget"):
         HadSkipConfig(**base, homotopy_start=1.5)
 
@@ -255,7 +263,7 @@ def test_cli_finetune_on_a_bad_folder_task(env, tmp_path, capsys):
     assert "text" in capsys.readouterr().err
 
 
-def test_compare_table_and_frontier(env, gated, tmp_path):
+def test_compare_table_and_frontier(env, gated, tmp_path, monkeypatch):
     from hadskip.compare import METHODS, CompareConfig, compare
 
     with pytest.raises(HadSkipError, match="differs from the teacher's task"):
@@ -279,9 +287,30 @@ def test_compare_table_and_frontier(env, gated, tmp_path):
     assert (tmp_path / "cmp" / "frontier.png").stat().st_size > 5000
     assert "| hadskip | 1.5 |" in (tmp_path / "cmp" / "compare.md").read_text()
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["metric"] == "accuracy"
-    # a second call reuses every run it trained
+    # a second call reuses every run it trained: nothing may train again
+    import hadskip.baselines as hb
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    for name in ("train_budgeted_exit", "train_exit_model"):
+        monkeypatch.setattr(hb, name, no_training)
     again = compare(CompareConfig(None, [1.5], hadskip_runs={1.5: str(gated[0])}, **cfg))
     assert again["rows"] == result["rows"]
+    # ... and refuses, before training anything, runs made with other settings
+    budgeted = next(r["run"] for r in result["rows"] if r["method"] == "budgeted-exit")
+    info = json.loads((Path(budgeted) / "run.json").read_text())
+    info["extra"]["config"]["lr"] = 1e-4  # as if trained with another learning rate
+    (Path(budgeted) / "run.json").write_text(json.dumps(info))
+    with pytest.raises(HadSkipError, match="holds another run \\(other settings: lr\\)"):
+        compare(CompareConfig(None, [1.5], hadskip_runs={1.5: str(gated[0])}, **cfg))
+    with pytest.raises(HadSkipError, match="trained with --kd full, the comparison distils with logits"):
+        compare(CompareConfig(None, [1.5], hadskip_runs={1.5: str(gated[0])}, **cfg, kd="logits"))
+    with pytest.raises(HadSkipError, match="--dial-from .*'finetune' run"):
+        compare(CompareConfig(None, [1.5], hadskip_runs={1.5: str(gated[0])}, **cfg,
+                              dial_from=str(env["teacher"])))
+    dial = next(r for r in result["rows"] if r["method"] == "hadskip-dial")
+    assert abs(dial["dev_avg_layers"] - target) <= 0.05  # the dial row is matched on dev too
 
 
 def test_compare_refuses_mismatched_hadskip_runs(env, gated, tmp_path):

@@ -27,6 +27,8 @@ def truncate(model, k: int):
     m.gates = torch.nn.ModuleList(list(m.gates)[:k])
     m.config.num_layers = k
     m.config.hf_config = dict(m.config.hf_config, num_hidden_layers=k)
+    if isinstance(m.config.hf_config.get("layer_types"), list):  # per-layer kinds (ModernBERT under transformers 5)
+        m.config.hf_config["layer_types"] = m.config.hf_config["layer_types"][:k]
     return m
 
 

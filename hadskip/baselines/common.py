@@ -90,10 +90,10 @@ def train(st: Setup, model, step_fn, desc: str, new: list | None = None) -> tupl
     Returns (the unwrapped model, mean loss parts, seconds)."""
     cfg, acc = st.cfg, st.acc
     t0 = time.time()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for name, p in model.named_parameters():  # the gates a plain model carries get no gradient: frozen (DDP)
+        p.requires_grad_(".gates." not in f".{name}")
     fresh = {id(p) for p in new or []}
-    old = [p for p in model.parameters() if id(p) not in fresh]
+    old = [p for p in model.parameters() if id(p) not in fresh and p.requires_grad]
     opt = loop.adamw([(old, cfg.lr), (list(new or []), cfg.new_lr)], cfg.weight_decay)
     dl = loop.train_loader(acc, st.prep, st.train_cfg, cfg.seed + 20)
     model_p, opt = acc.prepare(model, opt)
