@@ -213,11 +213,13 @@ def compare(cfg: CompareConfig) -> dict:
             train_hadskip(HadSkipConfig(backbone=cfg.backbone, task=task_name, out=str(run), budget=k,
                                         teacher=str(teacher_dir), max_len=cfg.max_len, progress=cfg.progress,
                                         kd=cfg.kd, **options, **cfg.hadskip_options))
-        check_hadskip_run(run, k, teacher_dir, teacher_task, cfg.kd)
-        config = read_info(run).extra.get("config", {})
-        changed = sorted(o for o, v in cfg.hadskip_options.items() if config.get(o) != v)
-        if k not in cfg.hadskip_runs and changed:
-            raise HadSkipError(f"{run} was trained with other {', '.join(changed)}: remove it or choose another --out")
+        if k not in cfg.hadskip_runs:  # the runs given were checked above
+            check_hadskip_run(run, k, teacher_dir, teacher_task, cfg.kd)
+            config = read_info(run).extra.get("config", {})
+            changed = sorted(o for o, v in cfg.hadskip_options.items() if config.get(o) != v)
+            if changed:
+                raise HadSkipError(f"{run} was trained with other {', '.join(changed)}: remove it or choose another "
+                                   "--out")
         runs[k] = run
     hadskip = {k: {s: evaluate_path(str(r), s, plots_dir=None) for s in ("dev", "test")} for k, r in runs.items()}
     target = {k: hadskip[k]["dev"]["avg_layers"] for k in cfg.budgets}
@@ -239,8 +241,9 @@ def compare(cfg: CompareConfig) -> dict:
     for k in cfg.budgets:
         kb = max(1, min(L, int(np.floor(target[k] + 0.5))))
         bdir = root / f"budgeted-exit-{kb}-e{epochs[k]:g}"
-        if not _reuse_or_check(bdir, "budgeted-exit", base_cfg(bdir, epochs[k], k)):
-            train_budgeted_exit(base_cfg(bdir, epochs[k], k), kb)
+        wanted = base_cfg(bdir, epochs[k], k)
+        if not _reuse_or_check(bdir, "budgeted-exit", wanted):
+            train_budgeted_exit(wanted, kb)
         budgeted[k] = {s: evaluate_path(str(bdir), s, plots_dir=None) for s in ("dev", "test")}
         budgeted[k]["run"] = str(bdir)
     clock.lap("budgeted-exit", t)
@@ -250,8 +253,9 @@ def compare(cfg: CompareConfig) -> dict:
     k_long = max(cfg.budgets, key=lambda k: epochs[k])
     ep_exit = epochs[k_long]
     edir = root / f"early-exit-e{ep_exit:g}"
-    if not _reuse_or_check(edir, "early-exit", base_cfg(edir, ep_exit, k_long)):
-        train_exit_model(base_cfg(edir, ep_exit, k_long))
+    wanted = base_cfg(edir, ep_exit, k_long)
+    if not _reuse_or_check(edir, "early-exit", wanted):
+        train_exit_model(wanted)
     exits = _exit_rows(edir, cfg.budgets, target)
     clock.lap("early-exit", t)
 

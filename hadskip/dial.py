@@ -23,7 +23,6 @@ widest one: its midpoint lies farthest from every dev margin, so fp16 or another
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -235,34 +234,50 @@ def build_dial(leaves: Leaves, labels: np.ndarray, metric: str, num_labels: int,
                 **facts)
 
 
-def sweep_split(run_dir: str | Path, split: str = "dev", batch_size: int = 32, progress: bool = True,
-                device: str | None = None):
-    """(leaves, labels (N,), task spec, RunInfo, L) of a gated run's sweep over one split of its task."""
-    import torch
+def _gated_model(run_dir: Path, batch_size: int, device: str | None):
+    """(model on its device, tokenizer, RunInfo) of a gated run; refuses a run without trained gates."""
+    from hadskip.checkpoint import load_run
+    from hadskip.report import default_device
 
-    from hadskip.batches import encode_split
-    from hadskip.checkpoint import load_run, load_run_task
-    from hadskip.loop import progress_bar
-
-    run_dir = Path(run_dir)
     if batch_size < 1:
         raise HadSkipError(f"batch_size must be >= 1, got {batch_size}")
     model, tokenizer, info = load_run(run_dir)
     if info.kind == "finetune" or info.budget is None:
         raise HadSkipError(f"{run_dir} is a {info.kind} run without trained gates; calibrate a `hadskip train` run")
+    return model.to(device or default_device()), tokenizer, info
+
+
+def _encoded_split(tokenizer, info, split: str):
+    """(encoded split, pad id, task spec) of the run's own task."""
+    from hadskip.batches import encode_split
+    from hadskip.checkpoint import load_run_task
+
     data = load_run_task(info.task)
     enc = encode_split(data.split(split), tokenizer, info.max_len)
     if len(enc) == 0:
         raise HadSkipError(f"the {split} split of {data.spec.name} is empty: nothing to calibrate on")
-    from hadskip.report import default_device
-
-    model.to(device or default_device())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return enc, pad, data.spec
+
+
+def _sweep_with_bar(model, enc, pad: int, batch_size: int, progress: bool, split: str) -> Leaves:
+    import torch
+
+    from hadskip.loop import progress_bar
+
     with progress_bar(progress) as bar:
         task = bar.add_task(f"dial sweep ({split})", total=len(enc), status="")
         with torch.no_grad():
-            leaves = sweep(model, enc, pad, batch_size, progress=lambda done: bar.update(task, completed=done))
-    return leaves, enc.labels, data.spec, info, model.num_layers
+            return sweep(model, enc, pad, batch_size, progress=lambda done: bar.update(task, completed=done))
+
+
+def sweep_split(run_dir: str | Path, split: str = "dev", batch_size: int = 32, progress: bool = True,
+                device: str | None = None):
+    """(leaves, labels (N,), task spec, RunInfo, L) of a gated run's sweep over one split of its task."""
+    model, tokenizer, info = _gated_model(Path(run_dir), batch_size, device)
+    enc, pad, spec = _encoded_split(tokenizer, info, split)
+    leaves = _sweep_with_bar(model, enc, pad, batch_size, progress, split)
+    return leaves, enc.labels, spec, info, model.num_layers
 
 
 def calibrate(run_dir: str | Path, targets: list[float] | None = None, split: str = "dev", batch_size: int = 32,
@@ -270,23 +285,16 @@ def calibrate(run_dir: str | Path, targets: list[float] | None = None, split: st
     """Calibrate RUN's budget dial on `split` and (write=True) store it as RUN/dial.json.
 
     targets: average layers to record points at (default: 1, 1.5, ..., L and the trained budget)."""
-    from hadskip.checkpoint import read_info
     from hadskip.runtime.manifest import sha256_file
 
     run_dir = Path(run_dir)
-    first = read_info(run_dir)  # refuse bad targets before the sweep
-    if first.kind == "finetune" or first.budget is None:
-        raise HadSkipError(f"{run_dir} is a {first.kind} run without trained gates; calibrate a `hadskip train` run")
-    try:
-        L = int(json.loads((run_dir / "model_config.json").read_text())["num_layers"])
-    except (OSError, ValueError, KeyError, TypeError):
-        L = None  # load_run (in the sweep) names what is wrong with the run dir
-    if L is not None:
-        targets = check_targets(default_targets(L, first.budget) if targets is None else targets, L)
+    model, tokenizer, info = _gated_model(run_dir, batch_size, device)
+    L = model.num_layers
+    targets = check_targets(default_targets(L, info.budget) if targets is None else targets, L)  # before the data
+    enc, pad, spec = _encoded_split(tokenizer, info, split)
     t0 = time.perf_counter()
-    leaves, labels, spec, info, L = sweep_split(run_dir, split, batch_size, progress, device)
-    targets = check_targets(default_targets(L, first.budget) if targets is None else targets, L)
-    dial = build_dial(leaves, labels, spec.metric, spec.num_labels, L, targets, tol,
+    leaves = _sweep_with_bar(model, enc, pad, batch_size, progress, split)
+    dial = build_dial(leaves, enc.labels, spec.metric, spec.num_labels, L, targets, tol,
                       task=spec.name, split=split, trained_budget=info.budget,
                       model_sha256=sha256_file(run_dir / "model.safetensors"))
     dial.extra["seconds"] = round(time.perf_counter() - t0, 2)
