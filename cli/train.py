@@ -93,7 +93,8 @@ def train(
                         final_phase_epochs=final_phase_epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr,
                         estimator=estimator, tau=tau, weights=LossWeights(budget=beta), kd=kd,
                         gate_init=not no_gate_init, homotopy=not no_homotopy, homotopy_start=homotopy_start,
-                        stage2_kd=stage2_kd, hard_tail=hard_tail, resume=resume, seed=seed, max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
+                        stage2_kd=stage2_kd, hard_tail=hard_tail, resume=resume, seed=seed,
+                        max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
                         metric=metric, progress=not quiet)
     _report({"out": out, **train_hadskip(cfg)}, as_json)
 

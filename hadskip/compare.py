@@ -359,7 +359,7 @@ def _dial_rows(run: Path, budgets: list[float], target: dict[float, float], L: i
     by_target = {p.target: p for p in dial.points}
     rows = {}
     for k in budgets:
-        p = by_target[target[k]] if target[k] in by_target else min(dial.points, key=lambda q: abs(q.target - target[k]))
+        p = by_target.get(target[k]) or min(dial.points, key=lambda q: abs(q.target - target[k]))
         tl, tv = on_test(p.offset)
         rows[k] = {"method": "hadskip-dial", "budget": k, "value": tv, "avg_layers": tl, "dev_value": p.value,
                    "dev_avg_layers": p.avg_layers, "gate_offset": p.offset, "run": str(run),

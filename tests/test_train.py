@@ -36,7 +36,8 @@ def test_homotopy_schedule():
     assert homotopy_schedule(4, 4) == [4]
     with pytest.raises(HadSkipError):
         homotopy_schedule(4, 5)
-    assert homotopy_schedule(6, 2, start=4) == [4, 3, 2] and homotopy_schedule(6, 2.5, start=5.5) == [5.5, 4.5, 3.5, 2.5]
+    assert homotopy_schedule(6, 2, start=4) == [4, 3, 2]
+    assert homotopy_schedule(6, 2.5, start=5.5) == [5.5, 4.5, 3.5, 2.5]
     assert homotopy_schedule(6, 2.9, start=5.9) == [5.9, 4.9, 3.9, 2.9]  # no float-noise phase beside the last
     with pytest.raises(HadSkipError, match="must start between"):
         homotopy_schedule(6, 2, start=7)
