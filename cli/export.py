@@ -47,10 +47,12 @@ def export(
 ) -> None:
     """Export every unit (embeddings, gates, layers, head) as its own graph, validated against PyTorch."""
     from hadskip.export import export_model
+    from hadskip.export.install import CleanupNote
     from hadskip.export.quantize import QuantizationWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QuantizationWarning)
+        warnings.simplefilter("always", CleanupNote)
         report = export_model(run, out, engine=engine.value, opset=opset, optimize=optimize,
                               with_baseline=with_baseline, fp16=fp16, max_batch=max_batch,
                               validate=not no_validate, progress=True,
@@ -58,6 +60,8 @@ def export(
     for w in caught:  # int8 accuracy notes as one `warning:` line each; anything else as Python shows it
         if issubclass(w.category, QuantizationWarning):
             typer.echo(f"warning: {w.message}", err=True)
+        elif issubclass(w.category, CleanupNote):
+            typer.echo(f"note: {w.message}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if as_json:

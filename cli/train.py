@@ -18,6 +18,8 @@ Metric = Annotated[Optional[str], typer.Option(help="Override the task metric: a
 MaxExamples = Annotated[Optional[int], typer.Option(help="Cap every split (quick runs).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or per-phase lines.")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="Replace a run already at --out (only the files hadskip wrote there are removed).")]
 Budget = Annotated[Optional[float], typer.Option(
     help="Target average layers through the model's budget dial (`hadskip dial`); default: the trained gates.")]
 
@@ -36,6 +38,7 @@ def finetune(
     pair_col: PairCol = None,
     label_col: LabelCol = None,
     metric: Metric = None,
+    force: Force = False,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -45,7 +48,8 @@ def finetune(
 
     metrics = run(TrainConfig(backbone=backbone, task=task, out=out, max_len=max_len, epochs=epochs,
                               batch_size=batch_size, lr=lr, seed=seed, max_examples=max_examples, text_col=text_col,
-                              pair_col=pair_col, label_col=label_col, metric=metric, progress=not quiet))
+                              pair_col=pair_col, label_col=label_col, metric=metric, progress=not quiet,
+                              force=force))
     _report({"out": out, **metrics}, as_json)
 
 
@@ -75,6 +79,7 @@ def train(
     hard_tail: Annotated[float, typer.Option(
         help="Share of the last phase trained on the gates' own (inference) decisions, gates frozen.")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after the last finished stage/phase.")] = False,
+    force: Force = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     max_examples: MaxExamples = None,
     text_col: TextCol = None,
@@ -95,7 +100,7 @@ def train(
                         gate_init=not no_gate_init, homotopy=not no_homotopy, homotopy_start=homotopy_start,
                         stage2_kd=stage2_kd, hard_tail=hard_tail, resume=resume, seed=seed,
                         max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
-                        metric=metric, progress=not quiet)
+                        metric=metric, progress=not quiet, force=force)
     _report({"out": out, **train_hadskip(cfg)}, as_json)
 
 
@@ -103,7 +108,9 @@ def evaluate(
     path: Annotated[str, typer.Argument(help="A run dir (or an exported model dir).")],
     split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
     task: Annotated[Optional[str], typer.Option(help="Evaluate on another task/folder than the run's own.")] = None,
-    plots: Annotated[Optional[str], typer.Option(help="Folder for PNG plots (default: PATH/eval-SPLIT/).")] = None,
+    plots: Annotated[Optional[str], typer.Option(
+        help="Folder for PNG plots (default: RUN/eval-SPLIT/ for a run dir; none for a model dir, which is never "
+             "written into).")] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")] = False,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 64,
     budget: Budget = None,

@@ -1,8 +1,13 @@
 """Putting a finished export in place without losing anything: the target rule, the swap, and signals.
 
 Target rule: `--out` may be missing, an empty dir, or a hadskip model dir holding nothing but what an export
-writes (manifest.json and the files its manifest lists, in their folders). Anything else inside it (a run
-dir, notes, a symlink, an empty folder) makes the export refuse, naming what is in the way, before any work.
+writes (manifest.json and the files its manifest lists, in their folders). Ownership is proven by our schema
+(the manifest loads as a hadskip manifest) and each file's sha256, not by the shape of a JSON file. Anything
+else inside it (a run dir, notes, a symlink, an empty folder, a listed file changed since the export) makes
+the export refuse, naming what is in the way, before any work.
+
+Leftovers: temp dirs carry the pid of the export that made them; the next export removes those whose process
+is gone (a kill -9 cannot run a cleanup), so they never pile up.
 
 Install: the finished temp dir beside the target is renamed into place; an old model dir is first renamed
 aside, and then only the files its manifest lists (and folders left empty) are removed, so a file that
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -29,27 +35,43 @@ import warnings
 from pathlib import Path
 
 from hadskip.export.spec import ExportError
-from hadskip.runtime.manifest import MANIFEST
+from hadskip.runtime.manifest import MANIFEST, ManifestError, load_manifest, sha256_file
 
 SHOWN = 3  # how many strangers a refusal names
 
 
-def _owned(out: Path) -> set[str]:
-    """The relative paths an export wrote into the model dir `out` (its manifest, and the files listed there)."""
-    f = out / MANIFEST
+def _listed(out: Path) -> set[str]:
+    """The relative paths the manifest at `out` claims (itself and its "files"), as far as it can be read; what
+    is in the way is judged against this list first, ownership is proven after (`_prove_ours`)."""
     try:
-        data = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"--out {out} has a {MANIFEST} that cannot be read ({type(exc).__name__}); "
-                          "refusing to replace it") from exc
+        data = json.loads((out / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {MANIFEST}
     files = data.get("files") if isinstance(data, dict) else None
     if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
-        raise ExportError(f"--out {out} has a {MANIFEST} without a file list; refusing to replace it")
+        return {MANIFEST}
     for rel in files:
         if not rel or "\0" in rel or os.path.isabs(rel) or ".." in Path(rel).parts:
             raise ExportError(f"--out {out} has a {MANIFEST} that lists a path outside it ({rel!r}); refusing to "
                               "replace it")
     return {MANIFEST, *(os.path.normpath(k) for k in files)}
+
+
+def _prove_ours(out: Path) -> None:
+    """Ownership is proven by our own schema (the manifest loads as a hadskip manifest) and by the hashes, never
+    by the shape of a JSON file: a web app's manifest.json with a "files" object owns nothing, and a listed file
+    that changed since the export is the user's now (it is named)."""
+    try:
+        manifest = load_manifest(out, verify=False)
+    except ManifestError:
+        raise ExportError(f"--out {out} holds a {MANIFEST} that is not a hadskip model dir's; refusing to replace "
+                          "it: give a new or empty directory") from None
+    changed = [rel for rel, meta in manifest.files.items()
+               if (out / rel).is_file() and sha256_file(out / rel) != meta.get("sha256")]
+    if changed:
+        shown = ", ".join(changed[:SHOWN]) + (", ..." if len(changed) > SHOWN else "")
+        raise ExportError(f"--out {out} holds files changed since they were exported ({shown}); refusing to "
+                          "replace them (move them out, or give another --out)")
 
 
 def _strangers(out: Path, owned: set[str], limit: int = SHOWN) -> list[str]:
@@ -89,26 +111,73 @@ def check_target(out: Path) -> set[str]:
     if not (out / MANIFEST).is_file() or (out / MANIFEST).is_symlink():
         raise ExportError(f"--out {out} exists and is not a hadskip model dir (no {MANIFEST}); refusing to replace "
                           "it: give a new or empty directory")
-    owned = _owned(out)
+    owned = _listed(out)
     strangers = _strangers(out, owned)
     if strangers:
         more = ", ..." if len(strangers) == SHOWN else ""
         raise ExportError(f"--out {out} holds files export did not write: {', '.join(strangers)}{more}; refusing to "
                           "replace it (move them out, or give another --out)")
+    _prove_ours(out)
     return owned
 
 
+class CleanupNote(UserWarning):
+    """Temp dirs that killed exports left behind were found and removed (the CLI shows one `note:` line)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or not a pid we can judge): not ours to remove
+    return True
+
+
+def _stale(folder: Path, pattern: re.Pattern) -> list[Path]:
+    """Dirs in `folder` whose name matches `pattern` (group 1: the pid that made them) and whose process is gone."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(folder) as it:
+        for entry in it:
+            m = pattern.fullmatch(entry.name)
+            if m and entry.is_dir(follow_symlinks=False) and not _pid_alive(int(m.group(1))):
+                found.append(Path(entry.path))
+    return found
+
+
+def sweep_stale(out: Path) -> int:
+    """Remove what exports killed without cleanup (kill -9, a power cut) left: the temp dirs beside `out` and the
+    scratch dirs in the system temp dir, each named with the pid that made it, whose process no longer runs.
+    Returns the bytes freed. A dir whose process still runs (a concurrent export) is left alone."""
+    beside = re.compile(re.escape(f".{out.name}.") + r"(\d+)-[A-Za-z0-9_]+\.tmp")
+    scratch = re.compile(r"hadskip-export-(\d+)-[A-Za-z0-9_]+")
+    freed = 0
+    for d in _stale(out.parent, beside) + _stale(Path(tempfile.gettempdir()), scratch):
+        freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(d, ignore_errors=True)
+    if freed:
+        warnings.warn(f"removed {freed / 1e6:.1f} MB of temp dirs left by an export that was killed", CleanupNote,
+                      stacklevel=2)
+    return freed
+
+
 def temp_dirs(out: Path) -> tuple[Path, Path]:
-    """(a temp dir beside `out` that the model dir is built in, a scratch dir in the system temp dir)."""
+    """(a temp dir beside `out` that the model dir is built in, a scratch dir in the system temp dir); both
+    names carry this process's pid, so a later export can tell a killed export's leftovers (`sweep_stale`)."""
+    pid = os.getpid()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        sweep_stale(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{pid}-", suffix=".tmp", dir=out.parent))
     except OSError as exc:
         raise ExportError(f"cannot write the model dir {out}: {exc.strerror or exc} ({exc.filename or out.parent})"
                           ) from exc
     tmp.chmod(0o755)  # mkdtemp makes it private; the model dir is meant to be shared and served
     try:
-        scratch = Path(tempfile.mkdtemp(prefix="hadskip-export-"))
+        scratch = Path(tempfile.mkdtemp(prefix=f"hadskip-export-{pid}-"))
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"cannot create a scratch dir in {tempfile.gettempdir()}: {exc.strerror or exc}") from exc

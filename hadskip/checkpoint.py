@@ -6,12 +6,16 @@
     RUN/tokenizer/            the tokenizer (tokenizer.json is what export copies)
 
 Saving writes run.json last: a dir without it is not a run, so a kill never leaves a half checkpoint loadable.
+
+`claim_run_dir` is the one rule for writing a run dir: a finished run is continued only with `resume`,
+replaced only with `force`, and a folder holding anything else is never written into.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,3 +142,83 @@ def load_run(path: str | Path, map_location: str = "cpu"):
     model = load_model(path, map_location)
     tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), use_fast=True)
     return model, tokenizer, info
+
+
+# what hadskip itself writes into a run dir: the only entries `claim_run_dir(force=True)` removes
+RUN_ENTRIES = ("model.safetensors", "model_config.json", "run.json", "run.json.tmp", "tokenizer", ".saving",
+               "log.jsonl", "progress.json", "progress.tmp", "stages", "dial.json", "dial.json.tmp")
+RUN_ENTRY_PREFIXES = ("eval-",)  # `hadskip eval RUN`'s default plot folders
+
+
+def _is_run_entry(name: str) -> bool:
+    return name in RUN_ENTRIES or name.startswith(RUN_ENTRY_PREFIXES)
+
+
+def _stages_done(path: Path) -> int:
+    """How many stages/phases OUT/progress.json records as finished (0 when it is absent or unreadable)."""
+    try:
+        done = json.loads((path / "progress.json").read_text()).get("done")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return len(done) if isinstance(done, dict) else 0
+
+
+def claim_run_dir(out: str | Path, *, resume: bool = False, force: bool = False, resumable: bool = True) -> Path:
+    """Make `out` ready to train into, or refuse in one line; the one rule for every command that writes a run.
+
+    - missing or empty: created;
+    - a finished run (a run.json that reads), or an unfinished one with stages done (progress.json): refused,
+      unless `resume` (continue it) or `force` (its hadskip files are removed first; other files stay);
+    - an unfinished run with nothing done (only what a killed run leaves): reused;
+    - a folder holding anything hadskip does not write, and no run: refused, even with `force`;
+    - a file, a dangling symlink, or a path that cannot be created or written: refused.
+    `resumable` False (finetune) leaves --resume out of the advice."""
+    p = Path(out)
+    if p.is_symlink() and not p.exists():
+        raise HadSkipError(f"--out {p} is a dangling symlink; give a folder")
+    if p.exists() and not p.is_dir():
+        raise HadSkipError(f"--out {p} is a file, not a folder")
+    entries = sorted(e.name for e in p.iterdir()) if p.is_dir() else []
+    if entries:
+        finished = None
+        if (p / "run.json").is_file():
+            try:
+                finished = read_info(p)
+            except (HadSkipError, TypeError):
+                finished = None
+        done = _stages_done(p)
+        foreign = [e for e in entries if not _is_run_entry(e)]
+        hint = ("--resume continues it, --force replaces it" if resumable else "--force replaces it")
+        if finished is None and not done and foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise HadSkipError(f"--out {p} holds files that are not a hadskip run ({shown}); refusing to write into "
+                               "it: give a new or empty folder")
+        if force:
+            _remove_run_entries(p, entries)
+        elif resume and resumable and (finished is not None or done):
+            pass
+        elif finished is not None:
+            raise HadSkipError(f"--out {p} already holds a finished {finished.kind} run; {hint}, or give another "
+                               "--out")
+        elif done:
+            raise HadSkipError(f"--out {p} holds an unfinished run with {done} stage(s) done; {hint}, or give "
+                               "another --out")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        raise HadSkipError(f"cannot write the run dir {p}: {exc.strerror or exc}") from exc
+    return p
+
+
+def _remove_run_entries(p: Path, entries: list[str]) -> None:
+    for name in entries:
+        if not _is_run_entry(name):
+            continue  # not ours: kept
+        e = p / name
+        if e.is_symlink() or e.is_file():
+            e.unlink()
+        elif e.is_dir():
+            shutil.rmtree(e)
+

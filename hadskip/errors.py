@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class HadSkipError(Exception):
     """Bad input or a missing resource that the user can fix; the message says what and how."""
@@ -24,3 +26,11 @@ def require(module: str, extra: str, what: str = ""):
         return importlib.import_module(module)
     except ImportError as exc:  # the dependency (or one of its own) is absent
         raise MissingExtraError(module.split(".")[0], extra, what) from exc
+
+
+def check_finite(name: str, value, *, low: float | None = None, low_open: bool = False) -> None:
+    """A number setting is finite (not NaN or inf) and at least `low` (above it when `low_open`)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise HadSkipError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise HadSkipError(f"{name} must be {'>' if low_open else '>='} {low:g}, got {value:g}")

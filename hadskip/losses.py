@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hadskip.errors import check_finite
+
 
 @dataclass
 class LossWeights:
@@ -32,8 +34,9 @@ class LossWeights:
     temperature: float = 1.0  # for the logits KL
 
     def __post_init__(self) -> None:
-        if any(v < 0 for v in vars(self).values()) or self.temperature <= 0:
-            raise ValueError("loss weights must be >= 0 and temperature > 0")
+        for name, v in vars(self).items():  # --beta is the budget weight
+            check_finite("--beta" if name == "budget" else f"loss weight {name}", v, low=0,
+                         low_open=name == "temperature")
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -18,23 +18,35 @@ from hadskip.errors import HadSkipError
 def evaluate_path(path: str, split: str = "test", task: str | None = None, plots_dir: str | None = "",
                   batch_size: int = 64, budget: float | None = None) -> dict:
     """Evaluate PATH (a run dir with run.json, or a model dir with manifest.json) on a split.
-    plots_dir "" = PATH/eval-SPLIT (PATH/eval-SPLIT-bBUDGET with a budget), None = no plots.
+    plots_dir "" = RUN/eval-SPLIT (RUN/eval-SPLIT-bBUDGET with a budget) for a run dir, and no plots for a model
+    dir (a model dir is never written into: its manifest lists every file it owns), None = no plots.
     budget: a target average of layers through the budget dial (RUN/dial.json or the manifest's dial).
     Returns the §10 dict (+ "plots", "kind"; with a budget also "target_budget" and "gate_offset")."""
     p = Path(path)
+    model_dir = not (p / "run.json").is_file()
+    if plots_dir and model_dir and _inside(Path(plots_dir), p):
+        raise HadSkipError(f"--plots {plots_dir} is inside the model dir {p}, which only holds what export wrote; "
+                           "give a folder outside it")
     if (p / "run.json").is_file():
         report, gates, labels = _eval_run(p, split, task, batch_size, budget)
     elif (p / "manifest.json").is_file():
         report, gates, labels = _eval_model_dir(p, split, task, batch_size, budget)
     else:
         raise HadSkipError(f"{p} is neither a run dir (run.json) nor an exported model dir (manifest.json)")
-    if plots_dir is not None:
+    if plots_dir == "" and model_dir:
+        report["plots"] = None  # nothing is written into a model dir; --plots DIR writes them elsewhere
+    elif plots_dir is not None:
         default = f"eval-{split}" if budget is None else f"eval-{split}-b{float(budget):g}"
         out = Path(plots_dir) if plots_dir else p / default
         out.mkdir(parents=True, exist_ok=True)
         report["plots"] = plot_layer_usage(gates, labels, out, title=f"{report['task']} ({split})")
         (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
 
 
 def default_device() -> str:

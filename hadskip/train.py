@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from hadskip import loop
-from hadskip.checkpoint import RunInfo, load_run, read_info, save_run
-from hadskip.errors import HadSkipError
+from hadskip.checkpoint import RunInfo, claim_run_dir, load_run, read_info, save_run
+from hadskip.errors import HadSkipError, check_finite
 from hadskip.evaluate import evaluate
 from hadskip.loop import Log, Prepared, adamw, eval_split, num_steps, train_loader
 from hadskip.losses import LossWeights, budget_penalty, distillation, task_loss
@@ -57,10 +57,17 @@ class TrainConfig:
     label_col: str | None = None
     metric: str | None = None
     progress: bool = True
+    force: bool = False  # replace a finished run at `out` (its hadskip files only; see checkpoint.claim_run_dir)
 
     def __post_init__(self) -> None:
-        if self.max_len < 8 or self.batch_size < 1 or self.lr <= 0 or self.epochs <= 0:
-            raise HadSkipError("need max_len >= 8, batch_size >= 1, lr > 0, epochs > 0")
+        if self.max_len < 8 or self.batch_size < 1:
+            raise HadSkipError("need max_len >= 8, batch_size >= 1")
+        check_finite("--lr", self.lr, low=0, low_open=True)
+        check_finite("--epochs", self.epochs, low=0, low_open=True)
+        check_finite("weight_decay", self.weight_decay, low=0)
+        check_finite("warmup", self.warmup, low=0)
+        if self.warmup >= 1:
+            raise HadSkipError(f"warmup is a fraction of the steps, below 1; got {self.warmup:g}")
 
 
 @dataclass
@@ -89,8 +96,15 @@ class HadSkipConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.budget <= 0:
-            raise HadSkipError(f"--budget must be > 0, got {self.budget}")
+        check_finite("--budget", self.budget, low=0, low_open=True)
+        check_finite("--stage2-epochs", self.stage2_epochs, low=0)
+        check_finite("--phase-epochs", self.phase_epochs, low=0)
+        check_finite("--final-phase-epochs", self.final_phase_epochs, low=0, low_open=True)
+        check_finite("--gate-lr", self.gate_lr, low=0, low_open=True)
+        check_finite("--tau", self.tau, low=0, low_open=True)
+        check_finite("--hard-tail", self.hard_tail)
+        if self.homotopy_start is not None:
+            check_finite("--homotopy-start", self.homotopy_start)
         if self.kd not in ("full", "logits", "none"):
             raise HadSkipError(f"--kd must be full, logits or none, got {self.kd!r}")
         if self.estimator not in ("reinmax", "ste"):
@@ -167,8 +181,7 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
     from hadskip.backbone import build_gated
 
     check_finetune(cfg, init)  # before the run dir exists
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(cfg.out, force=cfg.force, resumable=False)
     log = Log(out, cfg.progress)
     acc = loop.accelerator(cfg.seed)
     t0 = time.time()
@@ -219,7 +232,7 @@ def finetune(cfg: TrainConfig, init=None, kind: str = "finetune") -> dict:
 
 
 # settings that do not change what a finished phase contains (so --resume may change them)
-_RESUMABLE = ("out", "resume", "progress", "eval_batch_size")
+_RESUMABLE = ("out", "resume", "force", "progress", "eval_batch_size")
 
 
 class _ProgressFile:
@@ -302,7 +315,7 @@ def _stage1(cfg: HadSkipConfig, record: _ProgressFile, timings: dict) -> Path:
     teacher_dir = Path(cfg.out) / "stages" / "stage1"
     if "stage1" not in record.done:
         tc = TrainConfig(**{f.name: getattr(cfg, f.name) for f in fields(TrainConfig)})
-        tc.out = str(teacher_dir)
+        tc.out, tc.force = str(teacher_dir), True  # our own stage dir: a finished but unrecorded stage I is redone
         t = time.time()
         finetune(tc)
         timings["stage1"] = time.time() - t
@@ -392,8 +405,7 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
 def train_hadskip(cfg: HadSkipConfig) -> dict:
     """Stages I (or --teacher), II and III. The final model is the run dir cfg.out. Returns its metrics."""
     check_hadskip(cfg)  # before the run dir exists
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(cfg.out, resume=cfg.resume, force=cfg.force)
     acc = loop.accelerator(cfg.seed)
     record = _ProgressFile(out, cfg, cfg.resume, acc.is_main_process)
     acc.wait_for_everyone()

@@ -176,7 +176,8 @@ CASES = [
      r"is a 'gpt2' model"),
     ("finetune-max-len-small", lambda e: ["finetune", "--max-len", "4", "--out", str(e.root / "f4")],
      r"max_len >= 8"),
-    ("finetune-epochs-zero", lambda e: ["finetune", "--epochs", "0", "--out", str(e.root / "f5")], r"epochs > 0"),
+    ("finetune-epochs-zero", lambda e: ["finetune", "--epochs", "0", "--out", str(e.root / "f5")],
+     r"--epochs must be > 0"),
     ("finetune-epochs-text", lambda e: ["finetune", "--epochs", "three"], r"--epochs"),
     ("finetune-backbone-tokenizer-only", lambda e: ["finetune", "--backbone", str(e.run / "tokenizer"), "--out",
                                                     str(e.root / "f6")], r"config\.json"),
@@ -226,6 +227,24 @@ CASES = [
                                         "torch"], r"backend"),
     ("triton-out-under-file", lambda e: ["triton-repo", str(e.model), "--out", e.txt + "/repo"],
      r"(not a folder|exists|cannot|file)"),
+    ("triton-python-env-missing", lambda e: ["triton-repo", str(e.model), "--out", str(e.root / "tr7"),
+                                             "--python-env", "/nonexistent"],
+     r"python_env /nonexistent does not exist"),
+    ("triton-python-env-not-an-env", lambda e: ["triton-repo", str(e.model), "--out", str(e.root / "tr8"),
+                                                "--python-env", str(e.task)], r"without bin/python"),
+    ("triton-python-env-relative", lambda e: ["triton-repo", str(e.model), "--out", str(e.root / "tr9"),
+                                              "--python-env", "env.tar.gz"], r"absolute path"),
+    ("triton-threads-negative", lambda e: ["triton-repo", str(e.model), "--out", str(e.root / "tr10"),
+                                           "--threads", "-1"], r"threads must be >= 1"),
+    ("triton-out-inside-model", lambda e: ["triton-repo", str(e.model), "--out", str(e.model / "repo")],
+     r"inside the model dir"),
+    ("triton-out-is-model", lambda e: ["triton-repo", str(e.model), "--out", str(e.model)],
+     r"inside the model dir"),
+    ("triton-out-holds-model", lambda e: ["triton-repo", str(e.model), "--out", str(e.model.parent)],
+     r"holds the model dir"),
+    ("triton-out-run-dir", lambda e: ["triton-repo", str(e.model), "--out", str(e.run)], r"is a hadskip run dir"),
+    ("eval-plots-inside-model", lambda e: ["eval", str(e.model), "--plots", str(e.model / "plots")],
+     r"inside the model dir"),
     # --- the app ---
     ("unknown-command", lambda e: ["fit"], r"No such command 'fit'"),
     ("data-unknown-subcommand", lambda e: ["data", "list"], r"No such command 'list'"),
@@ -320,3 +339,29 @@ def test_a_cli_module_that_fails_to_import_is_not_skipped():
 
     proc = _without("hadskip.cli.serve", "--help")
     assert proc.returncode != 0 and re.search(r"(Import|ModuleNotFound)Error: .*serve", proc.stderr), proc.stderr
+
+
+def test_eval_of_a_model_dir_writes_nothing_into_it(env, capsys):
+    """Issue 23: `hadskip eval MODEL` wrote MODEL/eval-test/, after which a re-export refused the model dir."""
+    from test_export_safety import snapshot
+
+    model = env.model_copy("m-eval", lambda d: None)
+    before = snapshot(Path(model))
+    assert main(["eval", model, "--split", "test", "--task", str(env.task), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plots"] is None
+    assert snapshot(Path(model)) == before
+    plots = env.root / "m-eval-plots"
+    assert main(["eval", model, "--split", "test", "--task", str(env.task), "--plots", str(plots), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plots"] and snapshot(Path(model)) == before
+
+
+def test_triton_force_never_replaces_a_folder_it_did_not_write(env, capsys):
+    repo = env.root / "tr-force"
+    (repo / "hadskip").mkdir(parents=True)
+    (repo / "hadskip" / "mine.txt").write_text("mine")
+    assert main(["triton-repo", str(env.model), "--out", str(repo), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a model this command wrote" in err[0]
+    assert (repo / "hadskip" / "mine.txt").read_text() == "mine"
+    assert main(["triton-repo", str(env.model), "--out", str(repo), "--name", "m2"]) == 0
+    assert main(["triton-repo", str(env.model), "--out", str(repo), "--name", "m2", "--force"]) == 0

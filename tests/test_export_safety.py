@@ -111,12 +111,37 @@ def test_refusals_of_unreadable_or_foreign_dirs(run_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
-    with pytest.raises(ExportError, match="manifest.json that cannot be read"):
+    with pytest.raises(ExportError, match="manifest.json that is not a hadskip model dir's"):
         export_model(run_dir, broken, progress=False)
     (broken / "manifest.json").write_text(json.dumps({"files": ["a"]}))
-    with pytest.raises(ExportError, match="without a file list"):
+    with pytest.raises(ExportError, match="not a hadskip model dir's"):
         export_model(run_dir, broken, progress=False)
     assert (foreign / "a.txt").read_text() == "x" and (broken / "manifest.json").is_file()
+
+
+def test_a_foreign_manifest_with_a_files_object_owns_nothing(run_dir, tmp_path):
+    """Issue 23 item 2: a web app's manifest.json whose "files" object lists the app's files made export delete
+    them; ownership is proven by our schema and hashes now."""
+    web = tmp_path / "webapp"
+    web.mkdir()
+    (web / "index.html").write_text("<html>mine</html>")
+    (web / "manifest.json").write_text(json.dumps({"name": "app", "files": {"index.html": {"sha256": "0" * 64}}}))
+    before = snapshot(web)
+    with pytest.raises(ExportError, match="not a hadskip model dir's") as err:
+        export_model(run_dir, web, max_batch=2, validate=False, progress=False)
+    assert "\n" not in str(err.value) and snapshot(web) == before
+
+
+def test_a_listed_file_changed_since_the_export_is_not_replaced(run_dir, model_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(model_dir, d)
+    (d / "head.onnx").write_bytes(b"my own head, edited after the export")
+    before = snapshot(d)
+    with pytest.raises(ExportError, match=r"changed since they were exported \(head\.onnx\)"):
+        export_model(run_dir, d, max_batch=2, validate=False, progress=False)
+    assert snapshot(d) == before
 
 
 @pytest.mark.parametrize("listed", ["../victim.txt", "/tmp/victim.txt", "layers/../../victim.txt", "a\0b"])
@@ -235,3 +260,28 @@ def test_a_signal_mid_export_leaves_no_temp_dirs(run_dir, model_dir, tmp_path, s
     assert snapshot(out.parent) == before  # no .model.*.tmp beside it; an old model dir untouched
     if existing:
         load_manifest(out)
+
+
+def test_a_killed_export_leaves_temp_dirs_that_the_next_export_removes(run_dir, tmp_path, monkeypatch):
+    """Issue 23: kill -9 cannot run a cleanup; the next export finds the dead export's dirs (by the pid in their
+    names) and removes them, and leaves a live process's dirs alone."""
+    import tempfile
+
+    from hadskip.export.install import CleanupNote
+
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    out = tmp_path / "target" / "model"
+    out.parent.mkdir()
+    _interrupt(run_dir, out, tmpdir, signal.SIGKILL)
+    left = list(out.parent.glob(f".{out.name}.*.tmp")) + list(tmpdir.glob("hadskip-export-*"))
+    assert len(left) == 2  # the kill left both behind
+    live = [out.parent / f".{out.name}.{os.getpid()}-live.tmp", tmpdir / f"hadskip-export-{os.getppid()}-live"]
+    for d in live:
+        d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    with pytest.warns(CleanupNote, match="MB of temp dirs left by an export that was killed"):
+        export_model(run_dir, out, max_batch=2, validate=False, progress=False)
+    assert not any(d.exists() for d in left) and all(d.exists() for d in live)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["model", live[0].name])
+    load_manifest(out)

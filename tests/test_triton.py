@@ -29,15 +29,16 @@ MAX_TEXT_BYTES = 4096
 
 # -- the repository (no server) -------------------------------------------------------------------------------
 def test_repo_layout_and_config(model_dir, tmp_path, rt):
+    env_path = "$$TRITON_MODEL_DIRECTORY/env.tar.gz"
     target = write_repo(model_dir, tmp_path / "repo", TritonRepoConfig(max_batch=16, preferred_batch=(4, 16),
-                                                                      threads=2, python_env="/envs/hadskip"))
+                                                                      threads=2, python_env=env_path))
     assert target == tmp_path / "repo" / "hadskip"
     text = (target / "config.pbtxt").read_text()
     for line in ('name: "hadskip"', 'backend: "python"', "max_batch_size: 16", "preferred_batch_size: [ 4, 16 ]",
                  "max_queue_delay_microseconds: 2000", "instance_group [ { count: 1 kind: KIND_CPU } ]",
                  f'dims: [ {len(rt.labels)} ] label_filename: "labels.txt"', f"dims: [ {rt.num_layers} ]",
                  'key: "HADSKIP_THREADS" value: { string_value: "2" }',
-                 'key: "EXECUTION_ENV_PATH" value: { string_value: "/envs/hadskip" }',
+                 'key: "EXECUTION_ENV_PATH" value: { string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz" }',
                  'key: "HADSKIP_MODEL_DIR" value: { string_value: "model" }'):
         assert line in text, line
     assert (target / "labels.txt").read_text().splitlines() == rt.labels

@@ -73,11 +73,28 @@ class TritonRepoConfig:
             raise HadSkipError(f"preferred batch sizes must be within 1..{self.max_batch} (max batch), "
                                f"got {list(preferred)}")
         if self.python_env is not None:
-            _check_text(self.python_env, "python_env")
+            _check_python_env(_check_text(self.python_env, "python_env"))
 
     @property
     def kind(self) -> str:
         return "KIND_GPU" if self.backend in GPU_BACKENDS else "KIND_CPU"
+
+
+def _check_python_env(value: str) -> None:
+    """EXECUTION_ENV_PATH is read by the server: a path under the model's own folder (Triton expands
+    $$TRITON_MODEL_DIRECTORY) is taken as it is; any other path must be, here, a Python env folder (bin/python)
+    or a conda-pack .tar.gz, so a typo is caught when the repository is written, not when Triton loads it."""
+    if value.startswith("$$TRITON_MODEL_DIRECTORY"):
+        return
+    p = Path(value)
+    if not p.is_absolute():
+        raise HadSkipError(f"python_env {value!r} must be an absolute path or start with $$TRITON_MODEL_DIRECTORY")
+    if p.is_dir():
+        if not (p / "bin" / "python").exists() and not (p / "bin" / "python3").exists():
+            raise HadSkipError(f"python_env {value} is a folder without bin/python: not a Python environment")
+    elif not (p.is_file() and value.endswith((".tar.gz", ".tgz"))):
+        raise HadSkipError(f"python_env {value} does not exist here (give an env folder or a conda-pack .tar.gz, "
+                           "or a path starting with $$TRITON_MODEL_DIRECTORY)")
 
 
 def _check_text(value: str, what: str) -> str:
@@ -139,8 +156,13 @@ def write_repo(model_dir: str | Path, out: str | Path, config: TritonRepoConfig 
         raise HadSkipError(f"{src} has no TensorRT engines for backend trt: export it with --engine trt")
     repo = Path(out)
     target = repo / config.name
-    if target.exists() and not force:
-        raise HadSkipError(f"{target} exists; choose another --out or --name, or pass --force to replace it")
+    _check_repo(repo, src)
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise HadSkipError(f"{target} exists; choose another --out or --name, or pass --force to replace it")
+        if not _is_our_model(target):
+            raise HadSkipError(f"{target} is not a model this command wrote (no config.pbtxt naming "
+                               "HADSKIP_MODEL_DIR); refusing to replace it even with --force")
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission, read-only file system
@@ -171,6 +193,29 @@ def write_repo(model_dir: str | Path, out: str | Path, config: TritonRepoConfig 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _check_repo(repo: Path, model_dir: Path) -> None:
+    """The repository may not be the model dir, lie inside it (the model dir holds only what export wrote), hold
+    it, or be a hadskip run dir or model dir."""
+    r = repo.resolve()
+    if r == model_dir or model_dir in r.parents:
+        raise HadSkipError(f"--out {repo} is inside the model dir {model_dir}; give a folder outside it")
+    if r in model_dir.parents:
+        raise HadSkipError(f"--out {repo} holds the model dir {model_dir}; give a folder that does not contain it")
+    for marker, what in (("run.json", "a hadskip run dir"), (MANIFEST, "a hadskip model dir")):
+        if (r / marker).is_file():
+            raise HadSkipError(f"--out {repo} is {what}, not a Triton model repository; give another folder")
+
+
+def _is_our_model(target: Path) -> bool:
+    config = target / "config.pbtxt"
+    if target.is_symlink() or not target.is_dir() or config.is_symlink() or not config.is_file():
+        return False
+    try:
+        return '"HADSKIP_MODEL_DIR"' in config.read_text(encoding="utf-8", errors="replace")[:1 << 20]
+    except OSError:
+        return False
 
 
 def _one_line(label: str) -> str:
