@@ -36,7 +36,8 @@ def export(
                                              "the separate gate graphs stay for the other backends.")] = False,
     quantize: Annotated[Optional[Quantize], typer.Option(help="int8: int8 layer graphs (and baseline) for CPUs, "
                          "static scales calibrated on the run's train texts; gates, LayerNorm, embeddings and head "
-                         "stay fp32. Checked against fp32 and each row alone vs batched on the run's dev split (a warning line past 0.5 point or 1% of rows with changed gates).")
+                         "stay fp32. Checked on the run's dev split against fp32 and each row alone vs batched (a "
+                         "warning line past 0.5 point, 1% of rows with changed gates, or any batch dependence).")
                          ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17: LayerNorm as one op).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile and of validation.")] = 64,
