@@ -34,9 +34,10 @@ def export(
     fuse_gates: Annotated[bool, typer.Option("--fuse-gates", help="Also compute the gates inside the graph "
                                              "before them (one call per layer run, none per gate, on ort-cpu); "
                                              "the separate gate graphs stay for the other backends.")] = False,
-    quantize: Annotated[Optional[Quantize], typer.Option(help="int8: dynamic int8 layer graphs (and baseline) for "
-                         "CPUs; gates, LayerNorm, embeddings and head stay fp32. Checked against fp32 on the "
-                         "run's dev split (a warning line past 0.5 point or 1% of rows with changed gates).")
+    quantize: Annotated[Optional[Quantize], typer.Option(help="int8: int8 layer graphs (and baseline) for CPUs, "
+                         "static scales calibrated on the run's train texts; gates, LayerNorm, embeddings and head "
+                         "stay fp32. Checked on the run's dev split against fp32 and each row alone vs batched (a "
+                         "warning line past 0.5 point, 1% of rows with changed gates, or any batch dependence).")
                          ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17: LayerNorm as one op).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile and of validation.")] = 64,
@@ -48,7 +49,7 @@ def export(
     """Export every unit (embeddings, gates, layers, head) as its own graph, validated against PyTorch."""
     from hadskip.export import export_model
     from hadskip.export.install import CleanupNote
-    from hadskip.export.quantize import QuantizationWarning
+    from hadskip.export.quantize import QuantizationWarning, layer_summary
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QuantizationWarning)
@@ -77,14 +78,18 @@ def export(
     typer.echo(f"exported {run} -> {report.out_dir} ({report.engine}, {report.precision}, "
                f"{len(report.units)} units, {report.total_bytes / 1e6:.1f} MB) in {report.seconds:.1f} s; "
                f"{worst}{fused_text}")
-    int8 = [u["max_abs_diff"] for u in (report.quantization or {}).get("units", {}).values()
-            if u.get("max_abs_diff") is not None]
-    if int8:  # the line above is the fp32 export's; the int8 layers are judged end to end below
-        typer.echo(f"int8 layers: max abs diff vs PyTorch {max(int8):.2g}")
+    layers = layer_summary(report.quantization)  # the line above is the fp32 export's
+    if layers:
+        typer.echo(layers)
     dev = (report.quantization or {}).get("dev") or {}
     if dev.get("split"):
         full = f"; full model {dev['full']['int8']:.4f} vs {dev['full']['fp32']:.4f}" if dev.get("full") else ""
         typer.echo(f"int8 vs fp32 on {dev['split']} ({dev['examples']} rows): {dev['metric']} {dev['int8']:.4f} vs "
                    f"{dev['fp32']:.4f}, gate decisions changed in {dev['gate_rows_changed']:.2%} of rows, "
                    f"max |delta prob| {dev['max_abs_dprob']:.3g}{full}")
+        ab = dev.get("alone_vs_batched")
+        if ab:
+            typer.echo(f"int8 each row alone vs in batches of {ab['batch_size']}: max |delta prob| "
+                       f"{ab['max_abs_dprob']:.3g}, {ab['labels_changed']} labels and {ab['gate_rows_changed']} "
+                       "gate rows changed")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hadskip.export.install import SignalGuard, check_target, install, temp_dirs
 from hadskip.export.progress import ExportProgress
-from hadskip.export.quantize import Int8Config, check_on_dev, check_request, quantize_units
+from hadskip.export.quantize import Int8Config, TextSetup, check_on_dev, check_request, quantize_units
 from hadskip.export.spec import RULE, ExportError, settle
 from hadskip.runtime.manifest import ENGINES, MANIFEST, MIN_OPSET, Manifest, file_table, write_manifest
 
@@ -209,7 +209,8 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
         quant = None
         if quantize:
             bar.step("int8")
-            quant = quantize_units(tmp, scratch, specs, baseline, cases, int8, validate)
+            setup = TextSetup(dict(info.task), max_seq_len, pad_id, token_types, cfg.num_layers)
+            quant = quantize_units(tmp, scratch, specs, baseline, cases, int8, validate, setup)
         units = {"embeddings": "embeddings.onnx", "layers": [s.path for s in specs if s.kind == "layer"],
                  "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
                  "tokenizer": "tokenizer.json", "engines": None,

@@ -1,10 +1,12 @@
-"""--quantize int8: int8 layer graphs (and baseline) with fp32 gates, the dev-split check, the runtime and bench on
-them; the fp16-on-CPU warning."""
+"""--quantize int8: int8 layer graphs (and baseline) with fp32 gates, statically calibrated so a row's answer does
+not depend on its batch; the dev-split check (fp32 vs int8, alone vs batched), the runtime and bench on them; the
+fp16-on-CPU warning."""
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import warnings
 from collections import Counter
 
@@ -23,7 +25,8 @@ from hadskip.runtime.core import precision_note
 from hadskip.runtime.manifest import load_manifest
 from hadskip.testing import tiny_run, tiny_sentences, tiny_task_dir
 
-INT8_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
+INT8_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "QuantizeLinear",
+            "DequantizeLinear"}
 
 
 def ops(path) -> Counter:
@@ -64,10 +67,16 @@ def test_int8_model_dir_quantizes_the_layers_and_nothing_that_decides(dirs):
     assert m.units["baseline"] == "baseline/model_quantized.onnx" and "baseline/model_quantized.onnx" in m.files
     assert INT8_OPS & set(ops(d / m.units["baseline"])) and not (d / "baseline" / "model.onnx").exists()
     q = m.quantization
-    assert q["tool"].startswith("onnxruntime.quantization") and set(q["units"]) == {"layer_00", "layer_01",
-                                                                                  "layer_02", "baseline"}
-    assert q["layer_bytes"]["int8"] < q["layer_bytes"]["fp32"]
-    assert all(0 < u["max_abs_diff"] < 0.5 for k, u in q["units"].items() if k != "baseline")
+    assert q["tool"] == "onnxruntime.quantization.quantize_static" and q["method"] == "static"
+    assert q["format"] == "QDQ" and set(q["units"]) == {"layer_00", "layer_01", "layer_02", "baseline"}
+    cal = q["calibration"]
+    assert cal["split"] == "train" and cal["rows"] == cal["of"] == 8 and cal["method"] == "minmax"
+    assert all(v["rows"] >= 8 and v["tokens"] > 8 for v in cal["layer_inputs"].values())  # every gate open, too
+    assert min(q["layer_bytes"].values()) > 0  # (at hidden size 32 the QDQ scales outweigh the int8 savings)
+    for k, u in q["units"].items():  # each int8 layer vs its fp32 graph on the hidden states dev rows bring it
+        if k != "baseline":
+            assert u["vs_fp32"]["rows"] >= 64 and 0 < u["vs_fp32"]["rel_rms"] < 0.05, (k, u)
+            assert 0 < u["vs_fp32"]["max_abs_diff"] < u["vs_fp32"]["max_abs_ref"] / 10
     assert report.quantization == q
 
 
@@ -80,6 +89,52 @@ def test_export_checks_int8_against_fp32_on_the_dev_split(dirs):
     assert set(dev["full"]) == {"fp32", "int8"} and abs(dev["full"]["int8"] - dev["full"]["fp32"]) <= 0.05
     said = [str(w.message) for w in caught if issubclass(w.category, QuantizationWarning)]
     assert said == dev["warnings"]  # whatever the check found past its tolerance was said, nothing else
+    assert dev["alone_vs_batched"] == {"batch_size": 64, "max_abs_dprob": 0.0, "labels_changed": 0,
+                                       "gate_rows_changed": 0}
+
+
+def _companions(rng: np.random.Generator) -> list[str]:
+    n = int(rng.integers(1, 24))
+    return [tiny_sentences(1, seed=int(rng.integers(2**31)), max_words=int(rng.integers(1, 40)))[0] for _ in range(n)]
+
+
+def test_an_int8_answer_does_not_depend_on_the_rows_in_its_batch(dirs):
+    """Issue 23 item 3: a row alone and the same row inside 100 random batches (random companions, sizes and
+    padding lengths) get bitwise the same probabilities, gates and label (dynamic int8 scaled per batch)."""
+    _, _, int8, _, _ = dirs
+    texts = tiny_sentences(30, seed=11, max_words=25)
+    rng = np.random.default_rng(5)
+    with Runtime.load(int8) as rt:
+        alone = [rt.predict([t], batch_size=1) for t in texts]
+        longer = 0
+        for _ in range(100):
+            i = int(rng.integers(len(texts)))
+            batch = _companions(rng) + [texts[i]]
+            random.Random(int(rng.integers(2**31))).shuffle(batch)
+            j = batch.index(texts[i])
+            lengths = rt.encode(batch).lengths
+            longer += int(lengths.max() > lengths[j])
+            p = rt.predict(batch, batch_size=len(batch))
+            assert np.abs(p.probabilities[j] - alone[i].probabilities[0]).max() == 0, i
+            assert (p.gates[j] == alone[i].gates[0]).all() and p.label_ids[j] == alone[i].label_ids[0]
+    assert longer >= 50  # most batches pad the row to a longer length than its own
+    assert 0 < np.concatenate([a.gates for a in alone]).mean() < 1  # the gates route (not all open or closed)
+
+
+def test_the_export_check_sees_an_int8_that_depends_on_its_batch(dirs, tmp_path):
+    """The old per-call (dynamic) method stays reachable; the export's check now runs each dev row alone too,
+    and says that dynamic answers move with the batch (the batched-only check could not see it)."""
+    run = dirs[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = export_model(run, tmp_path / "dyn", quantize="int8", int8=Int8Config(method="dynamic"),
+                              progress=False)
+    q = report.quantization
+    assert q["method"] == "dynamic" and q["tool"].endswith("quantize_dynamic") and q["calibration"] is None
+    ab = q["dev"]["alone_vs_batched"]
+    assert ab["max_abs_dprob"] > 0
+    said = [str(w.message) for w in caught if issubclass(w.category, QuantizationWarning)]
+    assert any("depend on the batch" in w for w in said)
 
 
 def test_runtime_on_int8_keeps_the_gate_decisions_of_fp32(dirs):
@@ -104,12 +159,26 @@ def test_judge_says_a_drop_past_the_tolerance():
     assert "2.0% of dev rows" in w
 
 
-def test_unloadable_task_is_said_not_silent(tmp_path, capsys):
-    run = tiny_run(tmp_path / "run", "bert")  # task "tiny": no registry entry, no folder
-    assert main(["export", str(run), "--out", str(tmp_path / "m"), "--quantize", "int8", "--no-validate"]) == 0
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
-    assert len(err) == 1 and "int8 not checked on a dev split" in err[0]
-    assert load_manifest(tmp_path / "m").quantization["dev"]["split"] is None
+def test_unloadable_task_is_one_error_line(tmp_path, capsys):
+    run = tiny_run(tmp_path / "run", "bert")  # task "tiny": no registry entry, no folder: nothing to calibrate on
+    assert main(["export", str(run), "--out", str(tmp_path / "m"), "--quantize", "int8", "--no-validate"]) == 2
+    err = capsys.readouterr().err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("error:")]  # beside it only the progress bar
+    assert line.startswith("error: static int8 calibration needs the run's train split") and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_export_prints_what_int8_did_not_a_diff_vs_pytorch_on_random_inputs(dirs, tmp_path, capsys):
+    """The old line "int8 layers: max abs diff vs PyTorch 1" compared int8 layers on random hidden states;
+    now each int8 layer is compared with its fp32 graph on real hidden states, and rows alone vs batched."""
+    assert main(["export", str(dirs[0]), "--out", str(tmp_path / "m"), "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 layers: max abs diff vs PyTorch" not in out
+    [layers] = [ln for ln in out.splitlines() if ln.startswith("int8 layers vs their fp32 graphs on dev hidden")]
+    units = load_manifest(tmp_path / "m").quantization["units"]
+    worst = max(u["vs_fp32"]["rel_rms"] for u in units.values() if "vs_fp32" in u)
+    assert f"relative RMS error up to {worst:.2%}" in layers
+    assert "int8 each row alone vs in batches of 64: max |delta prob| 0, 0 labels and 0 gate rows changed" in out
 
 
 @pytest.mark.parametrize("args,needle", [(["--fp16"], "--fp16"), (["--engine", "trt"], "--engine onnx")])
