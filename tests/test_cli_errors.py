@@ -124,6 +124,7 @@ CASES = [
     ("predict-format", lambda e: ["predict", str(e.model), "-i", e.txt, "--format", "xml"], r"format must be one"),
     ("predict-backend", lambda e: ["predict", str(e.model), "-i", e.txt, "--backend", "tpu"], r"unknown backend"),
     ("predict-threads", lambda e: ["predict", str(e.model), "-i", e.txt, "--threads", "0"], r"--threads"),
+    ("predict-threads-negative", lambda e: ["predict", str(e.model), "-i", e.txt, "--threads", "-1"], r"--threads"),
     ("predict-missing-input-option", lambda e: ["predict", str(e.model)], r"Missing option '--input'"),
     ("predict-unknown-option", lambda e: ["predict", str(e.model), "-i", e.txt, "--fast"], r"No such option"),
     # --- bench ---
@@ -273,6 +274,7 @@ def test_the_table_covers_every_command():
     (["--max-batch", "0"], r"max_batch must be >= 1"),
     (["--port", "99999"], r"port"),
     (["--max-wait-ms", "soon"], r"--max-wait-ms"),
+    (["--threads", "-1"], r"threads must be an integer >= 1, got -1"),
 ])
 def test_serve_local_bad_input(env, args, pattern):
     import re

@@ -40,6 +40,14 @@ class BackendOptions:
     optimization: str = "all"
     verify: bool = True
 
+    def __post_init__(self) -> None:
+        for name, low in (("threads", 1), ("device_id", 0), ("max_batch", 1)):
+            v = getattr(self, name)
+            if v is None and name == "threads":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise HadSkipError(f"{name} must be an integer >= {low}, got {v!r}")
+
 
 Opener = Callable[[Path, BackendOptions], "tuple[Any, Any]"]  # -> (Backend, ModelInfo)
 _OPENERS: dict[str, Opener] = {}
