@@ -55,6 +55,7 @@ MAX_DEPTH = 64
 MAX_INT_DIGITS = 20  # every integer of a manifest (sizes, counts, ids) fits in 64 bits
 MAX_SEQ_LEN = 1 << 16  # tokens; beyond any encoder's position table, and what device buffers are sized by
 MAX_HIDDEN = 1 << 16
+MAX_PATH = 1024  # characters of a relative file path
 
 IO = {
     "embeddings": {"inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["hidden"]},
@@ -158,10 +159,14 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     if verify:
         for rel, meta in manifest.files.items():
             p = root / rel
-            if not p.is_file():
+            try:
+                size = p.stat().st_size if p.is_file() else None
+            except OSError as exc:  # a name too long, a permission
+                raise ManifestError(f"{f}: file {_show(rel)} cannot be read ({exc.strerror or exc})") from None
+            if size is None:
                 raise ManifestError(f"{p} is listed in {f} but missing")
-            if p.stat().st_size != meta["bytes"]:
-                raise ManifestError(f"{p} is corrupted: it has {p.stat().st_size} bytes, {f} says {meta['bytes']}")
+            if size != meta["bytes"]:
+                raise ManifestError(f"{p} is corrupted: it has {size} bytes, {f} says {meta['bytes']}")
             if sha256_file(p) != meta.get("sha256"):
                 raise ManifestError(f"{p} is corrupted: its sha256 does not match {f}")
         listed = set(manifest.files)
@@ -365,6 +370,8 @@ def _check_fields(manifest: Manifest, f: Path) -> None:
         p = Path(rel)
         if rel == "" or p.is_absolute() or ".." in p.parts or "\0" in rel:
             raise ManifestError(f"{f}: file path {_show(rel)} leaves the model dir")
+        if len(rel) > MAX_PATH:
+            raise ManifestError(f"{f}: file path {_show(rel)} is over {MAX_PATH} characters")
 
 
 def _check_ranges(manifest: Manifest, f: Path) -> None:
