@@ -252,3 +252,50 @@ def test_cli_refuses_a_bad_model_dir_in_one_line(bert, tmp_path_factory, capsys,
     assert rc == 2, err
     assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
     assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_triton_fails_only_the_request_with_text_without_tokens(bert, monkeypatch):
+    # Triton's python backend module, faked: requests are {input name: (B, 1) bytes}; an execution batches them
+    import sys
+    import types
+
+    import numpy as np
+
+    fake = types.ModuleType("triton_python_backend_utils")
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.outputs, self.error = {t.name: t.value for t in output_tensors}, error
+
+    class Tensor:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def as_numpy(self):
+            return self.value
+
+    fake.TritonError, fake.InferenceResponse, fake.Tensor = TritonError, InferenceResponse, Tensor
+    fake.get_input_tensor_by_name = lambda request, name: (Tensor(name, request[name]) if name in request else None)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.delitem(sys.modules, "hadskip.triton.model", raising=False)
+    from hadskip.triton.model import TritonPythonModel
+
+    model = TritonPythonModel()
+    model.runtime, model.max_batch, model.max_text_bytes = Runtime.load(bert), 8, 1 << 20
+
+    def request(*texts):
+        return {"TEXT": np.array([[t.encode()] for t in texts], dtype=object)}
+
+    out = model.execute([request("a good movie", "bad"), request("fine", "\u200b\x01"), request("dull")])
+    assert out[1].error is not None and out[1].error.code == "INVALID_ARG"
+    assert "TEXT[1] is empty" in out[1].error.message
+    want = model.runtime.predict(["a good movie", "bad", "dull"])
+    assert out[0].error is None and out[2].error is None
+    got = np.concatenate([out[0].outputs["PROBS"], out[2].outputs["PROBS"]])
+    assert np.array_equal(got, want.probabilities)
