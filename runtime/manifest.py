@@ -183,7 +183,7 @@ _BRACKETS = re.compile(r"[\[\]{}]")
 def read_json(f: Path, limit: int = MAX_MANIFEST_BYTES):
     """The JSON value in file f, bounded before it is parsed: at most `limit` bytes, MAX_DEPTH levels of
     nesting, MAX_INT_DIGITS digits per integer; NaN, Infinity and numbers that overflow to them are refused
-    (no reader can use them and JSON answers cannot carry them). ManifestError in one line otherwise."""
+    naming the field (no reader can use them and JSON answers cannot carry them). ManifestError in one line."""
     try:
         size = f.stat().st_size
         if size > limit:
@@ -205,21 +205,28 @@ def read_json(f: Path, limit: int = MAX_MANIFEST_BYTES):
                                 f"{MAX_INT_DIGITS}")
         return int(digits)
 
-    def number(literal: str) -> float:
-        value = float(literal)
-        if not math.isfinite(value):
-            raise ManifestError(f"{f} holds the number {literal[:40]}, which is not finite")
-        return value
-
-    def constant(name: str):
-        raise ManifestError(f"{f} holds {name}, which is not a JSON number (a manifest needs finite numbers)")
-
     try:
-        return json.loads(text, parse_int=integer, parse_float=number, parse_constant=constant)
+        data = json.loads(text, parse_int=integer)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{f} is not valid JSON (truncated or corrupted?): {exc}") from exc
     except RecursionError:  # not reached below MAX_DEPTH; kept as the last guard
         raise ManifestError(f"{f} nests too deeply: not a hadskip manifest") from None
+    where = _non_finite(data)
+    if where is not None:
+        raise ManifestError(f"{f}: {where[0]} must be a finite number, got {where[1]}")
+    return data
+
+
+def _non_finite(value, path: str = "") -> tuple[str, float] | None:
+    """(path, value) of the first NaN or infinity in a parsed JSON value (NaN, Infinity, 1e999), else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "the value", value)
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}" if path else k)
+        if found is not None:
+            return found
+    return None
 
 
 def manifest_dial(manifest: Manifest, f: Path | str = MANIFEST):

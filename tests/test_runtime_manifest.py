@@ -212,7 +212,7 @@ CLI_CASES = [
 RAW_CASES = [  # (id, the text that replaces "NESTED" in the manifest, pattern)
     ("deep-nesting", "[" * 100_000 + "]" * 100_000, r"nests deeper than 64 levels"),
     ("huge-integer", "7" * 4301, r"an integer of 4301 digits"),
-    ("budget-nan", None, r"holds NaN"),
+    ("budget-nan", None, r"budget must be a finite number, got nan"),
 ]
 
 
