@@ -97,7 +97,7 @@ def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int, budg
         data = load_run_task(manifest.task, task)
         s = data.split(split)
         inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
-        out = rt.predict(inputs, batch_size=batch_size)
+        out = rt.predict(inputs, batch_size=batch_size, allow_empty=True)  # the split as it is, like PyTorch eval
         offset = rt.gate_offset
     used = np.asarray(out.gates, dtype=np.float32)  # (N, L)
     labels = np.asarray(s.labels)

@@ -13,6 +13,7 @@ Not included: request queueing or dynamic batching across callers (the server bu
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,9 @@ import numpy as np
 from hadskip.errors import HadSkipError
 from hadskip.runtime.backends import BUILTIN, OPTIMIZATIONS, BackendOptions, plugin_opener
 from hadskip.runtime.dial import Dial, DialError, resolve_offset
-from hadskip.runtime.manifest import MANIFEST, Manifest, load_manifest, manifest_dial
+from hadskip.runtime.manifest import MANIFEST, Manifest, ManifestError, load_manifest, manifest_dial
 from hadskip.runtime.router import Backend, BatchResult, route
-from hadskip.runtime.text import Encoded, TextEncoder, TextInput, manifest_token_types
+from hadskip.runtime.text import EmptyTextError, Encoded, TextEncoder, TextInput, manifest_token_types
 
 
 log = logging.getLogger("hadskip.runtime")  # unconfigured logging prints a warning as one bare line on stderr
@@ -128,6 +129,8 @@ class Runtime:
     def __init__(self, backend: Backend, info: ModelInfo, budget: float | None = None):
         self.backend, self.info = backend, info
         self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, not info.token_types)
+        if info.manifest is not None:
+            check_embeddings(backend, info, self.encoder)
         self.budget: float | None = None  # the dial setting predict uses by default (None: the trained rule)
         self.gate_offset = 0.0  # its gate offset
         self.set_budget(budget)
@@ -212,10 +215,12 @@ class Runtime:
         return self.encoder.encode(inputs)
 
     def predict(self, inputs: Sequence[TextInput] | str, batch_size: int = 32,
-                budget: float | Sequence[float | None] | None = None) -> Predictions:
+                budget: float | Sequence[float | None] | None = None, allow_empty: bool = False) -> Predictions:
         """Classify texts (or (text, text_pair) tuples). Inputs are sorted by token length into batches,
         so padding costs little, and the results come back in input order. `budget`: a target average of
-        layers for this call through the budget dial, or one per input (None: the one set at load)."""
+        layers for this call through the budget dial, or one per input (None: the one set at load).
+        An input with a text that has no tokens (empty, or only characters the tokenizer drops) is an
+        EmptyTextError naming every such input, unless `allow_empty` (evaluation on a dataset as it is)."""
         if isinstance(inputs, str):
             inputs = [inputs]
         if batch_size < 1:
@@ -227,6 +232,8 @@ class Runtime:
             offsets = np.array([self.offset_for(b) for b in budget], dtype=np.float64)  # (N,)
         offset = None if per_row else self.offset_for(budget)
         enc = self.encode(list(inputs))
+        if not allow_empty and enc.empty is not None and enc.empty.any():
+            raise EmptyTextError(np.flatnonzero(enc.empty).tolist())
         n = len(enc.ids)
         lengths = enc.lengths
         probs = np.zeros((n, len(self.labels)), dtype=np.float32)
@@ -302,3 +309,55 @@ def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
                      type_vocab_size=manifest.backbone.get("type_vocab_size"),
                      token_types=manifest_token_types(manifest.backbone), budget=manifest.budget,
                      manifest=manifest, dial=manifest_dial(manifest, path / MANIFEST), source=str(path))
+
+
+def check_embeddings(backend: Backend, info: ModelInfo, encoder: TextEncoder) -> None:
+    """Cross-check a model dir's tokenizer and embeddings graph against the manifest, once at load: every id
+    the tokenizer can give and the pad id inside backbone.vocab_size, and the embeddings graph run on a
+    full-length row (max_seq_len tokens, the largest id, token type 1 where the model reads types) beside a
+    padded one, which fails where the position, word or type table is too small. The run is on the CPU: the
+    backend's own embeddings session when it is a CPU one, else a CPU session of the same graph (a GPU gather
+    out of its table fails silently or corrupts the context). ManifestError naming the field, in one line."""
+    manifest = info.manifest
+    where = Path(info.source) / MANIFEST
+    tok = encoder.tokenizer
+    top = max(tok.get_vocab(with_added_tokens=True).values(), default=0)  # the largest id the tokenizer gives
+    vocab = manifest.backbone.get("vocab_size")
+    if vocab is not None and top >= vocab:
+        raise ManifestError(f"{where}: {manifest.units['tokenizer']} gives token ids up to {top}, beyond "
+                            f"backbone.vocab_size {vocab} (the tokenizer of another model?)")
+    pad = encoder.pad_token_id
+    if not 0 <= pad < (vocab if vocab is not None else top + 1):
+        raise ManifestError(f"{where}: the pad id {pad} is outside the vocabulary of {vocab or top + 1} ids "
+                            "(backbone.pad_token_id)")
+    import onnxruntime as ort
+
+    sessions = getattr(backend, "sessions", None)
+    session = sessions.get(("embeddings", 0)) if isinstance(sessions, dict) else None
+    if session is None or session.get_providers()[:1] != ["CPUExecutionProvider"]:
+        from hadskip.runtime.backends.ort import open_session, session_options
+
+        session = open_session(Path(info.source) / manifest.units["embeddings"], session_options(1, "disable"),
+                               ["CPUExecutionProvider"])
+    t = info.max_seq_len
+    word = top if top != pad else max(top - 1, 0)
+    ids = np.full((2, t), word, dtype=np.int64)
+    mask = np.ones((2, t), dtype=np.int64)
+    ids[1, 1:], mask[1, 1:] = pad, 0
+    types = np.zeros((2, t), dtype=np.int64)
+    types[0] = int(info.token_types)
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the failure is reported below, in one line
+    try:
+        out = session.run(None, {i.name: feed[i.name] for i in session.get_inputs() if i.name in feed}, quiet)[0]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's error types are not importable stably
+        text = " ".join(str(exc).split())
+        found = re.search(r"Name:'([^']*)' Status Message: (.*)", text)
+        why = f"{found.group(1)}: {found.group(2)}" if found else text
+        raise ManifestError(f"{where}: the embeddings graph fails on max_seq_len {t} tokens of ids up to {word} "
+                            f"(pad id {pad}, token type {int(info.token_types)}), so a table is too small for "
+                            f"the manifest: {why[:200]}") from None
+    if tuple(out.shape) != (2, t, manifest.backbone["hidden_size"]):
+        raise ManifestError(f"{where}: the embeddings graph gives shape {tuple(out.shape)} for (2, {t}) ids; "
+                            f"expected (2, {t}, backbone.hidden_size {manifest.backbone['hidden_size']})")

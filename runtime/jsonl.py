@@ -5,8 +5,9 @@
     out  {"index", ["id"], "label", "label_id", "probs", "layers", "num_layers", "tokens", "truncated"} per input
 
 `index` is the input's line number counted from 0, so results join back to the input file. In a .txt input
-every line gives one output line: a blank or whitespace-only line gives {"index", "error": "empty text"} (as
-the server refuses empty text) instead of a prediction. In JSONL, blank lines hold no record and give nothing;
+every line gives one output line: a blank or whitespace-only line, or one the tokenizer leaves no token of
+(control or zero-width characters), gives {"index", "error": "empty text"} (as the server refuses empty text)
+instead of a prediction. In JSONL, blank lines hold no record and give nothing;
 a record whose text (or text_pair) is blank gives such an error entry.
 Whole-input errors (not UTF-8, a NUL byte, malformed JSON, a lone surrogate, a missing "text") stop with
 one line naming the line number.
@@ -27,7 +28,7 @@ from typing import Callable
 
 from hadskip.errors import HadSkipError
 from hadskip.runtime.core import Runtime
-from hadskip.runtime.text import TextInput
+from hadskip.runtime.text import EmptyTextError, TextInput
 
 FORMATS = ("auto", "jsonl", "txt")
 EMPTY = "empty text"
@@ -167,7 +168,13 @@ def predict_file(model: str | Path, input: str, output: str = "-", backend: str 
         try:
             while block := list(itertools.islice(rows, chunk)):
                 todo = [r for r in block if r.error is None]
-                preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size) if todo else [])
+                try:
+                    preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size) if todo else [])
+                except EmptyTextError as exc:  # texts with no tokens: error entries, like blank lines
+                    for i in exc.indices:
+                        todo[i].error = EMPTY
+                    todo = [r for r in todo if r.error is None]
+                    preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size) if todo else [])
                 for r in block:
                     if r.error is not None:
                         dst.write(json.dumps({"index": r.index, **r.extra, "error": r.error}) + "\n")

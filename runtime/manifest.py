@@ -19,10 +19,15 @@
 The optional field "dial" holds the budget dial (hadskip.runtime.dial; its own "format" number versions it):
 absent or null in model dirs exported without one, which load as before.
 
-Loading checks the schema version, the type of every field (a bool is not an integer), their values
-(engine, precision, opset >= 17, the units of every layer), that no file the manifest names resolves outside
-the model dir (a symlink to elsewhere is refused), that every listed file exists, and each file's sha256,
-naming the file that fails, in one line.
+Loading bounds the JSON before parsing it (its size, nesting depth, the digits of an integer; NaN and
+infinities are refused), then checks the schema version, the type of every field (a bool is not an integer),
+their values and ranges (engine, precision, opset >= 17, unique labels, a budget within 0..num_layers, a pad id
+inside the vocabulary, max_seq_len within the position table when it is recorded), the cross-field rules (the
+units of every layer, task.num_labels = the number of labels), that no file the manifest names resolves outside
+the model dir (a symlink to elsewhere is refused), that every listed file exists, its size and its sha256,
+naming the file and the field that fails, in one line. What only the graphs and the tokenizer can tell (each
+unit's inputs and outputs, the tokenizer's ids within the embedding table, max_seq_len within the position
+table) is checked when a backend opens them (runtime/backends/ort.py `check_io`, runtime/core.py).
 Not included: signing; the sha256s catch corruption, not tampering.
 """
 
@@ -30,6 +35,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +49,13 @@ PRECISIONS = ("fp32", "fp16", "int8")  # int8: dynamically quantized layer graph
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
 UNIT_KEYS = ("embeddings", "layers", "gates", "head", "tokenizer")
 GATE_FORMS = ("separate", "fused")  # fused: embeddings/layer graphs also output the later gates' logits
+# bounds checked before json.loads: a manifest is a few kB (a dial adds ~100 B per 0.05 layers), 5 levels deep
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_DEPTH = 64
+MAX_INT_DIGITS = 20  # every integer of a manifest (sizes, counts, ids) fits in 64 bits
+MAX_SEQ_LEN = 1 << 16  # tokens; beyond any encoder's position table, and what device buffers are sized by
+MAX_HIDDEN = 1 << 16
+MAX_PATH = 1024  # characters of a relative file path
 
 IO = {
     "embeddings": {"inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["hidden"]},
@@ -123,10 +137,7 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     if not f.is_file():
         raise ManifestError(f"{f} is missing: {root} is not an exported hadskip model dir")
     check_inside(real_root, f)
-    try:
-        data = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{f} is not valid JSON (truncated or corrupted?): {exc}") from exc
+    data = read_json(f)
     if not isinstance(data, dict):
         raise ManifestError(f"{f} is not a JSON object")
     version = data.get("schema_version")
@@ -148,8 +159,14 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     if verify:
         for rel, meta in manifest.files.items():
             p = root / rel
-            if not p.is_file():
+            try:
+                size = p.stat().st_size if p.is_file() else None
+            except OSError as exc:  # a name too long, a permission
+                raise ManifestError(f"{f}: file {_show(rel)} cannot be read ({exc.strerror or exc})") from None
+            if size is None:
                 raise ManifestError(f"{p} is listed in {f} but missing")
+            if size != meta["bytes"]:
+                raise ManifestError(f"{p} is corrupted: it has {size} bytes, {f} says {meta['bytes']}")
             if sha256_file(p) != meta.get("sha256"):
                 raise ManifestError(f"{p} is corrupted: its sha256 does not match {f}")
         listed = set(manifest.files)
@@ -157,6 +174,59 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
             if rel not in listed:
                 raise ManifestError(f"{root / rel} is used by {f} but has no sha256 entry")
     return manifest
+
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string literal, escapes included
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def read_json(f: Path, limit: int = MAX_MANIFEST_BYTES):
+    """The JSON value in file f, bounded before it is parsed: at most `limit` bytes, MAX_DEPTH levels of
+    nesting, MAX_INT_DIGITS digits per integer; NaN, Infinity and numbers that overflow to them are refused
+    naming the field (no reader can use them and JSON answers cannot carry them). ManifestError in one line."""
+    try:
+        size = f.stat().st_size
+        if size > limit:
+            raise ManifestError(f"{f} has {size} bytes; a manifest has at most {limit} (not a hadskip manifest?)")
+        text = f.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{f} is not UTF-8 text (byte {exc.start}): not a hadskip manifest") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {f}: {exc.strerror or exc}") from None
+    depth = 0
+    for m in _BRACKETS.finditer(_STRING.sub('""', text)):  # brackets inside strings do not nest
+        depth += 1 if m.group() in "[{" else -1
+        if depth > MAX_DEPTH:
+            raise ManifestError(f"{f} nests deeper than {MAX_DEPTH} levels: not a hadskip manifest")
+
+    def integer(digits: str) -> int:
+        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+            raise ManifestError(f"{f} holds an integer of {len(digits.lstrip('-'))} digits; the limit is "
+                                f"{MAX_INT_DIGITS}")
+        return int(digits)
+
+    try:
+        data = json.loads(text, parse_int=integer)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{f} is not valid JSON (truncated or corrupted?): {exc}") from exc
+    except RecursionError:  # not reached below MAX_DEPTH; kept as the last guard
+        raise ManifestError(f"{f} nests too deeply: not a hadskip manifest") from None
+    where = _non_finite(data)
+    if where is not None:
+        raise ManifestError(f"{f}: {where[0]} must be a finite number, got {where[1]}")
+    return data
+
+
+def _non_finite(value, path: str = "") -> tuple[str, float] | None:
+    """(path, value) of the first NaN or infinity in a parsed JSON value (NaN, Infinity, 1e999), else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "the value", value)
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}" if path else k)
+        if found is not None:
+            return found
+    return None
 
 
 def manifest_dial(manifest: Manifest, f: Path | str = MANIFEST):
@@ -234,7 +304,8 @@ TOP_TYPES = {
 BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are checked when present
     "num_layers": _POS, "hidden_size": _POS, "name": _STR, "model_type": _STR, "num_heads": _POS,
     "intermediate_size": (_optional(_POS[0]), "a positive integer or null"), "vocab_size": _POS,
-    "pad_token_id": (_optional(_is_int), "an integer or null"), "type_vocab_size": _INT,
+    "pad_token_id": (_optional(lambda v: _is_int(v) and v >= 0), "a non-negative integer or null"),
+    "type_vocab_size": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     "max_position_embeddings": (_optional(_POS[0]), "a positive integer or null"), "gate_hidden": _POS,
     "token_types": (lambda v: isinstance(v, bool), "true or false"),
 }
@@ -269,6 +340,8 @@ def _check_object(obj: dict, types: dict, where: str, f: Path, required: tuple =
 
 def check_types(data: dict, f: Path) -> None:
     """The type of every top-level field and of the nested fields readers use; ManifestError on the first."""
+    if "files" not in data:  # its default (no files) would load a model dir whose graphs nothing vouches for
+        raise ManifestError(f"{f} lacks files (the sha256 of every file): not a complete hadskip manifest")
     _check_object(data, TOP_TYPES, "", f)
     _check_object(data["backbone"], BACKBONE_TYPES, "backbone.", f, REQUIRED["backbone"])
     _check_object(data["units"], UNIT_TYPES, "units.", f, REQUIRED["units"])
@@ -279,7 +352,7 @@ def check_types(data: dict, f: Path) -> None:
         if not isinstance(meta, dict):
             raise ManifestError(f"{f}: files[{_show(rel)}] must be an object, got {_show(meta)}")
         _check_object(meta, FILE_TYPES, f"files[{_show(rel)}].", f, REQUIRED["files"])
-    for name, value in data["validation"].items():
+    for name, value in data.get("validation", {}).items():
         if not _optional(_is_number)(value):
             raise ManifestError(f"{f}: validation.{name} must be a number or null, got {_show(value)}")
     task = data["task"]
@@ -299,7 +372,38 @@ def _check_fields(manifest: Manifest, f: Path) -> None:
         raise ManifestError(f"{f}: gate_form {manifest.units.get('gate_form')!r} is not one of {', '.join(GATE_FORMS)}")
     if manifest.engine == "trt" and not isinstance(manifest.units.get("engines"), dict):
         raise ManifestError(f"{f}: engine 'trt' but units['engines'] lists no TensorRT plans")
+    _check_ranges(manifest, f)
     for rel in [*manifest.files, *unit_files(manifest)]:
         p = Path(rel)
         if rel == "" or p.is_absolute() or ".." in p.parts or "\0" in rel:
             raise ManifestError(f"{f}: file path {_show(rel)} leaves the model dir")
+        if len(rel) > MAX_PATH:
+            raise ManifestError(f"{f}: file path {_show(rel)} is over {MAX_PATH} characters")
+
+
+def _check_ranges(manifest: Manifest, f: Path) -> None:
+    """Ranges and cross-field rules of the values the runtime relies on (types are checked already)."""
+    labels, bb, L = manifest.labels, manifest.backbone, manifest.num_layers
+    seen: set[str] = set()
+    for label in labels:
+        if label in seen:  # probs is a {label: p} object: a repeated label would drop a class
+            raise ManifestError(f"{f}: labels must be unique, {_show(label)} appears twice")
+        seen.add(label)
+    num_labels = manifest.task.get("num_labels")
+    if num_labels is not None and num_labels != len(labels):
+        raise ManifestError(f"{f}: task.num_labels is {num_labels} but labels lists {len(labels)}")
+    budget = manifest.budget
+    if budget is not None and not (math.isfinite(budget) and 0 <= budget <= L):
+        raise ManifestError(f"{f}: budget must be a number of layers within 0..{L}, got {_show(budget)}")
+    if bb["hidden_size"] > MAX_HIDDEN:
+        raise ManifestError(f"{f}: backbone.hidden_size {bb['hidden_size']} is over the limit of {MAX_HIDDEN}")
+    table = bb.get("max_position_embeddings")
+    if manifest.max_seq_len > MAX_SEQ_LEN:
+        raise ManifestError(f"{f}: max_seq_len {manifest.max_seq_len} is over the limit of {MAX_SEQ_LEN} tokens")
+    if table is not None and manifest.max_seq_len > table:
+        raise ManifestError(f"{f}: max_seq_len {manifest.max_seq_len} is beyond the position table "
+                            f"(backbone.max_position_embeddings {table})")
+    vocab, pad = bb.get("vocab_size"), bb.get("pad_token_id")
+    if vocab is not None and pad is not None and pad >= vocab:
+        raise ManifestError(f"{f}: backbone.pad_token_id {pad} is outside the vocabulary "
+                            f"(backbone.vocab_size {vocab})")

@@ -32,6 +32,10 @@ tokens, which only reading both whole would tell; when both have more than max_c
 with more characters counts as the longer (on a tie, the second, as in HF). So such a pair of long texts may
 differ from HF by one token at the end of one text.
 `truncated` is true when tokens were dropped or when the max_chars cut dropped anything but whitespace.
+`empty` is true when a text of the input has no tokens at all: it is empty, or the tokenizer's normalisation
+drops all of it (whitespace, NUL, control or zero-width characters for WordPiece; which characters vanish
+depends on the tokenizer, so only it can tell). Such an input would be classified as the special tokens alone;
+`Runtime.predict` refuses it with EmptyTextError, as the server and `hadskip predict` refuse empty text.
 Not included: stride/sliding windows over long texts (a truncated input is classified on its first tokens).
 """
 
@@ -68,6 +72,17 @@ def manifest_token_types(backbone: dict) -> bool:
     return backbone.get("model_type") not in _LEGACY_NO_TOKEN_TYPES and not (isinstance(n, int) and n < 2)
 
 
+class EmptyTextError(HadSkipError):
+    """Inputs with a text that has no tokens (empty, or nothing left after the tokenizer's normalisation);
+    `indices` lists them all (0-based, input order), so a caller serving many requests can refuse only those."""
+
+    def __init__(self, indices: Sequence[int]):
+        self.indices = [int(i) for i in indices]
+        more = f" (and {len(self.indices) - 1} more)" if len(self.indices) > 1 else ""
+        super().__init__(f"input {self.indices[0]} is empty text: no tokens after the tokenizer's normalisation "
+                         f"(only whitespace, control or zero-width characters?){more}")
+
+
 @dataclass
 class Encoded:
     """Token ids of N inputs, unpadded."""
@@ -75,6 +90,7 @@ class Encoded:
     ids: list[np.ndarray]  # N x (n_i,) int64
     type_ids: list[np.ndarray]  # N x (n_i,) int64
     truncated: np.ndarray  # (N,) bool: the input was longer than max_seq_len (or max_chars characters)
+    empty: np.ndarray | None = None  # (N,) bool: a text of the input has no tokens (None: not recorded)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -166,7 +182,7 @@ class TextEncoder:
             encs = [self.tokenizer.encode(w, add_special_tokens=False) for w in windows]
         for r, e in zip((r for g in groups for r in g), encs, strict=True):
             self._take(r, e)
-        ids, types, truncated = [], [], []
+        ids, types, truncated, empty = [], [], [], []
         for n, g in enumerate(groups):
             while grow := self._undecided(g):
                 for r in grow:
@@ -176,7 +192,8 @@ class TextEncoder:
             ids.append(i)
             types.append(np.zeros_like(i) if self.zero_token_types else t)
             truncated.append(cut)
-        return Encoded(ids, types, np.array(truncated, dtype=bool))
+            empty.append(any(r.count == 0 for r in g))  # a text with no token is read whole (to max_chars)
+        return Encoded(ids, types, np.array(truncated, dtype=bool), np.array(empty, dtype=bool))
 
     def _window(self, r: _Read, index: int) -> str:
         """The part of r.text to tokenize for r.budget characters: all of it, or up to a safe cut."""

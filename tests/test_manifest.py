@@ -154,7 +154,7 @@ def _set_file_meta(key: str, value):
     (_set("backbone.num_layers", 2.0), r"backbone\.num_layers must be a positive integer, got 2\.0"),
     (_set("backbone.num_layers", 0), r"backbone\.num_layers must be a positive integer, got 0"),
     (_set("backbone.hidden_size", None), r"backbone\.hidden_size must be a positive integer, got null"),
-    (_set("backbone.pad_token_id", "0"), r"backbone\.pad_token_id must be an integer or null"),
+    (_set("backbone.pad_token_id", "0"), r"backbone\.pad_token_id must be a non-negative integer or null"),
     (_set("backbone.model_type", 7), r"backbone\.model_type must be a string, got 7"),
     (_set("backbone", ["num_layers"]), r": backbone must be an object"),
     (_set("max_seq_len", "16"), r"max_seq_len must be a positive integer, got \"16\""),
@@ -265,3 +265,104 @@ def test_a_symlink_loop_is_one_line(tmp_path):
     with pytest.raises(ManifestError) as err:
         load_manifest(d)
     assert "head.onnx" in str(err.value) and "\n" not in str(err.value)
+
+
+# --- issue 23: bounded JSON, ranges and cross-field rules, each a one-line error naming the field ---
+
+def _raw(d: Path, text: str) -> None:
+    (d / MANIFEST).write_text(text)
+
+
+def _append_field(d: Path, key: str, literal: str) -> None:
+    """Add a field to the manifest as a raw JSON literal (what json.dumps would not write)."""
+    text = (d / MANIFEST).read_text().rstrip()
+    _raw(d, text[:-1] + f', "{key}": {literal}}}')
+
+
+@pytest.mark.parametrize("key,literal,message", [
+    ("tools", "[" * 100_000 + "]" * 100_000, r"nests deeper than 64 levels"),
+    ("created", "1" * 5000, r"an integer of 5000 digits; the limit is 20"),
+    ("created", "-" + "9" * 400, r"an integer of 400 digits"),
+], ids=["100k-deep", "5000-digits", "400-digits-negative"])
+def test_deep_nesting_and_huge_integers_are_refused_before_parsing(tmp_path, key, literal, message):
+    d = make_model_dir(tmp_path)
+    data = json.loads((d / MANIFEST).read_text())
+    del data[key]
+    _raw(d, json.dumps(data))
+    _append_field(d, key, literal)
+    with pytest.raises(ManifestError, match=message) as err:
+        load_manifest(d)
+    assert "\n" not in str(err.value) and MANIFEST in str(err.value)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
+    d = make_model_dir(tmp_path, labels=["[" * 200 + '"{', "b"])
+    assert load_manifest(d).labels[0].startswith("[[[")
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_refused(tmp_path, literal):
+    d = make_model_dir(tmp_path)
+    data = json.loads((d / MANIFEST).read_text())
+    del data["budget"]
+    _raw(d, json.dumps(data))
+    _append_field(d, "budget", literal)
+    with pytest.raises(ManifestError, match=r"budget must be a finite number, got (nan|inf|-inf)") as err:
+        load_manifest(d)
+    assert "\n" not in str(err.value)
+
+
+def test_a_manifest_without_files_is_refused_naming_the_field(tmp_path):
+    d = make_model_dir(tmp_path)
+    rewrite(d, lambda data: data.pop("files"))
+    with pytest.raises(ManifestError, match=r"manifest\.json lacks files"):
+        load_manifest(d, verify=False)
+
+
+def test_optional_tables_may_be_absent(tmp_path):
+    d = make_model_dir(tmp_path)
+    rewrite(d, lambda data: [data.pop(k) for k in ("validation", "io", "tools", "export", "quantization")])
+    assert load_manifest(d).num_layers == L
+
+
+def test_a_file_of_another_size_is_refused_before_hashing(tmp_path):
+    d = make_model_dir(tmp_path)
+    with open(d / "head.onnx", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(ManifestError, match=r"head\.onnx is corrupted: it has \d+ bytes"):
+        load_manifest(d)
+
+
+def test_an_oversized_manifest_is_refused_without_reading_it(tmp_path):
+    from hadskip.runtime import manifest as mf
+
+    d = make_model_dir(tmp_path)
+    with pytest.raises(ManifestError, match=r"has \d+ bytes; a manifest has at most 100"):
+        mf.read_json(d / MANIFEST, limit=100)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (_set("labels", ["a", "a"]), r"labels must be unique, \"a\" appears twice"),
+    (_set("labels", ["a", "b", "c"]), r"task\.num_labels is 2 but labels lists 3"),
+    (_set("budget", -0.5), r"budget must be a number of layers within 0\.\.2, got -0\.5"),
+    (_set("budget", 2.5), r"budget must be a number of layers within 0\.\.2, got 2\.5"),
+    (_set("backbone.pad_token_id", 30), r"backbone\.pad_token_id 30 is outside the vocabulary"),
+    (_set("backbone.pad_token_id", -1), r"backbone\.pad_token_id must be a non-negative integer or null"),
+    (_set("backbone.type_vocab_size", -2), r"backbone\.type_vocab_size must be a non-negative integer"),
+    (_set("backbone.max_position_embeddings", 8), r"max_seq_len 16 is beyond the position table"),
+    (_set("max_seq_len", 10**9), r"max_seq_len 1000000000 is over the limit"),
+    (_set("backbone.hidden_size", 10**12), r"backbone\.hidden_size 1000000000000 is over the limit"),
+])
+def test_values_out_of_range_or_inconsistent_are_refused(tmp_path, edit, message):
+    d = make_model_dir(tmp_path)
+    rewrite(d, edit)
+    with pytest.raises(ManifestError, match=message) as err:
+        load_manifest(d)
+    assert "\n" not in str(err.value) and MANIFEST in str(err.value)
+
+
+def test_boundary_values_load(tmp_path):
+    d = make_model_dir(tmp_path, budget=float(L))
+    rewrite(d, _set("backbone.max_position_embeddings", 16))
+    rewrite(d, _set("backbone.pad_token_id", 29))
+    assert load_manifest(d).budget == L

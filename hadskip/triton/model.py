@@ -34,6 +34,7 @@ import triton_python_backend_utils as pb_utils
 
 from hadskip.errors import HadSkipError
 from hadskip.runtime import Runtime
+from hadskip.runtime.text import EmptyTextError
 
 
 class InputError(ValueError):
@@ -133,6 +134,17 @@ class TritonPythonModel:
         try:
             per_row = budgets if any(b is not None for b in budgets) else None
             preds = self.runtime.predict(rows, batch_size=self.max_batch, budget=per_row)
+        except EmptyTextError as exc:  # a text with no tokens fails its own request; the others run again
+            bad = set(exc.indices)
+            for n, start, count in spans:
+                hit = [i - start for i in range(start, start + count) if i in bad]
+                if hit:
+                    responses[n] = _error(f"TEXT[{hit[0]}] is empty: no tokens after the tokenizer's "
+                                          "normalisation", "INVALID_ARG")
+            keep = [n for n, r in enumerate(responses) if r is None]
+            for n, answer in zip(keep, self.execute([requests[n] for n in keep]) if keep else [], strict=True):
+                responses[n] = answer
+            return responses
         except Exception as exc:  # noqa: BLE001 - any runtime failure fails these requests, not the instance
             message = f"inference failed: {type(exc).__name__}: {str(exc)[:200]}"
             for n, _, _ in spans:

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from hadskip.errors import HadSkipError, MissingExtraError
 from hadskip.runtime.backends import OPTIMIZATIONS
 from hadskip.runtime.backends.device import DeviceTensor, PointerBackend
-from hadskip.runtime.manifest import Manifest
+from hadskip.runtime.manifest import IO, MANIFEST, Manifest, ManifestError
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
              "tensor(int32)": np.int32, "tensor(double)": np.float64}
@@ -63,6 +63,38 @@ def unit_paths(model_dir: Path, manifest: Manifest) -> dict[tuple[str, int], Pat
     return paths
 
 
+REQUIRED_INPUT = {"embeddings": "input_ids", "layer": "hidden", "gate": "hidden", "head": "hidden"}
+
+
+def check_io(model_dir: Path, manifest: Manifest, sessions: dict) -> None:
+    """Each opened graph against its role (manifest.IO): its inputs among the role's (the role's main input
+    present), its first output the role's, and the sizes it fixes (hidden size; 2 gate logits; one logit per
+    label) equal to the manifest's. A graph in the wrong place (the head's file as the embeddings) is a
+    ManifestError naming the unit, not an onnxruntime error at the first request."""
+    paths = unit_paths(Path(model_dir), manifest)
+    hidden = manifest.backbone["hidden_size"]
+    last_dim = {"embeddings": hidden, "layer": hidden, "gate": 2, "head": len(manifest.labels)}
+    for key, session in sessions.items():
+        role = key[0]
+        want = IO[role]
+        where = f"{model_dir / MANIFEST}: the {role} unit {paths[key].relative_to(model_dir)}"
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = session.get_outputs()
+        extra = sorted(set(inputs) - set(want["inputs"]))
+        if extra or REQUIRED_INPUT[role] not in inputs:
+            raise ManifestError(f"{where} takes inputs {', '.join(sorted(inputs)) or 'none'}; {role} graphs "
+                                f"take {', '.join(want['inputs'])} (is it another unit's graph?)")
+        if not outputs or outputs[0].name != want["outputs"][0]:
+            raise ManifestError(f"{where} outputs {', '.join(o.name for o in outputs) or 'nothing'}; {role} graphs "
+                                f"output {want['outputs'][0]} first (is it another unit's graph?)")
+        hid = inputs.get("hidden")
+        for what, shape, n in (("input hidden", hid.shape if hid is not None else None, hidden),
+                               (f"output {outputs[0].name}", outputs[0].shape, last_dim[role])):
+            if shape and isinstance(shape[-1], int) and shape[-1] != n:
+                raise ManifestError(f"{where} has {what} of size {shape[-1]} in its last axis; the manifest "
+                                    f"says {n}")
+
+
 class OrtCpuBackend:
     """Hidden states are numpy arrays; gather/scatter are numpy indexing."""
 
@@ -75,6 +107,7 @@ class OrtCpuBackend:
         self.sessions = {k: open_session(p, so, ["CPUExecutionProvider"])
                          for k, p in unit_paths(Path(model_dir), manifest).items()
                          if self.gate_graphs or k[0] != "gate"}
+        check_io(Path(model_dir), manifest, self.sessions)
         # a graph may drop an input it does not use (embeddings: attention_mask; head: attention_mask)
         self.inputs = {k: {i.name for i in s.get_inputs()} for k, s in self.sessions.items()}
         self.num_layers = manifest.num_layers
@@ -134,6 +167,7 @@ class OrtDeviceBackend(PointerBackend):
             self.name = "ort-device-cpu"
         so = session_options(threads, optimization)
         self.sessions = {k: open_session(p, so, providers) for k, p in unit_paths(Path(model_dir), manifest).items()}
+        check_io(Path(model_dir), manifest, self.sessions)
         if device == "cuda":
             lost = [str(k) for k, s in self.sessions.items() if "CUDAExecutionProvider" not in s.get_providers()]
             if lost:

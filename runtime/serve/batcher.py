@@ -20,6 +20,7 @@ from typing import Callable
 from hadskip.errors import HadSkipError
 from hadskip.runtime.serve.metrics import Metrics
 from hadskip.runtime.serve.request import ApiError, BackendFailure, Overloaded
+from hadskip.runtime.text import EmptyTextError
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures it: our lines share its format
 
@@ -144,6 +145,17 @@ class Batcher:
         except Exception as exc:  # any backend failure becomes a 424 for these requests, never a dead worker
             failure = exc
         elapsed = time.perf_counter() - start
+        if isinstance(failure, EmptyTextError):  # a text the tokenizer leaves no token of: 422 for its request
+            at, ok = 0, []
+            for job in batch:
+                bad = [i - at for i in failure.indices if at <= i < at + len(job.rows)]
+                at += len(job.rows)
+                if bad:
+                    _resolve(job, exc=ApiError(422, f"inputs[{bad[0]}] is empty: no tokens after the tokenizer's "
+                                                    "normalisation", "validation"))
+                else:
+                    ok.append(job)
+            return self._run(ok, retry_alone=len(ok) > 1) if ok else None
         if failure is not None:
             self.metrics.batch(len(rows), len(batch), elapsed, ok=False)
             if retry_alone:
