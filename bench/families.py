@@ -31,8 +31,8 @@ SMALL = (256, 4, 8, 1024)
 def _parity(arch: str, root: Path) -> dict:
     import torch
 
-    from hadskip.backbone import max_tokens
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.backbone import max_tokens
+    from hadskip.modeling.checkpoint import load_run
     from hadskip.export import export_model
     from hadskip.runtime import Runtime
     from hadskip.testing import tiny_model, tiny_run, tiny_sentences

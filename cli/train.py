@@ -43,8 +43,8 @@ def finetune(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune a plain backbone (HadSkip's stage I and its teacher); keeps the best dev epoch."""
-    from hadskip.train import TrainConfig
-    from hadskip.train import finetune as run
+    from hadskip.training.config import TrainConfig
+    from hadskip.training.finetune import finetune as run
 
     metrics = run(TrainConfig(backbone=backbone, task=task, out=out, max_len=max_len, epochs=epochs,
                               batch_size=batch_size, lr=lr, seed=seed, max_examples=max_examples, text_col=text_col,
@@ -90,8 +90,8 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train HadSkip: stage I (or --teacher), gate initialisation, then joint KD training to the budget."""
-    from hadskip.losses import LossWeights
-    from hadskip.train import HadSkipConfig, train_hadskip
+    from hadskip.training.config import HadSkipConfig, LossWeights
+    from hadskip.training.stages import train_hadskip
 
     cfg = HadSkipConfig(backbone=backbone, task=task, out=out, budget=budget, teacher=teacher, max_len=max_len,
                         epochs=epochs, stage2_epochs=stage2_epochs, phase_epochs=phase_epochs,
@@ -117,7 +117,7 @@ def evaluate(
     as_json: Json = False,
 ) -> None:
     """Task metric, average layers, per-layer usage and the layers-used histogram (JSON + PNG plots)."""
-    from hadskip.report import evaluate_path
+    from hadskip.evaluation.report import evaluate_path
 
     report = evaluate_path(path, split=split, task=task, plots_dir=None if no_plots else (plots or ""),
                            batch_size=batch_size, budget=budget)
@@ -136,7 +136,7 @@ def dial(
 ) -> None:
     """Calibrate the budget dial: gate offset -> average layers -> dev metric, written to RUN/dial.json
     (`hadskip export` copies it into the manifest; then --budget works in eval, predict, bench, serve-local)."""
-    from hadskip.dial import calibrate
+    from hadskip.evaluation.dial import calibrate
     from hadskip.errors import HadSkipError
 
     values = None
@@ -208,8 +208,8 @@ def compare(
 ) -> None:
     """Full model vs budgeted exit, early exit (entropy and patience) and HadSkip at matched average layers;
     writes compare.md, compare.json and frontier.png (trains what is missing)."""
-    from hadskip.compare import CompareConfig, to_markdown
-    from hadskip.compare import compare as run
+    from hadskip.evaluation.compare import CompareConfig, to_markdown
+    from hadskip.evaluation.compare import compare as run
     from hadskip.errors import HadSkipError
 
     try:

@@ -146,7 +146,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             with_baseline: bool, fp16: bool, max_batch: int, validate: bool, progress: bool,
             quantize: str | None = None, int8: Int8Config | None = None, fuse_gates: bool = False):
     """The export proper: (ExportReport, the TensorRT error to raise after the install or None)."""
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.checkpoint import load_run
     from hadskip.export import optimize as opt
     from hadskip.export.tokenizer import write_tokenizer
     from hadskip.export.units import build_specs, export_onnx

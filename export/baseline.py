@@ -8,7 +8,7 @@ all layers run). `teacher_source` decides; the manifest records the answer under
 {"model": "teacher" | "student-all-gates-open", "teacher_run", "note"}.
 
 Our Head is exactly the classifier of transformers' sequence-classification models on the first token
-(which modules, and the activation, come from the family: hadskip.families `classifier`, `head_activation`):
+(which modules, and the activation, come from the family: hadskip.modeling.families `classifier`, `head_activation`):
     BERT:       pooler.dense + tanh, dropout, classifier                 <- head.dense, head.out
     RoBERTa:    classifier.dense + tanh, dropout, classifier.out_proj    <- head.dense, head.out
     ELECTRA:    classifier.dense + gelu, dropout, classifier.out_proj    <- head.dense, head.out
@@ -34,8 +34,8 @@ def teacher_model(model, labels: list[str]):
     """A transformers XForSequenceClassification holding a GatedEncoder's backbone and head weights."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from hadskip.checkpoint import load_weights
-    from hadskip.families import base_state
+    from hadskip.modeling.checkpoint import load_weights
+    from hadskip.modeling.families import base_state
 
     d = dict(model.config.hf_config)
     config = AutoConfig.for_model(d.pop("model_type"), **d)
@@ -130,10 +130,10 @@ def _mismatch(model, teacher, tokenizer, teacher_tokenizer) -> str:
 
 def teacher_source(run_dir: Path, model, tokenizer, info):
     """(GatedEncoder to export as the baseline, {"model", "teacher_run", "note"}) for the run at `run_dir`."""
-    from hadskip.checkpoint import load_run, read_info
+    from hadskip.modeling.checkpoint import load_run, read_info
     from hadskip.errors import HadSkipError
 
-    if info.kind == "finetune":
+    if info.is_teacher:
         return model, {"model": "teacher", "teacher_run": str(run_dir.resolve()), "note": "the run is the teacher"}
     recorded = (info.extra or {}).get("teacher")
     if not recorded:
@@ -144,7 +144,7 @@ def teacher_source(run_dir: Path, model, tokenizer, info):
         if not (d / "run.json").is_file():
             continue
         try:
-            if read_info(d).kind != "finetune":
+            if not read_info(d).is_teacher:
                 why = f"the recorded teacher {d} is not a finetune run"
                 continue
             teacher, teacher_tok, _ = load_run(d)

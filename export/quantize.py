@@ -243,7 +243,7 @@ def _subset(n: int, k: int | None, seed: int = 0):
 
 def _split_inputs(task: dict, split: str, k: int | None):
     """(inputs (texts or pairs), labels, rows in the split) of a fixed subset of the run's task split."""
-    from hadskip.checkpoint import load_run_task
+    from hadskip.modeling.checkpoint import load_run_task
 
     s = load_run_task(task).split(split)
     inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)

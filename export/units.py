@@ -20,10 +20,10 @@ AXES = {0: "batch", 1: "seq"}
 
 
 class LayerForExport(nn.Module):
-    """model.layers[i] called in its family's export form (hadskip.families `call(..., export_form=True)`):
+    """model.layers[i] called in its family's export form (hadskip.modeling.families `call(..., export_form=True)`):
     for BERT-shaped layers the additive mask is built as HF's classic `(1 - mask) * min`.
 
-    Same values as hadskip.model.additive_mask for a 0/1 mask (0 * min = 0), but in the
+    Same values as hadskip.modeling.encoder.additive_mask for a 0/1 mask (0 * min = 0), but in the
     Unsqueeze-Cast-Sub-Mul form that onnxruntime's Attention fusion recognises
     (onnxruntime/transformers/fusion_attention.py, mask paths). Validation compares the graph with
     model.layers[i] itself, so any difference would be caught.
@@ -31,7 +31,7 @@ class LayerForExport(nn.Module):
 
     def __init__(self, layer: nn.Module):
         super().__init__()
-        self.layer = layer.layer  # the HF layer inside hadskip.model.Layer
+        self.layer = layer.layer  # the HF layer inside hadskip.modeling.encoder.Layer
         self.family = layer.family
         self.shared = layer.shared  # registered here, so the tracer sees them as this graph's own weights
 

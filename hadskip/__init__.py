@@ -1,7 +1,7 @@
 """hadskip: learn per-input layer skipping (HadSkip) for BERT-family encoders, export it, run it.
 
 Importing this package is cheap and never imports torch or transformers: the training code lives in
-submodules (`hadskip.model`, `hadskip.train`, ...) that import torch themselves.
+submodules (`hadskip.modeling.encoder`, `hadskip.training.stages`, ...) that import torch themselves.
 """
 
 from hadskip.errors import HadSkipError

@@ -1,7 +1,7 @@
 """Tiny random models and tasks for tests, benchmarks of the plumbing, and examples (needs torch).
 
 `tiny_run(path, arch="bert")` writes a real run dir (random weights, a small WordPiece tokenizer built
-in code) in well under a second, so parity tests over every supported encoder family (hadskip.families:
+in code) in well under a second, so parity tests over every supported encoder family (hadskip.modeling.families:
 BERT, RoBERTa, ELECTRA with an embedding projection, DistilBERT, DeBERTa-v3-shaped, ModernBERT) need no download.
 """
 
@@ -61,7 +61,7 @@ def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, vocab_siz
     import torch
     from transformers import AutoModel, BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, RobertaConfig
 
-    from hadskip.model import GatedEncoder, ModelConfig
+    from hadskip.modeling.encoder import GatedEncoder, ModelConfig
 
     tokenizer = tiny_tokenizer()
     hidden, heads, layers, inter = shape or TINY_SHAPES[arch]
@@ -106,9 +106,9 @@ def tiny_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, vocab_siz
 
 def tiny_run(path: str | Path, arch: str = "bert", num_labels: int = 2, seed: int = 0, max_len: int = 32,
              budget: float | None = 2.0, **model_options) -> Path:
-    """Write a run dir holding a tiny random gated model (see hadskip.checkpoint); model_options go to
+    """Write a run dir holding a tiny random gated model (see hadskip.modeling.checkpoint); model_options go to
     tiny_model (shape, positions, ...)."""
-    from hadskip.checkpoint import RunInfo, save_run
+    from hadskip.modeling.checkpoint import RunInfo, save_run
 
     model, tokenizer = tiny_model(arch, num_labels, seed, **model_options)
     task = {"name": "tiny", "text_col": "text", "pair_col": None, "label_col": "label",
@@ -141,10 +141,10 @@ def tiny_task_dir(path: str | Path, n_train: int = 64, n_eval: int = 24, seed: i
 def tiny_backbone_dir(path: str | Path, arch: str = "bert", seed: int = 0) -> Path:
     """A local stand-in for a hub backbone: a tiny random transformers model + tokenizer saved with
     save_pretrained, loadable by name like `bert-base-uncased` would be."""
-    from hadskip.backbone import empty_hf_model
+    from hadskip.modeling.backbone import empty_hf_model
 
-    from hadskip.checkpoint import load_weights
-    from hadskip.families import base_state
+    from hadskip.modeling.checkpoint import load_weights
+    from hadskip.modeling.families import base_state
 
     model, tokenizer = tiny_model(arch, seed=seed)
     hf = empty_hf_model(model.config.hf_config)

@@ -150,7 +150,7 @@ class Runtime:
         budget: the target average of layers `predict` runs at by default, through the model's budget dial
         (None: the trained gates as they are, offset 0); a model without a dial, or a budget outside its
         calibrated range, is a HadSkipError.
-        The torch backend also takes a run dir (hadskip.checkpoint) instead of a model dir. Backends other
+        The torch backend also takes a run dir (hadskip.modeling.checkpoint) instead of a model dir. Backends other
         than ort-cpu, ort-cuda and trt are plug-ins (hadskip.runtime.backends), torch among them.
         """
         path = Path(model_dir)

@@ -1,7 +1,7 @@
 """The budget dial (torch-free): one trained model, many operating points, through an offset on the gate margin.
 
 A gate opens iff logit_open - logit_closed > offset (hadskip.runtime.router.gate_open); a larger offset closes
-more gates. `hadskip dial RUN` (hadskip/dial.py) measures, on the dev split, which offset gives which average
+more gates. `hadskip dial RUN` (hadskip/evaluation/dial.py) measures, on the dev split, which offset gives which average
 number of layers and which dev metric, and stores the result as a `Dial`:
 
     RUN/dial.json           the Dial of the run (written by `hadskip dial`, checked against model.safetensors)
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from hadskip.errors import HadSkipError
+from hadskip.runtime.files import sha256_file
 
 DIAL_FILE = "dial.json"
 DIAL_FORMAT = 1
@@ -179,8 +180,6 @@ def no_dial(where: str) -> DialError:
 def read_dial(run_dir: str | Path, model_file: str | Path | None = None) -> Dial | None:
     """RUN/dial.json as a Dial, or None when there is none. When `model_file` (the run's model.safetensors) is
     given, a dial calibrated on other weights (the run was trained again) is refused."""
-    from hadskip.runtime.manifest import sha256_file
-
     f = Path(run_dir) / DIAL_FILE
     if not f.is_file():
         return None

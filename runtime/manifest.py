@@ -33,7 +33,6 @@ Not included: signing; the sha256s catch corruption, not tampering.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -41,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hadskip.errors import HadSkipError
+from hadskip.runtime.dial import Dial, DialError
+from hadskip.runtime.files import sha256_file  # noqa: F401  (also imported from here by export and tests)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -103,14 +104,6 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_table(model_dir: str | Path, relpaths: list[str]) -> dict:
@@ -232,8 +225,6 @@ def _non_finite(value, path: str = "") -> tuple[str, float] | None:
 def manifest_dial(manifest: Manifest, f: Path | str = MANIFEST):
     """The manifest's budget dial as a hadskip.runtime.dial.Dial (None when it has none); ManifestError when
     it does not read or does not fit the model."""
-    from hadskip.runtime.dial import Dial, DialError
-
     if manifest.dial is None:
         return None
     try:

@@ -70,7 +70,7 @@ def gate_open(gate_logits: np.ndarray, offset: float | np.ndarray = 0.0) -> np.n
 
     offset 0 is the argmax of the two logits with a tie closing the gate; a larger offset closes more gates
     (the budget dial's knob), a smaller one opens more. A NaN margin closes the gate. `offset` may also be
-    one float per row, (B,) (requests at different budgets in one batch). hadskip.model.gate_open is the
+    one float per row, (B,) (requests at different budgets in one batch). hadskip.modeling.encoder.gate_open is the
     PyTorch mirror, pinned to this function by tests/test_gate_rule.py."""
     if np.ndim(offset):
         return gate_margin(gate_logits) > np.asarray(offset, dtype=np.float64)

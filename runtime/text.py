@@ -64,7 +64,7 @@ _LEGACY_NO_TOKEN_TYPES = ("roberta", "xlm-roberta", "camembert")
 def manifest_token_types(backbone: dict) -> bool:
     """Whether the model reads the tokenizer's token types (1 on a pair's second text), from the manifest's
     backbone facts: `token_types`, which the exporter writes from the encoder family's rule
-    (hadskip.families). Model dirs from before that field: the rule they were exported under (no token types
+    (hadskip.modeling.families). Model dirs from before that field: the rule they were exported under (no token types
     for a type vocabulary under 2 or the RoBERTa types; None, not recorded, counts as BERT's two)."""
     if isinstance(backbone.get("token_types"), bool):
         return backbone["token_types"]

@@ -4,7 +4,8 @@
 For each task, in order: fine-tune the teacher (3 epochs), time its steps, pick the longest HadSkip schedule whose
 projected cost fits the task's share of the time left (stage III epochs per phase / last phase: 1/2 (HadSkip's
 defaults), 0.5/1, 0.25/0.5), then `hadskip compare --budgets ...` with that schedule; every baseline trains as long
-as HadSkip's stage III at its budget (hadskip.compare). With --study, a stage II / homotopy study at one budget of
+as HadSkip's stage III at its budget (hadskip.evaluation.compare). With --study, a stage II / homotopy study at one
+budget of
 the first task follows, each variant with the same total epochs, chosen on dev. Results are copied to OUT as each
 job ends, so a run cut short keeps what finished:
 
@@ -29,7 +30,7 @@ SCHEDULES = ((1.0, 2.0), (0.5, 1.0), (0.25, 0.5))  # (phase_epochs, final_phase_
 # cost of one training step relative to a fine-tuning step (measured on CPU: stage III runs the teacher and the
 # student with attentions; stage II backpropagates through the frozen backbone to the gates)
 COST = {"stage2": 2.0, "stage3": 2.5, "budgeted": 1.5, "exits": 2.5}
-VARIANTS = {  # the stage II / homotopy study (hadskip.train.HadSkipConfig fields)
+VARIANTS = {  # the stage II / homotopy study (hadskip.training.stages.HadSkipConfig fields)
     "default": {},
     "no-homotopy": {"homotopy": False},
     "homotopy-from-L-1": {"homotopy_start": None},  # filled in with L - 1
@@ -59,7 +60,8 @@ def fp32_backbone(src: Path, work: Path) -> Path:
 def projected_steps(steps_per_epoch: int, budgets: list[float], num_layers: int, sched: tuple[float, float],
                     stage2_epochs: float = 0.5) -> float:
     """Fine-tuning-step equivalents of one `compare` at this schedule (the teacher already trained)."""
-    from hadskip.train import HadSkipConfig, phase_epochs
+    from hadskip.training.config import HadSkipConfig
+    from hadskip.training.schedule import phase_epochs
 
     e3 = {k: sum(phase_epochs(num_layers, HadSkipConfig(budget=k, phase_epochs=sched[0],
                                                         final_phase_epochs=sched[1]))) for k in budgets}
@@ -98,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from hadskip.compare import CompareConfig, compare
-    from hadskip.train import HadSkipConfig, TrainConfig, finetune, phase_epochs, train_hadskip
+    from hadskip.evaluation.compare import CompareConfig, compare
+    from hadskip.training.config import HadSkipConfig, TrainConfig
+    from hadskip.training.finetune import finetune
+    from hadskip.training.schedule import phase_epochs
+    from hadskip.training.stages import train_hadskip
 
     record["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     backbone = fp32_backbone(Path(args.backbone), work)
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.time()
         teacher = root / "full"
         if (teacher / "run.json").is_file():  # a rerun keeps its teacher (the runs trained from it stay valid)
-            from hadskip.checkpoint import read_info
+            from hadskip.modeling.checkpoint import read_info
 
             m = read_info(teacher).metrics
         else:
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                    teacher_seconds=round(time.time() - t, 1))
         save_record()
         share = shares[i] if i < len(shares) else 1.0
-        from hadskip.checkpoint import load_run
+        from hadskip.modeling.checkpoint import load_run
 
         L = load_run(teacher)[0].num_layers
         fits = [s for s in SCHEDULES if projected_steps(n_train, budgets, L, s) * step_s <= share * left()]
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_hadskip(HadSkipConfig(backbone=str(backbone), task=task, out=str(run), budget=k,
                                             teacher=str(teacher), max_len=args.max_len, phase_epochs=sched[0],
                                             final_phase_epochs=sched[1], progress=False, **opts))
-            from hadskip.report import evaluate_path
+            from hadskip.evaluation.report import evaluate_path
 
             ev = {s: evaluate_path(str(run), s, plots_dir=None) for s in ("dev", "test")}
             study["variants"][name] = {"options": opts, "dev": ev["dev"]["value"],

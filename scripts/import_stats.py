@@ -54,6 +54,8 @@ def imports_of(module: str, path: Path, modules: set[str]) -> list[tuple[int, st
     def visit(node: ast.AST, local: bool) -> None:
         for child in ast.iter_child_nodes(node):
             inner = local or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue  # annotations only: never imported at run time
             if isinstance(child, ast.Import):
                 names = [a.name for a in child.names]
             elif isinstance(child, ast.ImportFrom):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hadskip.backbone import build_gated, resolve
+from hadskip.modeling.backbone import build_gated, resolve
 from hadskip.errors import HadSkipError
 from hadskip.testing import tiny_backbone_dir
 
@@ -38,7 +38,7 @@ def test_hub_name_through_the_hub_cache(tmp_path, name, arch):
         (snap / f.name).write_bytes(f.read_bytes())
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123456789abcdef")
-    code = ("from hadskip.backbone import build_gated, resolve\n"
+    code = ("from hadskip.modeling.backbone import build_gated, resolve\n"
             f"assert resolve({name!r}) == {name!r}\n"
             f"m, _ = build_gated({name!r}, num_labels=2)\n"
             "print(m.config.backbone, m.config.model_type, m.num_layers)\n")

@@ -15,9 +15,9 @@ import torch
 from test_runtime_support import export_dir
 from typer.testing import CliRunner
 
-from hadskip.checkpoint import load_run, read_info, write_info
+from hadskip.modeling.checkpoint import load_run, read_info, write_info
 from hadskip.cli.main import app, main
-from hadskip.dial import TOLERANCE, Leaves, Steps, build_dial, calibrate, sweep
+from hadskip.evaluation.dial import TOLERANCE, Leaves, Steps, build_dial, calibrate, sweep
 from hadskip.errors import HadSkipError
 from hadskip.runtime import Runtime
 from hadskip.runtime.dial import Dial, DialError, read_dial
@@ -31,7 +31,8 @@ def env(tmp_path_factory):
     and its export; plus a random tiny RoBERTa run on the same task, calibrated and exported."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    from hadskip.train import HadSkipConfig, train_hadskip
+    from hadskip.training.config import HadSkipConfig
+    from hadskip.training.stages import train_hadskip
 
     root = tmp_path_factory.mktemp("dial")
     task = tiny_task_dir(root / "task", n_train=64, n_eval=200)
@@ -52,8 +53,8 @@ def env(tmp_path_factory):
 
 
 def _dev(run: Path):
-    from hadskip.batches import encode_split
-    from hadskip.checkpoint import load_run_task
+    from hadskip.data.batches import encode_split
+    from hadskip.modeling.checkpoint import load_run_task
 
     model, tok, info = load_run(run)
     data = load_run_task(info.task)
@@ -61,7 +62,7 @@ def _dev(run: Path):
 
 
 def _routed(model, enc, pad, offset):
-    from hadskip.evaluate import predict
+    from hadskip.evaluation.evaluate import predict
 
     logits, used, labels = predict(model, enc, pad, batch_size=16, gates="route", gate_offset=offset)
     return used.sum(axis=1).astype(int), logits.argmax(axis=1)
@@ -270,7 +271,7 @@ def test_a_dial_of_other_weights_is_refused_when_used(env, tmp_path):
     model, tok, info = load_run(run)
     with torch.no_grad():
         model.gates[0].fc2.bias.add_(1.0)
-    from hadskip.checkpoint import save_run
+    from hadskip.modeling.checkpoint import save_run
 
     save_run(run, model, tok, info)  # trained again: dial.json stays behind, stale
     rt = Runtime.load(run, backend="torch")  # without a budget the stale dial does not matter
@@ -298,7 +299,7 @@ def test_calibration_refuses_what_it_cannot_calibrate(env, tmp_path):
     with pytest.raises(HadSkipError, match=r"finetune run without trained gates"):
         calibrate(ft, progress=False)
     with pytest.raises(HadSkipError, match=r"finetune run without gates"):
-        from hadskip.report import evaluate_path
+        from hadskip.evaluation.report import evaluate_path
 
         evaluate_path(str(ft), budget=2, plots_dir=None)
 

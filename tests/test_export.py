@@ -17,12 +17,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hadskip.checkpoint import load_run
+from hadskip.modeling.checkpoint import load_run
 from hadskip.export import ExportError, ShapeError, ValidationError, export_model
+from hadskip.modeling.families import FAMILIES
 from hadskip.runtime.manifest import IO, SCHEMA_VERSION, load_manifest
 from hadskip.testing import tiny_run, tiny_sentences
 
-ARCHS = ["bert", "roberta", "tinybert", "electra", "distilbert", "deberta-v2"]
+# every family (hadskip.modeling.families), and TinyBERT's head size 26
+ARCHS = [*(f.name for f in FAMILIES), "tinybert"]
 ATOL = 1e-4
 
 
@@ -63,7 +65,7 @@ CHAIN_TEXTS = tiny_sentences(24, seed=7, max_words=40)
 def balanced_run(path: Path, arch: str) -> Path:
     """A tiny run whose gates each open for about half of CHAIN_TEXTS, so the chain test really routes:
     gate i's open bias is moved by the midpoint of the two middle margins (no row sits on the tie)."""
-    from hadskip.checkpoint import save_run
+    from hadskip.modeling.checkpoint import save_run
 
     model, tokenizer, info = load_run(tiny_run(path, arch))
     ids, mask, types = (torch.from_numpy(a) for a in encode(tokenizer, CHAIN_TEXTS, info.max_len))

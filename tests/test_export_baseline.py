@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hadskip.checkpoint import load_run
+from hadskip.modeling.checkpoint import load_run
 from hadskip.export import export_model
 from hadskip.runtime.manifest import load_manifest
 from hadskip.testing import tiny_run, tiny_sentences

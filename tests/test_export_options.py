@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from hadskip.checkpoint import load_run
+from hadskip.modeling.checkpoint import load_run
 from hadskip.export import export_model
 from hadskip.export.spec import FP16_ATOL
 from hadskip.runtime.manifest import load_manifest

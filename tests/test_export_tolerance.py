@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from hadskip.checkpoint import load_run, save_run
+from hadskip.modeling.checkpoint import load_run, save_run
 from hadskip.export import ValidationError, export_model
 from hadskip.export.spec import FP16_ATOL, FP32_ATOL, TOLERANCES
 from hadskip.runtime.manifest import load_manifest

@@ -1,4 +1,4 @@
-"""Encoder families (hadskip/families.py): each supported family end to end on a tiny random config, at the
+"""Encoder families (hadskip/modeling/families/): each supported family end to end on a tiny random config, at the
 position limit, and the refused ones with their reason.
 
 Per family: the exported model dir validates at inputs of max_tokens (the longest the position table takes),
@@ -16,9 +16,9 @@ from test_runtime_support import reference
 
 torch = pytest.importorskip("torch")
 
-from hadskip.backbone import load_config, max_tokens  # noqa: E402
+from hadskip.modeling.backbone import load_config, max_tokens  # noqa: E402
 from hadskip.errors import HadSkipError  # noqa: E402
-from hadskip.families import REFUSED, base_state, family  # noqa: E402
+from hadskip.modeling.families import REFUSED, base_state, family  # noqa: E402
 from hadskip.runtime import Runtime  # noqa: E402
 from hadskip.runtime.manifest import load_manifest  # noqa: E402
 from hadskip.testing import TINY_SHAPES, tiny_model, tiny_run, tiny_sentences  # noqa: E402
@@ -154,7 +154,7 @@ def test_gates_open_equal_transformers_model_and_classifier(arch, pooling):
 
 
 def test_electra_projection_is_trained_and_saved(tmp_path):
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.checkpoint import load_run
 
     model, _ = tiny_model("electra")
     assert model.embeddings.project is not None
@@ -185,7 +185,7 @@ def test_albert_reason_names_the_shared_weights():
 def test_deberta_shared_relative_embeddings_are_saved_once_and_run_in_every_layer(tmp_path):
     from safetensors import safe_open
 
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.checkpoint import load_run
 
     run = tiny_run(tmp_path / "run", "deberta-v2")
     with safe_open(str(run / "model.safetensors"), "pt") as f:
@@ -283,7 +283,7 @@ def test_modernbert_folder_loads_with_its_final_norm_and_without_torch_compile(t
     and with every layer on it gives transformers' own model's last hidden state."""
     from transformers import AutoModel
 
-    from hadskip.backbone import build_gated
+    from hadskip.modeling.backbone import build_gated
     from hadskip.testing import tiny_backbone_dir
 
     folder = tiny_backbone_dir(tmp_path / "mb", "modernbert")

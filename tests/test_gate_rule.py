@@ -1,4 +1,4 @@
-"""One gate rule and one routing loop: the PyTorch mirror `hadskip.model.gate_open` against the runtime's
+"""One gate rule and one routing loop: the PyTorch mirror `hadskip.modeling.encoder.gate_open` against the runtime's
 `hadskip.runtime.router.gate_open` bit for bit (ties, signed zeros, infinities, NaN, subnormal gaps, fp16,
 offsets), and the PyTorch eval loop (`GatedEncoder(gates="route")`) against the runtime's `route` on the same
 units at several gate offsets."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_runtime_support import cached_model, one_torch_thread, padded_batch  # noqa: F401
 
-from hadskip.model import gate_open as torch_gate_open
+from hadskip.modeling.units import gate_open as torch_gate_open
 from hadskip.runtime.router import gate_margin, gate_open, route
 
 SPECIAL = [0.0, -0.0, 1.0, -1.0, 1e-30, np.inf, -np.inf, 3e38, -3e38, np.nan]
@@ -68,9 +68,9 @@ def test_gate_rule_is_monotone_in_the_offset():
 @pytest.mark.usefixtures("one_torch_thread")
 def test_pytorch_eval_loop_is_the_runtime_loop(tmp_path_factory):
     """The same PyTorch units through GatedEncoder(gates="route") and through the runtime's `route`
-    (hadskip.torch_backend): identical gates and logits within float noise, at several gate offsets."""
-    from hadskip.checkpoint import load_model
-    from hadskip.torch_backend import TorchBackend
+    (hadskip.modeling.torch_backend): identical gates and logits within float noise, at several gate offsets."""
+    from hadskip.modeling.checkpoint import load_model
+    from hadskip.modeling.torch_backend import TorchBackend
 
     run, _ = cached_model(tmp_path_factory, "bert", 0)
     model = load_model(run)
@@ -100,7 +100,7 @@ def test_pytorch_eval_loop_is_the_runtime_loop(tmp_path_factory):
 def test_onnx_runtime_follows_the_offset_like_pytorch(tmp_path_factory):
     """ORT graphs vs PyTorch at offsets that no gate margin lies near (within float noise, a margin could
     fall on either side of an offset it touches)."""
-    from hadskip.checkpoint import load_model
+    from hadskip.modeling.checkpoint import load_model
     from hadskip.runtime import Runtime
 
     run, md = cached_model(tmp_path_factory, "bert", 0)

@@ -91,11 +91,11 @@ BAD, OK = True, False
     ("core.py", "import torch", BAD),
     ("core.py", "def f():\n    from safetensors.torch import load_file", BAD),
     ("backends/x.py", "from transformers import AutoModel", BAD),
-    ("core.py", "from hadskip.model import GatedEncoder", BAD),
-    ("core.py", "from hadskip import checkpoint", BAD),
+    ("core.py", "from hadskip.modeling.encoder import GatedEncoder", BAD),
+    ("core.py", "from hadskip import modeling", BAD),
     ("core.py", "import hadskip.export.api", BAD),
-    ("backends/x.py", "from ... import model", BAD),
-    ("backends/x.py", "from ...checkpoint import load_run", BAD),
+    ("backends/x.py", "from ... import training", BAD),
+    ("backends/x.py", "from ...modeling.checkpoint import load_run", BAD),
     ("core.py", "import importlib\nimportlib.import_module('torch')", BAD),
     ("core.py", "require('transformers', 'train')", BAD),
     ("bench.py", "import fastapi", BAD),
@@ -121,7 +121,7 @@ def test_plugin_backends_are_found_by_name(tmp_path):
     from hadskip.runtime.backends import BackendOptions, plugin_opener, register_backend
 
     (ep,) = [e for e in entry_points(group="hadskip.backends") if e.name == "torch"]
-    assert ep.value == "hadskip.torch_backend:open_backend"
+    assert ep.value == "hadskip.modeling.torch_backend:open_backend"
     assert plugin_opener("torch") is ep.load()
     seen = {}
 
@@ -137,3 +137,63 @@ def test_plugin_backends_are_found_by_name(tmp_path):
         Runtime.load(tmp_path, backend="tpu")
     with pytest.raises(HadSkipError, match="built-in"):
         register_backend("ort-cpu", opener)
+
+
+# --- the core's module graph: no cycles, and function-local imports of hadskip only where listed -----------------
+
+def _import_stats():
+    """scripts/import_stats.py (the AST walk of the whole installed tree), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_stats", ROOT / "scripts" / "import_stats.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# modules (or packages, by prefix) that may import hadskip modules inside functions, and why; everything else
+# imports at the top, so the import graph is the one a reader sees
+LOCAL_IMPORTS_ALLOWED = {
+    "hadskip.cli.": "a command imports its library when it runs, so `hadskip --help` and the torch-free commands "
+                    "(predict, bench, serve-local) never import torch",
+    "hadskip.export.": "`hadskip export` checks the export extra first; the torch-heavy core (run dirs, units) is "
+                       "imported by the call, so importing hadskip.export stays cheap",
+    "hadskip.runtime.": "the runtime loads optional backends (TensorRT, CUDA) and the server stack only when chosen",
+    "hadskip.modeling.torch_backend": "opened by the torch-free runtime through an entry point: it checks for torch "
+                                      "(errors.require) before importing core",
+    "hadskip.testing": "torch-free tests use its text helpers (tiny_sentences, tiny_task_dir); the model builders "
+                       "import core when called",
+}
+
+
+def test_the_core_has_no_import_cycles():
+    stats = _import_stats()
+    edges, _ = stats.graph()
+    assert "hadskip.modeling.encoder" in edges and len(edges) > 50  # the walk sees the tree
+    assert stats.cycles(edges) == []
+
+
+def test_function_local_imports_of_hadskip_only_where_listed():
+    _, local = _import_stats().graph()
+    bad = [f"{m}:{line} imports {target} inside a function" for m, line, target in local
+           if not any(m == p or m.startswith(p) for p in LOCAL_IMPORTS_ALLOWED)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_leaf_modules_import_nothing_else_of_hadskip():
+    edges, _ = _import_stats().graph()
+    for leaf in ("hadskip.modeling.units", "hadskip.training.config"):
+        assert edges[leaf] <= {"hadskip.errors"}, (leaf, edges[leaf])
+
+
+def test_the_cycle_finder_finds_cycles(tmp_path):
+    stats = _import_stats()
+    for folder in stats.PACKAGES:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "__init__.py").write_text("")
+    (tmp_path / "hadskip" / "a.py").write_text("def f():\n    from hadskip.b import g\n")
+    (tmp_path / "hadskip" / "b.py").write_text("from hadskip import a\n")
+    (tmp_path / "hadskip" / "c.py").write_text("from hadskip.a import f\n")
+    edges, local = stats.graph(tmp_path)
+    assert stats.cycles(edges) == [["hadskip.a", "hadskip.b"]]
+    assert local == [("hadskip.a", 2, "hadskip.b")]

@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from hadskip.model import Layer, call_layer  # noqa: E402
+from hadskip.modeling.families import call_layer, family  # noqa: E402
+from hadskip.modeling.units import Layer  # noqa: E402
 from hadskip.testing import tiny_model, tiny_sentences  # noqa: E402
 
 B, T, H, HEADS = 3, 5, 8, 2
@@ -60,7 +61,7 @@ def test_layer_returns_the_whole_batch_and_attentions(layer_cls):
     hidden = torch.randn(B, T, H, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(B, T, dtype=torch.long)
     mask[1, 3:] = 0
-    layer = Layer(layer_cls())
+    layer = Layer(layer_cls(), family("bert"))
     out = layer(hidden, mask)
     assert out.shape == (B, T, H)  # `out[0]` of a bare tensor would be (T, H): batch row 0 only
     h, att = layer(hidden, mask, output_attentions=True)
@@ -75,7 +76,7 @@ def test_layer_returns_the_whole_batch_and_attentions(layer_cls):
 def test_export_wrapper_keeps_the_batch():
     from hadskip.export.units import LayerForExport
 
-    wrapped = Layer(_Layer5())
+    wrapped = Layer(_Layer5(), family("bert"))
     hidden, mask = torch.randn(B, T, H), torch.ones(B, T, dtype=torch.long)
     assert LayerForExport(wrapped)(hidden, mask).shape == (B, T, H)
     assert torch.equal(LayerForExport(wrapped)(hidden, mask), wrapped(hidden, mask))
@@ -101,7 +102,7 @@ def test_real_layers_match_the_installed_transformers(arch):
     ids, mask = enc["input_ids"], enc["attention_mask"]
     tt = enc.get("token_type_ids", torch.zeros_like(ids))
     assert (mask == 0).any()
-    from hadskip.families import base_state
+    from hadskip.modeling.families import base_state
 
     d = dict(model.config.hf_config)
     hf = AutoModel.from_config(AutoConfig.for_model(d.pop("model_type"), **d), attn_implementation="eager")
@@ -159,7 +160,7 @@ class _DistilBlock5(_DistilBlock4):
                          ids=["transformers4-shape", "transformers5-shape"])
 @pytest.mark.parametrize("export_form", [False, True])
 def test_distilbert_layer_masks_padding_under_both_call_shapes(block_cls, export_form):
-    from hadskip.families import family
+    from hadskip.modeling.families import family
 
     hidden = torch.randn(B, T, H, generator=torch.Generator().manual_seed(1))
     mask = torch.ones(B, T, dtype=torch.long)

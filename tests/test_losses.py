@@ -10,9 +10,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hadskip import train
-from hadskip.losses import LossWeights, attention_mse, budget_penalty, distillation, kd_logits, masked_mse
-from hadskip.reinmax import reinmax
+from hadskip.training import stages as train
+from hadskip.training.losses import LossWeights, attention_mse, budget_penalty, distillation, kd_logits, masked_mse
+from hadskip.modeling.reinmax import reinmax
 from test_runtime_support import one_torch_thread  # noqa: F401
 
 

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from hadskip.modeling.families import FAMILIES
 from hadskip.testing import tiny_model, tiny_sentences
 
-ARCHS = ["bert", "roberta", "tinybert", "electra", "distilbert", "deberta-v2"]
+# every family (hadskip.modeling.families), and TinyBERT's head size 26
+ARCHS = [*(f.name for f in FAMILIES), "tinybert"]
 
 
 def _batch(tokenizer, n=6, seed=0):
@@ -18,7 +20,7 @@ def _hf_backbone(model):
     """The transformers model whose modules the GatedEncoder wraps (same weights)."""
     from transformers import AutoModel
 
-    from hadskip.families import base_state
+    from hadskip.modeling.families import base_state
 
     hf = AutoModel.from_config(_cfg(model), attn_implementation="eager")
     missing, unexpected = hf.load_state_dict(base_state(model), strict=False)

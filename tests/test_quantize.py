@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from hadskip.checkpoint import read_info, write_info
+from hadskip.modeling.checkpoint import read_info, write_info
 from hadskip.cli.main import main
 from hadskip.errors import HadSkipError
 from hadskip.export import ExportError, export_model

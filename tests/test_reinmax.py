@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hadskip.reinmax import reinmax, straight_through
+from hadskip.modeling.reinmax import reinmax, straight_through
 
 
 @pytest.mark.parametrize("fn", [reinmax, straight_through])

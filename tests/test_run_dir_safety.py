@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hadskip.checkpoint import claim_run_dir, read_info, write_info
+from hadskip.modeling.checkpoint import claim_run_dir, read_info, write_info
 from hadskip.cli.main import main
 from hadskip.errors import HadSkipError
 from hadskip.testing import tiny_backbone_dir, tiny_run, tiny_task_dir

@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ARCHS = ("bert", "roberta", "tinybert", "electra", "distilbert", "deberta-v2")
+from hadskip.modeling.families import FAMILIES
+
+# every family (hadskip.modeling.families), and TinyBERT's head size 26
+ARCHS = [*(f.name for f in FAMILIES), "tinybert"]
 
 
 def _private_export(run_dir: Path, out_dir: Path) -> Path:
     import torch
 
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.checkpoint import load_run
     from hadskip.runtime.manifest import IO, Manifest, file_table, write_manifest
 
     model, tokenizer, info = load_run(run_dir)
@@ -98,7 +101,7 @@ def cached_model(tmp_path_factory, arch: str = "bert", seed: int = 0, with_basel
 
 @functools.lru_cache(maxsize=8)
 def _load(run_dir: Path):
-    from hadskip.checkpoint import load_run
+    from hadskip.modeling.checkpoint import load_run
 
     return load_run(run_dir)[0]
 

@@ -1,4 +1,4 @@
-"""The torch backend's CUDA-graph bookkeeping on CPU (hadskip.cuda_graphs): a stand-in graph re-runs the
+"""The torch backend's CUDA-graph bookkeeping on CPU (hadskip.modeling.cuda_graphs): a stand-in graph re-runs the
 unit on its static inputs into its static output, which is what a replay does, so the routed results with
 graphs must equal the eager ones exactly, including rows scattered into a graph's static output."""
 
@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hadskip.cuda_graphs import UnitGraphs  # noqa: E402
+from hadskip.modeling.cuda_graphs import UnitGraphs  # noqa: E402
 from hadskip.errors import HadSkipError  # noqa: E402
-from hadskip.torch_backend import TorchBackend  # noqa: E402
+from hadskip.modeling.torch_backend import TorchBackend  # noqa: E402
 from hadskip.runtime.router import route  # noqa: E402
 from hadskip.testing import tiny_model  # noqa: E402
 

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from hadskip.checkpoint import load_run, read_info
+from hadskip.modeling.checkpoint import load_run, read_info
 from hadskip.errors import HadSkipError
 from hadskip.testing import tiny_backbone_dir, tiny_task_dir
-from hadskip.train import HadSkipConfig, TrainConfig, finetune, homotopy_schedule, train_hadskip
+from hadskip.training.config import HadSkipConfig, TrainConfig
+from hadskip.training.finetune import finetune
+from hadskip.training.schedule import homotopy_schedule
+from hadskip.training.stages import train_hadskip
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +47,13 @@ def test_homotopy_schedule():
 
 
 def test_every_stage_iii_variant_trains_as_long_as_the_full_homotopy():
-    from hadskip.train import phase_epochs, stage3_epochs
+    from hadskip.training.schedule import phase_epochs, stage3_epochs
 
     base = dict(budget=2.0, phase_epochs=0.25, final_phase_epochs=0.5)
     assert phase_epochs(6, HadSkipConfig(**base)) == [0.25, 0.25, 0.25, 0.25, 0.5]
     assert phase_epochs(6, HadSkipConfig(**base, homotopy=False)) == [1.5]
     assert phase_epochs(6, HadSkipConfig(**base, homotopy_start=4)) == [0.25, 0.25, 1.0]
-    from hadskip.checkpoint import RunInfo
+    from hadskip.modeling.checkpoint import RunInfo
 
     def info(extra):
         return RunInfo(task={}, max_len=8, kind="hadskip", budget=2.0, extra=extra)
@@ -140,7 +143,7 @@ def test_ablation_flags(env):
 
 
 def test_fewer_batches_than_processes_is_an_error_not_a_hang():
-    from hadskip.batches import Encoded, loader
+    from hadskip.data.batches import Encoded, loader
 
     enc = Encoded([[1, 2, 3]] * 16, [[0, 0, 0]] * 16, np.zeros(16, dtype=np.int64))
     with pytest.raises(HadSkipError, match="fewer than the 2 processes"):
@@ -154,7 +157,7 @@ def test_bad_teacher_is_refused(env):
 
 
 def test_eval_report_and_plots(env, gated):
-    from hadskip.report import evaluate_path
+    from hadskip.evaluation.report import evaluate_path
 
     out, metrics = gated
     r = evaluate_path(str(out), "test", plots_dir=str(env["root"] / "plots"))
@@ -169,8 +172,8 @@ def test_eval_report_and_plots(env, gated):
 
 
 def test_exit_rules_by_hand():
-    from hadskip.baselines import exit_layers, patience_layers, threshold_for
-    from hadskip.baselines.rules import mix, mixed
+    from hadskip.evaluation.baselines import exit_layers, patience_layers, threshold_for
+    from hadskip.evaluation.baselines.rules import mix, mixed
 
     ent = np.array([[0.1, 0.5, 0.9], [0.6, 0.2, 0.3], [0.9, 0.8, 0.7]])
     assert exit_layers(ent, 0.25).tolist() == [0, 1, 2]
@@ -185,7 +188,7 @@ def test_exit_rules_by_hand():
 
 
 def test_budgeted_exit_distils_and_keeps_the_teacher(env):
-    from hadskip.baselines import BaselineConfig, layer_map, train_budgeted_exit
+    from hadskip.evaluation.baselines import BaselineConfig, layer_map, train_budgeted_exit
     from hadskip.runtime.manifest import sha256_file
 
     assert layer_map(3, 6) == [2, 4, 6] and layer_map(2, 3) == [2, 3] and layer_map(1, 3) == [3]
@@ -203,10 +206,10 @@ def test_budgeted_exit_distils_and_keeps_the_teacher(env):
 
 
 def test_exit_model_probabilities(env):
-    from hadskip.baselines import BaselineConfig, exit_probs, load_exit_model, train_exit_model
-    from hadskip.batches import encode_split
-    from hadskip.checkpoint import load_run_task
-    from hadskip.evaluate import predict
+    from hadskip.evaluation.baselines import BaselineConfig, exit_probs, load_exit_model, train_exit_model
+    from hadskip.data.batches import encode_split
+    from hadskip.modeling.checkpoint import load_run_task
+    from hadskip.evaluation.evaluate import predict
 
     out = env["root"] / "ee"
     m = train_exit_model(BaselineConfig(teacher=str(env["teacher"]), out=str(out), epochs=1, batch_size=16,
@@ -265,7 +268,7 @@ def test_cli_finetune_on_a_bad_folder_task(env, tmp_path, capsys):
 
 
 def test_compare_table_and_frontier(env, gated, tmp_path, monkeypatch):
-    from hadskip.compare import METHODS, CompareConfig, compare
+    from hadskip.evaluation.compare import METHODS, CompareConfig, compare
 
     with pytest.raises(HadSkipError, match="differs from the teacher's task"):
         compare(CompareConfig("glue/sst2", [2.0], out=str(tmp_path / "x"), teacher=str(env["teacher"]),
@@ -289,7 +292,7 @@ def test_compare_table_and_frontier(env, gated, tmp_path, monkeypatch):
     assert "| hadskip | 1.5 |" in (tmp_path / "cmp" / "compare.md").read_text()
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["metric"] == "accuracy"
     # a second call reuses every run it trained: nothing may train again
-    import hadskip.baselines as hb
+    import hadskip.evaluation.baselines as hb
 
     def no_training(*a, **k):
         raise AssertionError("trained again")
@@ -315,7 +318,7 @@ def test_compare_table_and_frontier(env, gated, tmp_path, monkeypatch):
 
 
 def test_compare_refuses_mismatched_hadskip_runs(env, gated, tmp_path):
-    from hadskip.compare import CompareConfig, compare
+    from hadskip.evaluation.compare import CompareConfig, compare
 
     def run(k, path, **kw):
         compare(CompareConfig(None, [k], out=str(tmp_path / "c"), teacher=str(kw.pop("teacher", env["teacher"])),
@@ -330,14 +333,14 @@ def test_compare_refuses_mismatched_hadskip_runs(env, gated, tmp_path):
     t, _, _ = load_run(other)
     with torch.no_grad():
         t.head.out.bias.add_(1.0)
-    from hadskip.checkpoint import save_run
+    from hadskip.modeling.checkpoint import save_run
 
     save_run(other, t, load_run(other)[1], read_info(other))
     with pytest.raises(HadSkipError, match="trained from teacher"):
         run(1.5, gated[0], teacher=other)
     copy = tmp_path / "ft-copy"  # a copy of the right teacher is accepted up to the training step
     shutil.copytree(env["teacher"], copy)
-    from hadskip.compare import check_hadskip_run
+    from hadskip.evaluation.compare import check_hadskip_run
 
     check_hadskip_run(gated[0], 1.5, copy, read_info(copy).task)
     moved = json.loads((gated[0] / "run.json").read_text())
@@ -353,7 +356,7 @@ def test_compare_refuses_mismatched_hadskip_runs(env, gated, tmp_path):
 
 def test_hard_tail_trains_the_backbone_on_frozen_gate_decisions(env, tmp_path, monkeypatch):
     """--hard-tail: the last steps run on the gates' inference decisions; the gates do not move there."""
-    from hadskip import loop
+    from hadskip.training import loop
 
     real = loop.run_steps
     seen = []

@@ -18,14 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from hadskip.backbone import check_max_len, max_tokens
-from hadskip.checkpoint import read_info, write_info
+from hadskip.modeling.backbone import check_max_len, max_tokens
+from hadskip.modeling.checkpoint import read_info, write_info
 from hadskip.cli.main import main
 from hadskip.errors import HadSkipError
-from hadskip.families import family
+from hadskip.modeling.families import family
 from hadskip.runtime.text import manifest_token_types
 from hadskip.testing import tiny_backbone_dir, tiny_run, tiny_sentences, tiny_task_dir, tiny_tokenizer
-from hadskip.train import HadSkipConfig, TrainConfig, finetune, train_hadskip
+from hadskip.training.config import HadSkipConfig, TrainConfig
+from hadskip.training.finetune import finetune
+from hadskip.training.stages import train_hadskip
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@
 The first three live here and are opened by hadskip.runtime.core. Any other name is a plug-in: an opener
 registered with `register_backend`, or else an entry point of the group `hadskip.backends` in an installed
 distribution's metadata. `torch` is such a plug-in: hadskip's own pyproject.toml points it at
-hadskip.torch_backend:open_backend, a core module this package never imports itself.
+hadskip.modeling.torch_backend:open_backend, a core module this package never imports itself.
 An opener is `opener(path, BackendOptions) -> (backend, hadskip.runtime.core.ModelInfo)`.
 Each backend module imports its heavy dependency itself, only when that backend is chosen.
 """

@@ -5,8 +5,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-import hadskip.loop as loop
-import hadskip.train as train
+import hadskip.training.loop as loop
+import hadskip.training.stages as train
 
 out, task, backbone = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 original = loop.run_steps

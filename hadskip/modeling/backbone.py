@@ -11,6 +11,8 @@ from pathlib import Path
 
 from hadskip.assets import MINILM_L6, WheelAsset, extract_folder
 from hadskip.errors import HadSkipError
+from hadskip.modeling.encoder import GatedEncoder, ModelConfig
+from hadskip.modeling.families import SUPPORTED_MODEL_TYPES, family, why_not
 
 OFFLINE_BACKBONES: dict[str, WheelAsset] = {"minilm-l6": MINILM_L6}
 
@@ -34,8 +36,6 @@ def load_config(name: str):
     Cheap (no weights), so training checks it before creating its run dir."""
     from transformers import AutoConfig
 
-    from hadskip.families import SUPPORTED_MODEL_TYPES, family, why_not
-
     location = resolve(name)
     try:
         config = AutoConfig.from_pretrained(location)
@@ -52,15 +52,11 @@ def load_config(name: str):
 
 def max_tokens(hf_config: dict) -> int:
     """The longest input (in tokens, specials included) the backbone's position table can embed."""
-    from hadskip.families import family
-
     return family(str(hf_config.get("model_type"))).max_tokens(hf_config)
 
 
 def check_max_len(max_len: int, hf_config: dict, name: str) -> None:
     """HadSkipError (one line) if inputs of `max_len` tokens do not fit the backbone's position table."""
-    from hadskip.families import family
-
     usable = max_tokens(hf_config)
     if max_len > usable:
         why = family(str(hf_config.get("model_type"))).position_note(hf_config)
@@ -69,9 +65,9 @@ def check_max_len(max_len: int, hf_config: dict, name: str) -> None:
 
 
 def load_hf(name: str):
-    """(hf_model, tokenizer) for a supported encoder backbone (hadskip.families), with eager attention
+    """(hf_model, tokenizer) for a supported encoder backbone (hadskip.modeling.families), with eager attention
     (attentions for distillation, plain ops for ONNX export). Raises HadSkipError for unknown names or
-    refused architectures (hadskip.families.why_not says why)."""
+    refused architectures (hadskip.modeling.families.why_not says why)."""
     from transformers import AutoModel, AutoTokenizer
 
     load_config(name)
@@ -85,8 +81,6 @@ def load_hf(name: str):
 
 def build_gated(name: str, num_labels: int, **gate_options):
     """(GatedEncoder, tokenizer) with the backbone's pre-trained weights and fresh gates and head."""
-    from hadskip.model import GatedEncoder, ModelConfig
-
     hf_model, tokenizer = load_hf(name)
     c = hf_model.config
     config = ModelConfig(

@@ -1,19 +1,15 @@
 """The gated encoder: an encoder backbone with a binary gate before every layer (HadSkip).
 
-The model is four kinds of unit with the same signatures as the exported graphs, so export is per unit
-and the PyTorch eval path and every runtime share one gate rule (`gate_open`; docs/architecture.md):
-
-    embeddings(input_ids, attention_mask, token_type_ids) -> hidden        # (B, T, H)
-    gates[i](hidden, attention_mask)                      -> gate logits   # (B, 2); open: l1 - l0 > offset
-    layers[i](hidden, attention_mask)                     -> hidden        # (B, T, H)
-    head(hidden, attention_mask)                          -> logits        # (B, num_labels)
+The model is four kinds of unit (hadskip.modeling.units) with the same signatures as the exported graphs, so
+export is per unit and the PyTorch eval path and every runtime share one gate rule (`gate_open`;
+docs/architecture.md).
 
 Gate modes of `GatedEncoder.forward`:
     "off"    plain encoder, every layer on every row (stage I, the teacher)
     "sample" training: ReinMax (or STE) samples g, h_i = g*f_i(h) + (1-g)*h
     "hard"   g = gate_open, same masked formula, every layer computed on every row (a reference for tests)
     "route"  g = gate_open, each layer runs only on its open rows (gather, run, scatter) - the eval path
-Family differences (how to embed, call a layer, start the head) live in hadskip/families.py, never here.
+Family differences (how to embed, call a layer, start the head) live in hadskip/modeling/families/, never here.
 Not included: cross-attention / decoder use of the backbone, token-level (rather than row-level) skipping.
 """
 
@@ -25,8 +21,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hadskip.families import SUPPORTED_MODEL_TYPES, Family, additive_mask, call_layer, family
-from hadskip.reinmax import ESTIMATORS
+from hadskip.modeling.families import SUPPORTED_MODEL_TYPES, additive_mask, call_layer, family
+from hadskip.modeling.reinmax import ESTIMATORS
+from hadskip.modeling.units import Embeddings, Gate, Layer, gate_open
 
 GateMode = Literal["off", "sample", "hard", "route"]
 __all__ = ["SUPPORTED_MODEL_TYPES", "additive_mask", "call_layer", "GatedEncoder", "ModelConfig", "gate_open"]
@@ -63,94 +60,6 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**d)
-
-
-def gate_open(gate_logits: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
-    """The gate rule, open iff logit_open - logit_closed > offset: the torch mirror of
-    hadskip.runtime.router.gate_open (same float64 margin, ties and NaN closed), pinned to it by
-    tests/test_gate_rule.py.  # (..., 2) -> (...,) bool"""
-    return (gate_logits[..., 1].double() - gate_logits[..., 0].double()) > offset
-
-
-def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the attended tokens.  # (B, T, H), (B, T) -> (B, H)"""
-    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
-
-
-class Embeddings(nn.Module):
-    """The backbone's embeddings module (`emb`), then its projection to hidden_size where the family has one
-    (`project`, ELECTRA's embeddings_project). attention_mask is unused here."""
-
-    def __init__(self, fam: Family, hf_model: nn.Module):
-        super().__init__()
-        self.family = fam
-        self.emb = hf_model.embeddings
-        self.project = fam.projection(hf_model)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        h = self.family.embed(self.emb, input_ids, token_type_ids, attention_mask)  # (B, T, E)
-        return h if self.project is None else self.project(h)  # (B, T, H)
-
-
-class Layer(nn.Module):
-    """One transformer layer taking the plain (B, T) mask, so every layer graph has the same io; the family
-    builds what its layer takes from the mask (hadskip.families)."""
-
-    def __init__(self, hf_layer: nn.Module, fam: Family | None = None, shared: nn.ModuleDict | None = None):
-        super().__init__()
-        self.layer = hf_layer
-        self.family = fam if fam is not None else family("bert")
-        # the modules all layers share (registered once, in GatedEncoder.shared): a tuple keeps them unregistered
-        # here, so the weights are saved once
-        self._shared = (shared if shared is not None else nn.ModuleDict(),)
-
-    @property
-    def shared(self) -> nn.ModuleDict:
-        return self._shared[0]
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
-        h, att = self.family.call(self.layer, hidden, attention_mask, output_attentions, shared=self.shared)
-        return (h, att) if output_attentions else h  # (B, T, H) [, (B, heads, T, T)]
-
-
-class Gate(nn.Module):
-    """Gate i: masked mean of h_{i-1} -> Linear -> GELU -> Linear -> 2 logits (closed, open).
-
-    Masked mean rather than [CLS]: the [CLS] row of the embedding output is the same for every input,
-    so a CLS-only first gate could not depend on the input.
-    """
-
-    def __init__(self, hidden_size: int, gate_hidden: int, open_bias: float = 2.0):
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, gate_hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(gate_hidden, 2)
-        with torch.no_grad():
-            self.fc2.bias.copy_(torch.tensor([0.0, open_bias]))
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(masked_mean(hidden, attention_mask))))  # (B, 2)
-
-
-ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU}
-
-
-class Head(nn.Module):
-    """Classification head on the first token: dense + activation (the family's: tanh for BERT, initialised
-    from its pooler; GELU for ELECTRA; ReLU for DistilBERT), dropout, linear."""
-
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, activation: str = "tanh"):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.act = ACTIVATIONS[activation]()
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_size, num_labels)
-
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.dense(hidden[:, 0]))  # (B, H)
-        return self.out(self.dropout(x))  # (B, num_labels)
 
 
 @dataclass
@@ -193,6 +102,13 @@ class GatedEncoder(nn.Module):
     def gate_parameters(self):
         return self.gates.parameters()
 
+    def token_types(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """The token-type ids the embeddings get: the given ones where the family uses token types, else zeros
+        (the rule the manifest carries to the runtime as backbone.token_types)."""
+        if token_type_ids is None or not self.family.uses_token_types(self.config.hf_config):
+            return torch.zeros_like(input_ids)
+        return token_type_ids
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, *, gates: GateMode = "route",
                 forced: torch.Tensor | None = None, output_hidden: bool = False,
@@ -200,8 +116,7 @@ class GatedEncoder(nn.Module):
                 gate_offset: float = 0.0) -> EncoderOutput:
         """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route";
         otherwise they are gate_open(gate logits, gate_offset)."""
-        if token_type_ids is None or not self.family.uses_token_types(self.config.hf_config):
-            token_type_ids = torch.zeros_like(input_ids)  # the rule the manifest carries to the runtime
+        token_type_ids = self.token_types(input_ids, token_type_ids)
         if gates == "route" and output_attentions:
             raise ValueError("attentions are only defined when every layer runs on every row")
         sample = ESTIMATORS[self.config.estimator]

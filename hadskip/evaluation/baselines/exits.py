@@ -1,5 +1,5 @@
 """Early exit with exits trained jointly with the backbone: one multi-exit model serves the entropy rule
-(DeeBERT / BranchyNet) and the patience rule (PABEE) at any budget (hadskip.baselines.rules).
+(DeeBERT / BranchyNet) and the patience rule (PABEE) at any budget (hadskip.evaluation.baselines.rules).
 
     exit i (1..L-1): a classification head (as the model's own, initialised from it) on layer i's first token,
                      trained at the learning rate HadSkip's gates get (new modules; BaselineConfig.new_lr)
@@ -21,9 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from hadskip.baselines.common import BaselineConfig, save, setup, train
-from hadskip.batches import loader
-from hadskip.losses import LossWeights, distillation, kd_logits
+from hadskip.data.batches import loader
+from hadskip.errors import HadSkipError
+from hadskip.evaluation.baselines.common import BaselineConfig, save, setup, train
+from hadskip.evaluation.evaluate import default_device
+from hadskip.modeling.checkpoint import load_run, load_weights
+from hadskip.training.losses import LossWeights, distillation, kd_logits
 
 HEADS_FILE = "exit_heads.safetensors"
 
@@ -92,17 +95,12 @@ def load_exit_model(run_dir: str | Path, device: str | None = None):
     """(MultiExit in eval mode on `device` (default: cuda when available), tokenizer, RunInfo)."""
     from safetensors.torch import load_file
 
-    from hadskip.checkpoint import load_run, load_weights
-    from hadskip.errors import HadSkipError
-
     run_dir = Path(run_dir)
     encoder, tokenizer, info = load_run(run_dir)
     if info.kind != "early-exit" or not (run_dir / HEADS_FILE).is_file():
         raise HadSkipError(f"{run_dir} is not an early-exit run (kind {info.kind!r}, {HEADS_FILE})")
     model = MultiExit(encoder)
     load_weights(model.exits, load_file(str(run_dir / HEADS_FILE)), f"{run_dir / HEADS_FILE} does not fit")
-    from hadskip.report import default_device
-
     device = device or default_device()
     return model.to(device).eval(), tokenizer, info
 

@@ -12,10 +12,10 @@ import copy
 
 import torch
 
-from hadskip.baselines.common import BaselineConfig, save, setup, train
+from hadskip.evaluation.baselines.common import BaselineConfig, save, setup, train
 from hadskip.errors import HadSkipError
-from hadskip.evaluate import evaluate
-from hadskip.losses import LossWeights, attention_mse, kd_logits, masked_mse, task_loss
+from hadskip.evaluation.evaluate import evaluate
+from hadskip.training.losses import LossWeights, attention_mse, kd_logits, masked_mse, task_loss
 
 
 def truncate(model, k: int):

@@ -7,10 +7,10 @@ HadSkip's stage III and distilled alike where the method allows:
     common.py     the config and training run they share
 """
 
-from hadskip.baselines.budgeted import layer_map, train_budgeted_exit, truncate
-from hadskip.baselines.common import BaselineConfig
-from hadskip.baselines.exits import exit_probs, load_exit_model, train_exit_model
-from hadskip.baselines.rules import entropy, exit_layers, patience_layers, threshold_for
+from hadskip.evaluation.baselines.budgeted import layer_map, train_budgeted_exit, truncate
+from hadskip.evaluation.baselines.common import BaselineConfig
+from hadskip.evaluation.baselines.exits import exit_probs, load_exit_model, train_exit_model
+from hadskip.evaluation.baselines.rules import entropy, exit_layers, patience_layers, threshold_for
 
 __all__ = ["BaselineConfig", "entropy", "exit_layers", "exit_probs", "layer_map", "load_exit_model",
            "patience_layers", "threshold_for", "train_budgeted_exit", "train_exit_model", "truncate"]

@@ -1,5 +1,5 @@
-"""The training loop every stage shares (hadskip.train, hadskip.baselines): accelerate setup, tokenised task data,
-the optimiser, the step loop with one linear warmup/decay schedule, dev evaluation, and the per-phase log.
+"""The training loop every stage shares (hadskip.training, hadskip.evaluation.baselines): accelerate setup, tokenised
+task data, the optimiser, the step loop with one linear warmup/decay schedule, dev evaluation, and the per-phase log.
 
     run_steps(acc, model, dl, optimizer, steps, warmup, step_fn, desc, progress) -> mean loss parts
         step_fn(batch) -> {"part": loss tensor}; the parts are summed and back-propagated, "_x" parts are only
@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hadskip.batches import encode_split, loader
 from hadskip.data import load_task
+from hadskip.data.batches import encode_split, loader, pad_id
 from hadskip.errors import HadSkipError
-from hadskip.evaluate import evaluate
+from hadskip.evaluation.evaluate import evaluate
 
 if TYPE_CHECKING:
-    from hadskip.train import TrainConfig
+    from hadskip.training.config import TrainConfig
 
 
 class Log:
@@ -122,7 +122,7 @@ class Prepared:
         self.source = {"task": cfg.task, "text_col": cfg.text_col, "pair_col": cfg.pair_col,
                        "label_col": cfg.label_col, "metric": cfg.metric}
         self.spec = self.data.spec
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_id = pad_id(tokenizer)
         self.train = encode_split(self.data.train, tokenizer, cfg.max_len)
         self.dev = encode_split(self.data.dev, tokenizer, cfg.max_len)
         self.test = encode_split(self.data.test, tokenizer, cfg.max_len)

@@ -19,7 +19,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hadskip.data import load_task
+from hadskip.data.batches import Encoded, encode_split, pad_id
 from hadskip.errors import HadSkipError
+from hadskip.modeling.backbone import empty_hf_model
+from hadskip.modeling.encoder import GatedEncoder, ModelConfig
 
 RUN_FORMAT = 1
 
@@ -35,6 +39,18 @@ class RunInfo:
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     format: int = RUN_FORMAT
+
+    @property
+    def is_teacher(self) -> bool:
+        """A `hadskip finetune` run (stage I): every layer on, no gates trained; what HadSkip and the baselines
+        start from and distil from."""
+        return self.kind == "finetune"
+
+    @property
+    def is_gated(self) -> bool:
+        """A run whose gates were trained for a budget (`hadskip train` and its stages II/III): evaluated with
+        routing, calibrated by a dial."""
+        return not self.is_teacher and self.budget is not None
 
 
 def save_run(path: str | Path, model, tokenizer, info: RunInfo) -> Path:
@@ -74,8 +90,6 @@ def task_source(task: dict) -> tuple[str, dict]:
 
 def load_run_task(task: dict, override: str | None = None):
     """The TaskData of a run's (or manifest's) task dict; `override` loads that task instead."""
-    from hadskip.data import load_task
-
     name, options = (override, {}) if override else task_source(task)
     return load_task(name, **options)
 
@@ -92,6 +106,41 @@ def read_info(path: str | Path) -> RunInfo:
     if d.get("format") != RUN_FORMAT:
         raise HadSkipError(f"{f} has run format {d.get('format')}, this hadskip reads {RUN_FORMAT}")
     return RunInfo(**d)
+
+
+def read_teacher(path: str | Path, flag: str = "--teacher") -> RunInfo:
+    """The RunInfo of the teacher run `path`; HadSkipError (naming `flag`) unless it is a finished finetune run."""
+    info = read_info(path)
+    if not info.is_teacher:
+        raise HadSkipError(f"{flag} {path} is a {info.kind!r} run, not a finetune run")
+    return info
+
+
+def read_model_config(path: str | Path) -> dict:
+    """RUN/model_config.json as a dict (the ModelConfig fields), checked to hold what a rebuild needs."""
+    f = Path(path) / "model_config.json"
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HadSkipError(f"cannot read {f}: {exc}") from exc
+    if not isinstance(d, dict) or not isinstance(d.get("hf_config"), dict) or "num_layers" not in d:
+        raise HadSkipError(f"{f} lacks hf_config or num_layers; is {path} a hadskip run dir?")
+    return d
+
+
+@dataclass
+class RunSplit:
+    """One split of a run's task, tokenised as the run was trained (its tokenizer and max_len)."""
+
+    enc: Encoded
+    pad_id: int
+    spec: object  # hadskip.data.TaskSpec
+
+
+def encode_run_split(tokenizer, info: RunInfo, split: str, task: str | None = None) -> RunSplit:
+    """The `split` of the run's task (or of `task`, another task or folder) encoded with the run's tokenizer."""
+    data = load_run_task(info.task, task)
+    return RunSplit(encode_split(data.split(split), tokenizer, info.max_len), pad_id(tokenizer), data.spec)
 
 
 def write_info(path: str | Path, info: RunInfo) -> None:
@@ -118,9 +167,6 @@ def load_model(folder: str | Path, map_location: str = "cpu"):
     """The GatedEncoder (eval mode) in FOLDER/{model_config.json, model.safetensors}: a run dir, or the torch/
     folder of a model dir."""
     from safetensors.torch import load_file
-
-    from hadskip.backbone import empty_hf_model
-    from hadskip.model import GatedEncoder, ModelConfig
 
     folder = Path(folder)
     config = ModelConfig.from_dict(json.loads((folder / "model_config.json").read_text()))

@@ -2,7 +2,7 @@
 
 Every baseline starts from the same fine-tuned teacher as HadSkip, trains for a given number of epochs (the
 comparison passes HadSkip's stage III epochs) with the same optimiser, schedule and batch size, and distils
-from the teacher with the same loss weights where the method allows it (hadskip.losses.LossWeights).
+from the teacher with the same loss weights where the method allows it (hadskip.training.losses.LossWeights).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from hadskip import loop
-from hadskip.checkpoint import RunInfo, load_run, read_info, save_run, task_source
 from hadskip.errors import HadSkipError
-from hadskip.losses import LossWeights
+from hadskip.modeling.checkpoint import RunInfo, load_run, read_teacher, save_run, task_source
+from hadskip.training import loop
+from hadskip.training.config import KdMode, LossWeights, TrainConfig
 
 
 @dataclass
@@ -40,16 +40,10 @@ class BaselineConfig:
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.lr <= 0 or self.new_lr <= 0 or self.batch_size < 1:
             raise HadSkipError("a baseline needs epochs > 0, learning rates > 0 and batch_size >= 1")
-        if self.kd not in ("full", "logits", "none"):
-            raise HadSkipError(f"kd must be full, logits or none, got {self.kd!r}")
+        KdMode.parse(self.kd, "kd")
 
     def weights(self) -> LossWeights:
-        w = LossWeights()
-        if self.kd != "full":
-            w.kd_hidden = w.kd_attention = w.kd_embedding = 0.0
-        if self.kd == "none":
-            w.kd_logits = 0.0
-        return w
+        return KdMode(self.kd).weights()
 
 
 @dataclass
@@ -61,15 +55,11 @@ class Setup:
     teacher: torch.nn.Module
     tokenizer: object
     prep: loop.Prepared
-    train_cfg: object  # hadskip.train.TrainConfig of the teacher's task, with this baseline's settings
+    train_cfg: object  # hadskip.training.config.TrainConfig of the teacher's task, with this baseline's settings
 
 
 def setup(cfg: BaselineConfig) -> Setup:
-    from hadskip.train import TrainConfig
-
-    info = read_info(cfg.teacher)
-    if info.kind != "finetune":
-        raise HadSkipError(f"{cfg.teacher} is a {info.kind!r} run, not a finetune run (the teacher)")
+    read_teacher(cfg.teacher, "teacher")
     teacher, tokenizer, info = load_run(cfg.teacher)
     task, options = task_source(info.task)
     tc = TrainConfig(backbone=teacher.config.backbone, task=task, out=cfg.out, max_len=info.max_len,

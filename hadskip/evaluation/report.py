@@ -13,6 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from hadskip.errors import HadSkipError
+from hadskip.evaluation.evaluate import default_device, predict, summarize
+from hadskip.evaluation.plots import plot_layer_usage
+from hadskip.modeling.checkpoint import encode_run_split, load_run, load_run_task, read_info
+from hadskip.runtime import Runtime
+from hadskip.runtime.dial import read_dial, resolve_offset
+
+__all__ = ["default_device", "evaluate_path", "plot_layer_usage"]
 
 
 def evaluate_path(path: str, split: str = "test", task: str | None = None, plots_dir: str | None = "",
@@ -49,49 +56,28 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def default_device() -> str:
-    """"cuda" when torch sees a GPU, else "cpu" (evaluation of run dirs, dial sweeps, baselines)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _dial_keys(budget: float | None, offset: float) -> dict:
     return {} if budget is None else {"target_budget": float(budget), "gate_offset": offset}
 
 
 def _eval_run(p: Path, split: str, task: str | None, batch_size: int, budget: float | None = None):
-    from hadskip.batches import encode_split
-    from hadskip.checkpoint import load_run, load_run_task
-    from hadskip.evaluate import predict, summarize
-    from hadskip.runtime.dial import read_dial, resolve_offset
-
     if budget is not None:  # refuse a budget before loading anything big
-        from hadskip.checkpoint import read_info
-
         first = read_info(p)
-        if first.kind == "finetune" or first.budget is None:
+        if not first.is_gated:
             raise HadSkipError(f"{p} is a {first.kind} run without gates: a budget needs a `hadskip train` run")
     offset = resolve_offset(read_dial(p, p / "model.safetensors") if budget is not None else None, budget, str(p))
     model, tokenizer, info = load_run(p)
     model.to(default_device())  # evaluate where the model can run fastest
-    data = load_run_task(info.task, task)
-    enc = encode_split(data.split(split), tokenizer, info.max_len)
-    gated = info.kind != "finetune" and info.budget is not None
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    logits, used, labels = predict(model, enc, pad, batch_size, gates="route" if gated else "off",
-                                   gate_offset=offset)
-    res = summarize(logits, used, labels, data.spec.metric)
-    report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget,
+    run_split = encode_run_split(tokenizer, info, split, task)
+    logits, used, labels = predict(model, run_split.enc, run_split.pad_id, batch_size,
+                                   gates="route" if info.is_gated else "off", gate_offset=offset)
+    res = summarize(logits, used, labels, run_split.spec.metric)
+    report = {"task": run_split.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget,
               **_dial_keys(budget, offset)}
     return report, used, labels
 
 
 def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int, budget: float | None = None):
-    from hadskip.checkpoint import load_run_task
-    from hadskip.evaluate import summarize
-    from hadskip.runtime import Runtime
-
     with Runtime.load(p, budget=budget) as rt:
         manifest = rt.info.manifest
         data = load_run_task(manifest.task, task)
@@ -105,49 +91,3 @@ def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int, budg
     report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": "model-dir",
               "budget": manifest.budget, **_dial_keys(budget, offset)}
     return report, used, labels
-
-
-def plot_layer_usage(gates: np.ndarray, labels: np.ndarray, out: Path, title: str = "") -> list[str]:
-    """Write three PNGs; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n, L = gates.shape
-    files = []
-    x = np.arange(1, L + 1)
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(x, gates.mean(axis=0), color="#4477aa")
-    ax.set(xlabel="layer", ylabel="P(layer runs)", ylim=(0, 1.05), xticks=x, title=f"Layer usage {title}")
-    files.append(_save(fig, out / "layer_usage.png"))
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    used = gates.sum(axis=1).astype(int)
-    counts = np.bincount(used, minlength=L + 1)
-    ax.bar(np.arange(L + 1), counts / max(1, n), color="#228833")
-    ax.axvline(used.mean(), color="k", ls="--", lw=1, label=f"mean {used.mean():.2f}")
-    ax.set(xlabel="layers used", ylabel="fraction of inputs", xticks=np.arange(L + 1),
-           title=f"Layers used per input {title}")
-    ax.legend()
-    files.append(_save(fig, out / "layers_hist.png"))
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    classes = np.unique(labels)
-    width = 0.8 / max(1, len(classes))
-    for j, c in enumerate(classes):
-        ax.bar(x - 0.4 + width * (j + 0.5), gates[labels == c].mean(axis=0), width, label=f"label {c}")
-    ax.set(xlabel="layer", ylabel="P(layer runs)", ylim=(0, 1.05), xticks=x, title=f"Layer usage by label {title}")
-    ax.legend()
-    files.append(_save(fig, out / "layer_usage_by_label.png"))
-    return files
-
-
-def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)

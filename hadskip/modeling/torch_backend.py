@@ -5,9 +5,9 @@ the model, and the runtime finds it by name: pyproject.toml registers `open_back
 group `hadskip.backends` as `torch`, and hadskip.runtime never imports this module itself.
 
 The reference backend, and the GPU path on machines without onnxruntime-gpu or tensorrt: the units come
-from a run dir (hadskip.checkpoint.load_run) or from MODEL/torch/{model.safetensors, model_config.json}
+from a run dir (hadskip.modeling.checkpoint.load_run) or from MODEL/torch/{model.safetensors, model_config.json}
 when the exporter wrote them. Needs the `train` extra (torch, transformers); importing this module does not.
-On CUDA, unit calls of up to GRAPH_TOKENS tokens go through CUDA graphs per shape (hadskip.cuda_graphs)
+On CUDA, unit calls of up to GRAPH_TOKENS tokens go through CUDA graphs per shape (hadskip.modeling.cuda_graphs)
 unless cuda_graphs="off": at batch 1 launches, not kernels, set the time of a small layer.
 Not included: fp16/bf16 autocast (the torch backend computes in fp32, like the exported graphs).
 """
@@ -27,13 +27,13 @@ def load_units(path: str | Path):
     require("transformers", "train", "the torch backend")
     path = Path(path)
     if (path / "run.json").is_file():
-        from hadskip.checkpoint import load_run
+        from hadskip.modeling.checkpoint import load_run
 
         model, _, info = load_run(path)
         return model, info
     tdir = path / "torch"
     if (tdir / "model.safetensors").is_file() and (tdir / "model_config.json").is_file():
-        from hadskip.checkpoint import load_model
+        from hadskip.modeling.checkpoint import load_model
 
         return load_model(tdir), None
     raise HadSkipError(f"the torch backend needs a run dir (with run.json) or a model dir with "
@@ -79,7 +79,7 @@ class TorchBackend:
 
     def __init__(self, model, device: str | None = None, cuda_graphs: str = "auto", graphs=None):
         """cuda_graphs: "auto" (CUDA graphs for calls of at most GRAPH_TOKENS tokens on CUDA), "on" (any size),
-        "off". `graphs`: a hadskip.cuda_graphs.UnitGraphs-like object to use instead (tests)."""
+        "off". `graphs`: a hadskip.modeling.cuda_graphs.UnitGraphs-like object to use instead (tests)."""
         import torch
 
         self.torch = torch
@@ -96,7 +96,7 @@ class TorchBackend:
             raise HadSkipError(f"cuda_graphs must be auto, on or off, got {cuda_graphs!r}")
         self.graphs = graphs
         if graphs is None and cuda_graphs != "off" and self.device.type == "cuda":
-            from hadskip.cuda_graphs import GRAPH_TOKENS, UnitGraphs
+            from hadskip.modeling.cuda_graphs import GRAPH_TOKENS, UnitGraphs
 
             self.graphs = UnitGraphs(self.device, max_tokens=None if cuda_graphs == "on" else GRAPH_TOKENS)
 

@@ -8,12 +8,11 @@ weights and no task data.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from hadskip.backbone import check_max_len, load_config
-from hadskip.checkpoint import read_info
-from hadskip.errors import HadSkipError
+from hadskip.modeling.backbone import check_max_len, load_config
+from hadskip.modeling.checkpoint import read_model_config, read_teacher
+from hadskip.training.schedule import homotopy_schedule
 
 
 def check_finetune(cfg, init=None) -> None:
@@ -27,27 +26,14 @@ def check_hadskip(cfg) -> None:
     """For `train_hadskip(cfg)`: the teacher (or backbone) is usable, its max_len fits, the budget fits its layers."""
     if cfg.teacher:
         teacher = Path(cfg.teacher)
-        info = read_info(teacher)
-        if info.kind != "finetune":
-            raise HadSkipError(f"--teacher {teacher} is a {info.kind!r} run, not a finetune run")
-        model_config = _model_config(teacher)
+        info = read_teacher(teacher)
+        model_config = read_model_config(teacher)
         hf_config, num_layers, max_len, name = (model_config["hf_config"], int(model_config["num_layers"]),
                                                  info.max_len, str(teacher))
     else:
         config = load_config(cfg.backbone)
         hf_config, num_layers, max_len, name = config.to_dict(), config.num_hidden_layers, cfg.max_len, cfg.backbone
     check_max_len(max_len, hf_config, name)
-    from hadskip.train import homotopy_schedule  # the schedule the run will use; raises for budget > layers
-
+    # the schedule the run will use; raises for budget > layers
     homotopy_schedule(num_layers, cfg.budget, cfg.homotopy, cfg.homotopy_start)
 
-
-def _model_config(run: Path) -> dict:
-    f = run / "model_config.json"
-    try:
-        d = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise HadSkipError(f"cannot read {f}: {exc}") from exc
-    if not isinstance(d, dict) or not isinstance(d.get("hf_config"), dict) or "num_layers" not in d:
-        raise HadSkipError(f"{f} lacks hf_config or num_layers; is {run} a hadskip run dir?")
-    return d

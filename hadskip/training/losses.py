@@ -15,28 +15,12 @@ gate is ~L/2 times smaller than the task loss's and the gates of a MiniLM-L6 sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from hadskip.errors import check_finite
+from hadskip.training.config import LossWeights
 
-
-@dataclass
-class LossWeights:
-    task: float = 1.0
-    kd_logits: float = 1.0  # a1
-    kd_hidden: float = 1.0  # a2
-    kd_attention: float = 1.0  # a3
-    kd_embedding: float = 1.0  # a4
-    budget: float = 20.0  # beta (see the module docstring)
-    temperature: float = 1.0  # for the logits KL
-
-    def __post_init__(self) -> None:
-        for name, v in vars(self).items():  # --beta is the budget weight
-            check_finite("--beta" if name == "budget" else f"loss weight {name}", v, low=0,
-                         low_open=name == "temperature")
+__all__ = ["LossWeights", "budget_penalty", "distillation", "kd_logits", "masked_mse", "task_loss"]
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

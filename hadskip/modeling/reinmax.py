@@ -5,7 +5,7 @@ ReinMax follows Algorithm 1 of "Bridging Discrete and Backpropagation: Straight-
 the backward pass is the second-order (Heun's method) estimate 2*dpi_1 - 0.5*dpi_0, where
 pi_1 = softmax(stop_grad(ln((D + softmax(theta/tau)) / 2) - theta) + theta).
 Not included: the Gumbel-softmax family (the paper shows ReinMax dominates it for this use). The inference
-rule, which samples nothing, is hadskip.model.gate_open.
+rule, which samples nothing, is hadskip.modeling.encoder.gate_open.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from hadskip.batches import Encoded, loader
+from hadskip.data.batches import Encoded, loader
 from hadskip.data.metrics import compute_metric
 
 
@@ -28,6 +28,11 @@ class EvalResult:
         return d
 
 
+def default_device() -> str:
+    """"cuda" when torch sees a GPU, else "cpu" (evaluation of run dirs, dial sweeps, baselines)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def layer_stats(gates: np.ndarray) -> tuple[float, list[float], dict[str, int]]:
     """(avg layers, per-layer usage, histogram of layers used) from (N, L) 0/1 gate decisions."""
     used = gates.sum(axis=1).astype(int)
@@ -40,7 +45,7 @@ def layer_stats(gates: np.ndarray) -> tuple[float, list[float], dict[str, int]]:
 def predict(model, enc: Encoded, pad_id: int, batch_size: int = 64, gates: str = "route",
             forced: np.ndarray | None = None, gate_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(logits (N, C), gate decisions (N, L), labels (N,)) in the order of `enc`. gates="off" counts every
-    layer; gate_offset: the gate rule's offset (the budget dial, hadskip/dial.py)."""
+    layer; gate_offset: the gate rule's offset (the budget dial, hadskip/evaluation/dial.py)."""
     model.eval()
     device = next(model.parameters()).device
     dl = loader(enc, batch_size, pad_id, shuffle=False)

@@ -27,9 +27,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from hadskip.data.batches import loader
+from hadskip.data.metrics import compute_metric
 from hadskip.errors import HadSkipError
+from hadskip.evaluation.evaluate import default_device
+from hadskip.modeling.checkpoint import encode_run_split, load_run
+from hadskip.modeling.units import gate_margin
 from hadskip.runtime.dial import Dial, DialPoint, write_dial
+from hadskip.runtime.files import sha256_file
+from hadskip.training.loop import progress_bar
 
 CURVE_STEP = 0.05  # layers between the knots of the stored curve
 TOLERANCE = 0.005  # layers: how close a segment's average must be to a target to compete on width
@@ -94,10 +102,7 @@ def sweep_batch(model, input_ids, attention_mask, token_type_ids, node_batch: in
 
     input_ids, attention_mask, token_type_ids: (B, T) tensors. Returns numpy arrays over the leaves:
     (row in the batch, lo, hi, layers used, logits (M, C))."""
-    import torch
-
-    if not model.family.uses_token_types(model.config.hf_config):
-        token_type_ids = torch.zeros_like(input_ids)  # the forward's (and the manifest's) token-type rule
+    token_type_ids = model.token_types(input_ids, token_type_ids)  # the forward's (and the manifest's) rule
     with torch.inference_mode():
         h = model.embeddings(input_ids, attention_mask, token_type_ids)  # (N, T, H), N nodes
         b = input_ids.shape[0]
@@ -107,7 +112,7 @@ def sweep_batch(model, input_ids, attention_mask, token_type_ids, node_batch: in
         for i in range(model.num_layers):
             mask = attention_mask[torch.from_numpy(row).to(attention_mask.device)]  # (N, T)
             z = torch.cat([model.gates[i](h[s], mask[s]) for s in _chunks(len(row), node_batch)])  # (N, 2)
-            m = (z[:, 1].double() - z[:, 0].double()).cpu().numpy()  # the rule's float64 margin
+            m = gate_margin(z).cpu().numpy()  # the rule's float64 margin
             with np.errstate(invalid="ignore"):
                 is_open = lo < m  # NaN: never open
                 closed = ~(m >= hi)  # NaN: closed over the whole interval
@@ -126,10 +131,8 @@ def sweep_batch(model, input_ids, attention_mask, token_type_ids, node_batch: in
 
 
 def sweep(model, enc, pad_id: int, batch_size: int = 32, progress=None) -> Leaves:
-    """The leaves of every row of `enc` (hadskip.batches.Encoded), batches in length order.
+    """The leaves of every row of `enc` (hadskip.data.batches.Encoded), batches in length order.
     `progress(rows_done)` is called after each batch."""
-    from hadskip.batches import loader
-
     model.eval()
     device = next(model.parameters()).device
     dl = loader(enc, batch_size, pad_id, shuffle=False)
@@ -201,8 +204,6 @@ def build_dial(leaves: Leaves, labels: np.ndarray, metric: str, num_labels: int,
                targets: list[float], tol: float = TOLERANCE, step: float = CURVE_STEP, **facts) -> Dial:
     """The Dial from a sweep's leaves: points at `targets`, and curve knots every `step` layers between the
     smallest and the largest target (plus the targets themselves, so a target's knot is its point)."""
-    from hadskip.data.metrics import compute_metric
-
     n = len(labels)
     if n == 0:
         raise HadSkipError("cannot calibrate on an empty split")
@@ -236,35 +237,23 @@ def build_dial(leaves: Leaves, labels: np.ndarray, metric: str, num_labels: int,
 
 def _gated_model(run_dir: Path, batch_size: int, device: str | None):
     """(model on its device, tokenizer, RunInfo) of a gated run; refuses a run without trained gates."""
-    from hadskip.checkpoint import load_run
-    from hadskip.report import default_device
-
     if batch_size < 1:
         raise HadSkipError(f"batch_size must be >= 1, got {batch_size}")
     model, tokenizer, info = load_run(run_dir)
-    if info.kind == "finetune" or info.budget is None:
+    if not info.is_gated:
         raise HadSkipError(f"{run_dir} is a {info.kind} run without trained gates; calibrate a `hadskip train` run")
     return model.to(device or default_device()), tokenizer, info
 
 
 def _encoded_split(tokenizer, info, split: str):
     """(encoded split, pad id, task spec) of the run's own task."""
-    from hadskip.batches import encode_split
-    from hadskip.checkpoint import load_run_task
-
-    data = load_run_task(info.task)
-    enc = encode_split(data.split(split), tokenizer, info.max_len)
-    if len(enc) == 0:
-        raise HadSkipError(f"the {split} split of {data.spec.name} is empty: nothing to calibrate on")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return enc, pad, data.spec
+    run_split = encode_run_split(tokenizer, info, split)
+    if len(run_split.enc) == 0:
+        raise HadSkipError(f"the {split} split of {run_split.spec.name} is empty: nothing to calibrate on")
+    return run_split.enc, run_split.pad_id, run_split.spec
 
 
 def _sweep_with_bar(model, enc, pad: int, batch_size: int, progress: bool, split: str) -> Leaves:
-    import torch
-
-    from hadskip.loop import progress_bar
-
     with progress_bar(progress) as bar:
         task = bar.add_task(f"dial sweep ({split})", total=len(enc), status="")
         with torch.no_grad():
@@ -285,8 +274,6 @@ def calibrate(run_dir: str | Path, targets: list[float] | None = None, split: st
     """Calibrate RUN's budget dial on `split` and (write=True) store it as RUN/dial.json.
 
     targets: average layers to record points at (default: 1, 1.5, ..., L and the trained budget)."""
-    from hadskip.runtime.manifest import sha256_file
-
     run_dir = Path(run_dir)
     model, tokenizer, info = _gated_model(run_dir, batch_size, device)
     L = model.num_layers

@@ -29,6 +29,11 @@ def encode_split(split, tokenizer, max_len: int) -> Encoded:
     return Encoded(enc["input_ids"], enc["token_type_ids"], np.asarray(split.labels, dtype=np.int64))
 
 
+def pad_id(tokenizer) -> int:
+    """The id a batch is padded with: the tokenizer's pad token, 0 where it has none."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def collate(enc: Encoded, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Rows `idx` of `enc`, right-padded to their longest row."""
     rows = [enc.input_ids[i] for i in idx]

@@ -1,0 +1,42 @@
+"""What `hadskip compare` compares: the methods and its settings (CompareConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hadskip.errors import HadSkipError
+from hadskip.training.config import KdMode
+
+METHODS = ("full", "budgeted-exit", "early-exit", "patience-exit", "hadskip", "hadskip-dial")
+BASELINES = ("budgeted-exit", "early-exit", "patience-exit")
+
+
+@dataclass
+class CompareConfig:
+    task: str | None = None  # default: the teacher's task, else rotten-tomatoes
+    budgets: list[float] = field(default_factory=lambda: [2.0, 3.0, 4.0])
+    out: str = "runs/compare"
+    backbone: str = "minilm-l6"
+    teacher: str | None = None  # a finished finetune run (trained into OUT/full when missing)
+    hadskip_runs: dict[float, str] = field(default_factory=dict)  # K -> run dir (trained into OUT when missing)
+    dial_from: str | None = None  # the run whose dial gives the hadskip-dial rows
+    max_len: int = 64
+    epochs: float = 3.0  # the teacher's epochs, when trained here
+    hadskip_options: dict = field(default_factory=dict)  # HadSkipConfig fields for runs trained here
+    baseline_epochs: float | None = None  # default: the compared HadSkip run's stage III epochs
+    kd: str = "full"  # distillation of every method trained here (and of every --hadskip run): full, logits, none
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.budgets:
+            raise HadSkipError("give at least one budget, e.g. --budgets 2,3,4")
+        if any(not b > 0 for b in self.budgets):  # NaN too
+            raise HadSkipError(f"budgets must be > 0, got {self.budgets}")
+        self.budgets = sorted(set(float(b) for b in self.budgets))
+        self.hadskip_runs = {float(k): str(v) for k, v in self.hadskip_runs.items()}
+        extra = sorted(set(self.hadskip_runs) - set(self.budgets))
+        if extra:
+            raise HadSkipError(f"--hadskip given for budget(s) {extra} that are not in --budgets {self.budgets}")
+        KdMode.parse(self.kd)
+        if self.baseline_epochs is not None and not self.baseline_epochs > 0:
+            raise HadSkipError(f"--baseline-epochs must be > 0, got {self.baseline_epochs}")

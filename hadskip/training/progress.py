@@ -1,0 +1,39 @@
+"""OUT/progress.json of `hadskip train`: the settings and the stages/phases done, so --resume skips them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from hadskip.errors import HadSkipError
+
+# settings that do not change what a finished phase contains (so --resume may change them)
+_RESUMABLE = ("out", "resume", "force", "progress", "eval_batch_size")
+
+
+class ProgressFile:
+    """OUT/progress.json: the settings and the stages/phases done, each with its run dir. Only the main
+    process writes it. --resume refuses a progress file written with other settings."""
+
+    def __init__(self, out: Path, cfg, resume: bool, is_main: bool):
+        self.file, self.is_main = out / "progress.json", is_main
+        self.settings = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
+        self.done: dict[str, str] = {}
+        if resume and self.file.is_file():
+            saved = json.loads(self.file.read_text())
+            if saved.get("settings") != self.settings:
+                changed = sorted(k for k in set(self.settings) | set(saved.get("settings", {}))
+                                 if self.settings.get(k) != saved.get("settings", {}).get(k))
+                raise HadSkipError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); "
+                                   "use the same options, or a new --out without --resume")
+            self.done = saved["done"]
+        elif is_main:
+            self.file.unlink(missing_ok=True)
+
+    def mark(self, name: str, run_dir: Path) -> None:
+        self.done[name] = str(run_dir)
+        if self.is_main:
+            tmp = self.file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"settings": self.settings, "done": self.done}, indent=2))
+            tmp.replace(self.file)
