@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hadskip.errors import HadSkipError
+from hadskip.runtime.bounded_json import JsonBoundsError, first_non_finite, loads_bounded
 from hadskip.runtime.dial import Dial, DialError
 from hadskip.runtime.files import sha256_file  # noqa: F401  (also imported from here by export and tests)
 
@@ -169,14 +169,10 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     return manifest
 
 
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string literal, escapes included
-_BRACKETS = re.compile(r"[\[\]{}]")
-
-
 def read_json(f: Path, limit: int = MAX_MANIFEST_BYTES):
-    """The JSON value in file f, bounded before it is parsed: at most `limit` bytes, MAX_DEPTH levels of
-    nesting, MAX_INT_DIGITS digits per integer; NaN, Infinity and numbers that overflow to them are refused
-    naming the field (no reader can use them and JSON answers cannot carry them). ManifestError in one line."""
+    """The JSON value in file f, bounded before it is parsed (hadskip.runtime.bounded_json): at most `limit`
+    bytes, MAX_DEPTH levels of nesting, MAX_INT_DIGITS digits per integer; NaN, Infinity and numbers that
+    overflow to them are refused naming the field. ManifestError in one line."""
     try:
         size = f.stat().st_size
         if size > limit:
@@ -186,40 +182,15 @@ def read_json(f: Path, limit: int = MAX_MANIFEST_BYTES):
         raise ManifestError(f"{f} is not UTF-8 text (byte {exc.start}): not a hadskip manifest") from None
     except OSError as exc:
         raise ManifestError(f"cannot read {f}: {exc.strerror or exc}") from None
-    depth = 0
-    for m in _BRACKETS.finditer(_STRING.sub('""', text)):  # brackets inside strings do not nest
-        depth += 1 if m.group() in "[{" else -1
-        if depth > MAX_DEPTH:
-            raise ManifestError(f"{f} nests deeper than {MAX_DEPTH} levels: not a hadskip manifest")
-
-    def integer(digits: str) -> int:
-        if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-            raise ManifestError(f"{f} holds an integer of {len(digits.lstrip('-'))} digits; the limit is "
-                                f"{MAX_INT_DIGITS}")
-        return int(digits)
-
     try:
-        data = json.loads(text, parse_int=integer)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{f} is not valid JSON (truncated or corrupted?): {exc}") from exc
-    except RecursionError:  # not reached below MAX_DEPTH; kept as the last guard
-        raise ManifestError(f"{f} nests too deeply: not a hadskip manifest") from None
-    where = _non_finite(data)
+        data = loads_bounded(text, MAX_DEPTH, MAX_INT_DIGITS)
+    except JsonBoundsError as exc:
+        tail = "" if "JSON" in str(exc) or "integer" in str(exc) else ": not a hadskip manifest"
+        raise ManifestError(f"{f} {exc}{tail}") from None
+    where = first_non_finite(data)
     if where is not None:
         raise ManifestError(f"{f}: {where[0]} must be a finite number, got {where[1]}")
     return data
-
-
-def _non_finite(value, path: str = "") -> tuple[str, float] | None:
-    """(path, value) of the first NaN or infinity in a parsed JSON value (NaN, Infinity, 1e999), else None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path or "the value", value)
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for k, v in items:
-        found = _non_finite(v, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}" if path else k)
-        if found is not None:
-            return found
-    return None
 
 
 def manifest_dial(manifest: Manifest, f: Path | str = MANIFEST):

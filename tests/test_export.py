@@ -6,6 +6,7 @@ DistilBERT runs, exported once per module.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -232,7 +233,7 @@ def test_reexport_replaces_a_model_dir_removing_only_its_listed_files(tmp_path):
     (d / "extra").mkdir()
     (d / "extra" / "old.onnx").write_bytes(b"old graph")
     data = json.loads((d / "manifest.json").read_text())
-    data["files"]["extra/old.onnx"] = {"sha256": "0" * 64, "bytes": 9}
+    data["files"]["extra/old.onnx"] = {"sha256": hashlib.sha256(b"old graph").hexdigest(), "bytes": 9}
     (d / "manifest.json").write_text(json.dumps(data))
     second = export_model(run_dir, d, max_batch=2, progress=False)
     assert first.out_dir == second.out_dir and not (d / "extra").exists()

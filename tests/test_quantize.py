@@ -18,7 +18,8 @@ from hadskip.modeling.checkpoint import read_info, write_info
 from hadskip.cli.main import main
 from hadskip.errors import HadSkipError
 from hadskip.export import ExportError, export_model
-from hadskip.export.quantize import Int8Config, QuantizationWarning, _judge, check_request
+from hadskip.export.int8_check import _judge
+from hadskip.export.quantize import Int8Config, QuantizationWarning, check_request
 from hadskip.runtime import Runtime
 from hadskip.runtime.bench import run_bench
 from hadskip.runtime.core import precision_note

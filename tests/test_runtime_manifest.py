@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,10 @@ def test_the_server_answers_422_for_text_without_tokens(bert):
 
     rt = Runtime.load(bert)
     with TestClient(create_app(ServeConfig(), lambda: rt, model_name="tiny")) as client:
+        deadline = time.monotonic() + 120  # the model loads in the background; a busy machine is slow at it
+        while client.get("/health").status_code != 200:
+            assert time.monotonic() < deadline, "the server never became ready"
+            time.sleep(0.05)
         r = client.post("/predict", json={"inputs": ["a good movie", "\u200b\x01"]})
         assert r.status_code == 422 and "inputs[1] is empty" in r.json()["error"], r.text
         r = client.post("/predict", json={"inputs": ["a good movie"]})
