@@ -15,7 +15,7 @@ for r in ft hs; do for s in dev test; do
   $H eval "$W/$r" --split $s --no-plots --json > "$OUT/eval-$r-$s.json"
 done; done
 $H dial "$W/hs" --json --quiet > "$OUT/dial.json"
-$H compare --teacher "$W/ft" --budgets 2 --out "$W/cmp" --hadskip "$W/hs" --baseline-epochs 0.5 --json --quiet > "$OUT/compare.json"
+$H compare --teacher "$W/ft" --budgets 2 --out "$W/cmp" --hadskip "2=$W/hs" --baseline-epochs 0.5 --json --quiet > "$OUT/compare.json"
 (cd "$W" && find . -name model.safetensors | sort | xargs sha256sum) > "$OUT/sha256.txt"
 # wall-clock fields differ between runs by nature: drop them before comparing
 "$PY" - "$OUT" <<'PY'
