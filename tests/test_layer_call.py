@@ -2,7 +2,7 @@
 (B, T, H) tensor, where `out[0]` would silently take batch row 0 (issue 15, item 2).
 
 The stand-in layers give each shape of return value on whichever transformers is installed; the real-layer
-tests run against the installed line (the suite is run under 4.57 and under 5.x, see README).
+tests run against the installed line (the suite is run under 4.57 and under 5.x, see docs/gpu.md).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
 The wheel (55 MB, manylinux_2_35) is fetched once with pip into the hadskip cache and read, never installed
 (hadskip.assets): it pins numpy<2, which this project's environment does not want. It holds tritonserver 2.51,
 the Python backend and one backend stub per Python version; no other backend (onnxruntime, tensorrt) is in it,
-which is one reason the hadskip model is a Python-backend model (README, "Triton").
+which is one reason the hadskip model is a Python-backend model (docs/triton.md).
 
 Facts this module relies on (checked with Triton 2.51 from nvidia-pytriton 0.7.0, CPU only):
 - the stub must be <backend-directory>/python/triton_python_backend_stub, next to libtriton_python.so; a copy

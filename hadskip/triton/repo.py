@@ -10,7 +10,7 @@
                               and again by every instance when it loads
 
 The folder is written beside its final place and renamed into it, so an interrupted write never leaves a
-model Triton would load. Not included: ensembles, per-layer Triton models (README: "Triton" explains why the
+model Triton would load. Not included: ensembles, per-layer Triton models (docs/triton.md explains why the
 whole runtime is one Python model), model warmup entries.
 """
 
