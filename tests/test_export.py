@@ -118,10 +118,12 @@ def test_manifest_records_the_export(exported):
 
 
 def test_graphs_have_shared_io_dynamic_axes_and_one_layernorm_op(exported):
-    d, m = exported["dir"], load_manifest(exported["dir"])
+    d, m, model = exported["dir"], load_manifest(exported["dir"]), exported["model"]
+    units = {"layer": list(model.layers), "gate": list(model.gates), "head": [model.head],
+             "embeddings": [model.embeddings]}
     for kind, paths in (("layer", m.units["layers"]), ("gate", m.units["gates"]), ("head", [m.units["head"]]),
                         ("embeddings", [m.units["embeddings"]])):
-        for rel in paths:
+        for rel, unit in zip(paths, units[kind], strict=True):
             g = onnx.load(str(d / rel))
             assert max(o.version for o in g.opset_import if o.domain in ("", "ai.onnx")) >= 17
             inputs = [i.name for i in g.graph.input]
@@ -131,8 +133,10 @@ def test_graphs_have_shared_io_dynamic_axes_and_one_layernorm_op(exported):
                 dims = [x.dim_param for x in v.type.tensor_type.shape.dim]
                 assert dims[0] == "batch" and (len(dims) < 3 or dims[1] == "seq"), (rel, v.name, dims)
             ops = [n.op_type for n in g.graph.node]
-            # a layer has its own 2, plus DeBERTa's LayerNorm of the shared relative embeddings that it runs
-            want_ln = {"layer": 2 + int("rel_norm" in exported["model"].shared), "embeddings": 1}.get(kind, 0)
+            # each LayerNorm module of the unit is one op (ModernBERT's layer 0 has no attention norm, its head
+            # holds the final norm), plus DeBERTa's LayerNorm of the shared relative embeddings a layer runs
+            want_ln = sum(isinstance(x, torch.nn.LayerNorm) for x in unit.modules())
+            want_ln += int(kind == "layer" and "rel_norm" in model.shared)
             assert ops.count("LayerNormalization") == want_ln and "ReduceMean" not in ops, (rel, ops)
     assert [i.name for i in onnx.load(str(d / m.units["layers"][0])).graph.input] == IO["layer"]["inputs"]
 

@@ -15,7 +15,7 @@ from hadskip.runtime.backends.device import row_runs
 from hadskip.testing import tiny_sentences
 
 # seeds whose gates route some rows and skip others
-SEEDS = {"bert": 0, "roberta": 1, "tinybert": 0, "electra": 0, "distilbert": 0, "deberta-v2": 0}
+SEEDS = {"roberta": 1}  # a seed per family where the default 0 gives a model unfit for a test; 0 otherwise
 BATCHES = {
     "mixed": [5, 12, 32, 3, 20, 7, 32, 9, 14, 25, 2, 30],
     "short": [4, 2, 6, 3],
@@ -26,7 +26,7 @@ ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    return {arch: cached_model(tmp_path_factory, arch, SEEDS[arch]) for arch in ARCHS}
+    return {arch: cached_model(tmp_path_factory, arch, SEEDS.get(arch, 0)) for arch in ARCHS}
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_padded_batch_equals_each_row_alone(runtimes, arch):
 @pytest.mark.parametrize("arch", ["bert", "tinybert"])
 def test_fused_layer_graphs_match_pytorch(tmp_path_factory, arch):
     """Layer graphs with onnxruntime's fused attention (export optimize=True) route the same way."""
-    run, md = cached_model(tmp_path_factory, arch, SEEDS[arch], optimize=True)
+    run, md = cached_model(tmp_path_factory, arch, SEEDS.get(arch, 0), optimize=True)
     rt = Runtime.load(md)
     assert rt.info.manifest.optimization["layers"] == "ort-fused"
     ids, mask, tt = padded_batch(BATCHES["mixed"], _vocab(rt), seed=4)
