@@ -7,16 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from hadskip.cli.options import Backend, Budget, Json
+
 Model = Annotated[str, typer.Argument(help="Model dir written by `hadskip export` (a run dir for --backend torch).")]
-Backend = Annotated[str, typer.Option(help="ort-cpu, ort-cuda (extra gpu), trt (extra trt) or torch (extra train).")]
 Threads = Annotated[Optional[int], typer.Option(min=1, max=1024,
                                                 help="Intra-op threads per onnxruntime session (default: ORT's).")]
 DeviceId = Annotated[int, typer.Option(min=0, max=1024, help="GPU index for ort-cuda / trt.")]
 Device = Annotated[Optional[str], typer.Option(help="torch backend device: cpu, cuda, cuda:1 (default: CUDA if any).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")]
-Budget = Annotated[Optional[float], typer.Option(
-    help="Target average layers through the model's budget dial (`hadskip dial`, then export); default: the "
-         "trained gates.")]
 
 
 MAX_BENCH_BATCH = 4096  # rows per benchmarked call; beyond this the synthetic inputs alone take gigabytes
@@ -92,8 +90,7 @@ def bench(
     device_id: DeviceId = 0,
     device: Device = None,
     budget: Budget = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (progress on stderr).")]
-    = False,
+    as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
     """Latency of the full model vs HadSkip routing, forced K-of-L and random patterns, with ideal ratios.

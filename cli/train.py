@@ -2,106 +2,48 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-Backbone = Annotated[str, typer.Option(help="minilm-l6 (offline), a local model folder, or a hub name.")]
-Task = Annotated[str, typer.Option(help="rotten-tomatoes (offline), glue/<name>, or a folder of train/dev/test files.")]
-MaxLen = Annotated[int, typer.Option(help="Truncate inputs to this many tokens.")]
-TextCol = Annotated[Optional[str], typer.Option(help="Text column of a folder task (default: text).")]
-PairCol = Annotated[Optional[str], typer.Option(help="Second-text column of a folder task (default: text_pair).")]
-LabelCol = Annotated[Optional[str], typer.Option(help="Label column of a folder task (default: label).")]
-Metric = Annotated[Optional[str], typer.Option(help="Override the task metric: accuracy, f1 or mcc.")]
-MaxExamples = Annotated[Optional[int], typer.Option(help="Cap every split (quick runs).")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
+from hadskip.cli.options import Budget, Json, config_command, field_help
+from hadskip.training.config import HadSkipConfig, OptimConfig, TrainConfig
+
+Backbone = Annotated[str, typer.Option(help=field_help(TrainConfig, "backbone"))]  # compare's, as train's
+MaxLen = Annotated[int, typer.Option(help=field_help(TrainConfig, "max_len"))]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars or per-phase lines.")]
-Force = Annotated[bool, typer.Option(
-    "--force", help="Replace a run already at --out (only the files hadskip wrote there are removed).")]
-Budget = Annotated[Optional[float], typer.Option(
-    help="Target average layers through the model's budget dial (`hadskip dial`); default: the trained gates.")]
+
+# Settings `hadskip train` does not offer, and why (every other field of HadSkipConfig is an option)
+TRAIN_INTERNAL = {
+    **{f"weights.{w}": "the paper's loss weights; set them from Python (HadSkipConfig(weights=LossWeights(...)))"
+       for w in ("task", "kd_logits", "kd_hidden", "kd_attention", "kd_embedding", "temperature")},
+}
+FINETUNE_INTERNAL: dict[str, str] = {}
+PANELS = {OptimConfig: "Optimiser", HadSkipConfig: "HadSkip stages"}
+_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Json)
 
 
-def finetune(
-    out: Annotated[str, typer.Option(help="Run dir to write.")] = "runs/finetune",
-    backbone: Backbone = "minilm-l6",
-    task: Task = "rotten-tomatoes",
-    max_len: MaxLen = 64,
-    epochs: Annotated[float, typer.Option(help="Training epochs (fractions allowed).")] = 3.0,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (linear warmup and decay).")] = 5e-5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    max_examples: MaxExamples = None,
-    text_col: TextCol = None,
-    pair_col: PairCol = None,
-    label_col: LabelCol = None,
-    metric: Metric = None,
-    force: Force = False,
-    as_json: Json = False,
-    quiet: Quiet = False,
-) -> None:
-    """Fine-tune a plain backbone (HadSkip's stage I and its teacher); keeps the best dev epoch."""
-    from hadskip.training.config import TrainConfig
+def _finetune(cfg: TrainConfig, as_json: bool) -> None:
     from hadskip.training.finetune import finetune as run
 
-    metrics = run(TrainConfig(backbone=backbone, task=task, out=out, max_len=max_len, epochs=epochs,
-                              batch_size=batch_size, lr=lr, seed=seed, max_examples=max_examples, text_col=text_col,
-                              pair_col=pair_col, label_col=label_col, metric=metric, progress=not quiet,
-                              force=force))
-    _report({"out": out, **metrics}, as_json)
+    _report({"out": cfg.out, **run(cfg)}, as_json)
 
 
-def train(
-    out: Annotated[str, typer.Option(help="Run dir to write (stages are kept under OUT/stages/).")] = "runs/hadskip",
-    backbone: Backbone = "minilm-l6",
-    task: Task = "rotten-tomatoes",
-    budget: Annotated[float, typer.Option(help="Average layers to run, K of L (fractions allowed).")] = 3.0,
-    teacher: Annotated[Optional[str], typer.Option(help="Reuse a finished `hadskip finetune` run as stage I.")] = None,
-    max_len: MaxLen = 64,
-    epochs: Annotated[float, typer.Option(help="Stage I epochs (when no --teacher).")] = 3.0,
-    stage2_epochs: Annotated[float, typer.Option(help="Stage II (gate initialisation) epochs.")] = 0.5,
-    phase_epochs: Annotated[float, typer.Option(help="Epochs per homotopic phase of stage III.")] = 1.0,
-    final_phase_epochs: Annotated[float, typer.Option(help="Epochs of the last phase (k = K).")] = 2.0,
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 32,
-    lr: Annotated[float, typer.Option(help="Backbone learning rate.")] = 5e-5,
-    gate_lr: Annotated[float, typer.Option(help="Gate learning rate.")] = 1e-3,
-    estimator: Annotated[str, typer.Option(help="Gate gradient estimator: reinmax or ste.")] = "reinmax",
-    tau: Annotated[float, typer.Option(help="ReinMax temperature.")] = 1.0,
-    beta: Annotated[float, typer.Option(help="Weight of the budget penalty.")] = 20.0,
-    kd: Annotated[str, typer.Option(help="Distillation: full, logits (prediction-KD only) or none.")] = "full",
-    no_gate_init: Annotated[bool, typer.Option("--no-gate-init", help="Ablation: skip stage II.")] = False,
-    no_homotopy: Annotated[bool, typer.Option("--no-homotopy", help="Ablation: stage III at K only.")] = False,
-    homotopy_start: Annotated[Optional[float], typer.Option(
-        help="First k of stage III's homotopy (default: L). Total stage III epochs stay the same.")] = None,
-    stage2_kd: Annotated[bool, typer.Option("--stage2-kd", help="Distil from the teacher in stage II too.")] = False,
-    hard_tail: Annotated[float, typer.Option(
-        help="Share of the last phase trained on the gates' own (inference) decisions, gates frozen.")] = 0.0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue after the last finished stage/phase.")] = False,
-    force: Force = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    max_examples: MaxExamples = None,
-    text_col: TextCol = None,
-    pair_col: PairCol = None,
-    label_col: LabelCol = None,
-    metric: Metric = None,
-    as_json: Json = False,
-    quiet: Quiet = False,
-) -> None:
-    """Train HadSkip: stage I (or --teacher), gate initialisation, then joint KD training to the budget."""
-    from hadskip.training.config import HadSkipConfig, LossWeights
+def _train(cfg: HadSkipConfig, as_json: bool) -> None:
     from hadskip.training.stages import train_hadskip
 
-    cfg = HadSkipConfig(backbone=backbone, task=task, out=out, budget=budget, teacher=teacher, max_len=max_len,
-                        epochs=epochs, stage2_epochs=stage2_epochs, phase_epochs=phase_epochs,
-                        final_phase_epochs=final_phase_epochs, batch_size=batch_size, lr=lr, gate_lr=gate_lr,
-                        estimator=estimator, tau=tau, weights=LossWeights(budget=beta), kd=kd,
-                        gate_init=not no_gate_init, homotopy=not no_homotopy, homotopy_start=homotopy_start,
-                        stage2_kd=stage2_kd, hard_tail=hard_tail, resume=resume, seed=seed,
-                        max_examples=max_examples, text_col=text_col, pair_col=pair_col, label_col=label_col,
-                        metric=metric, progress=not quiet, force=force)
-    _report({"out": out, **train_hadskip(cfg)}, as_json)
+    _report({"out": cfg.out, **train_hadskip(cfg)}, as_json)
+
+
+finetune = config_command(
+    TrainConfig, _finetune, internal=FINETUNE_INTERNAL, panels=PANELS, extra=(_JSON,),
+    doc="Fine-tune a plain backbone (HadSkip's stage I and its teacher); keeps the best dev epoch.")
+train = config_command(
+    HadSkipConfig, _train, internal=TRAIN_INTERNAL, panels=PANELS, extra=(_JSON,),
+    doc="Train HadSkip: stage I (or --teacher), gate initialisation, then joint KD training to the budget.")
 
 
 def evaluate(

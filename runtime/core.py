@@ -12,7 +12,6 @@ Not included: request queueing or dynamic batching across callers (the server bu
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,33 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from hadskip.errors import HadSkipError
-from hadskip.runtime.backends import BUILTIN, OPTIMIZATIONS, BackendOptions, plugin_opener
-from hadskip.runtime.dial import Dial, DialError, resolve_offset
-from hadskip.runtime.manifest import MANIFEST, Manifest, ManifestError, load_manifest, manifest_dial
+from hadskip.runtime.backends import OPTIMIZATIONS, BackendOptions, find_opener
+from hadskip.runtime.dial import DialError, resolve_offset
+from hadskip.runtime.manifest import MANIFEST, ManifestError
+from hadskip.runtime.model_info import ModelInfo, info_from_manifest, precision_note  # noqa: F401 (re-exported)
 from hadskip.runtime.router import Backend, BatchResult, route
-from hadskip.runtime.text import EmptyTextError, Encoded, TextEncoder, TextInput, manifest_token_types
+from hadskip.runtime.text import EmptyTextError, Encoded, TextEncoder, TextInput
 
 
-log = logging.getLogger("hadskip.runtime")  # unconfigured logging prints a warning as one bare line on stderr
-
-
-@dataclass
-class ModelInfo:
-    """What the runtime needs to know about the model, whichever kind of folder it came from."""
-
-    labels: list[str]
-    max_seq_len: int
-    num_layers: int
-    model_type: str
-    tokenizer_file: Path
-    pad_token_id: int | None = None
-    type_vocab_size: int | None = None  # None: not recorded (older model dirs)
-    token_types: bool = True  # the model reads the tokenizer's token types (else every type is 0)
-    budget: float | None = None
-    manifest: Manifest | None = None  # None when loaded from a run dir (torch backend)
-    dial: Dial | None = None  # the budget dial (manifest "dial", or RUN/dial.json); None: no dial
-    source: str = ""  # the folder it was loaded from, for messages
-    dial_problem: str = ""  # why a dial that is there cannot be used (raised when a budget is asked for)
 
 
 @dataclass
@@ -150,18 +130,15 @@ class Runtime:
         budget: the target average of layers `predict` runs at by default, through the model's budget dial
         (None: the trained gates as they are, offset 0); a model without a dial, or a budget outside its
         calibrated range, is a HadSkipError.
-        The torch backend also takes a run dir (hadskip.modeling.checkpoint) instead of a model dir. Backends other
-        than ort-cpu, ort-cuda and trt are plug-ins (hadskip.runtime.backends), torch among them.
+        The torch backend also takes a run dir (hadskip.modeling.checkpoint) instead of a model dir. `backend` is
+        looked up in one registry (hadskip.runtime.backends: the built-ins, registered and entry-point plug-ins).
         """
         path = Path(model_dir)
         if optimization not in OPTIMIZATIONS:
             raise HadSkipError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATIONS)}")
         options = BackendOptions(threads=threads, device_id=device_id, device=device, max_batch=max_batch,
                                  cuda_graphs=cuda_graphs, optimization=optimization, verify=verify)
-        if backend in BUILTIN:
-            be, info = _open_builtin(path, options, backend)
-        else:
-            be, info = plugin_opener(backend)(path, options)
+        be, info = find_opener(backend)(path, options)
         info.source = info.source or str(path)
         try:
             return cls(be, info, budget=budget)
@@ -261,54 +238,6 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"Runtime(backend={self.backend.name!r}, layers={self.num_layers}, labels={self.labels})"
-
-
-def _open_builtin(path: Path, options: BackendOptions, backend: str):
-    """(backend, ModelInfo) for ort-cpu, ort-cuda or trt on a model dir."""
-    manifest = load_manifest(path, verify=options.verify)
-    info = info_from_manifest(path, manifest)
-    note = precision_note(manifest.precision, backend)
-    if note:
-        log.warning(f"warning: {path}: {note}")
-    if backend == "ort-cpu" and manifest.units.get("gate_form") == "fused":
-        from hadskip.runtime.backends.ort_fused import OrtCpuFusedBackend
-
-        return OrtCpuFusedBackend(path, manifest, threads=options.threads, optimization=options.optimization), info
-    if backend == "ort-cpu":
-        from hadskip.runtime.backends.ort import OrtCpuBackend
-
-        return OrtCpuBackend(path, manifest, threads=options.threads, optimization=options.optimization), info
-    if backend == "ort-cuda":
-        from hadskip.runtime.backends.ort import OrtDeviceBackend
-
-        return OrtDeviceBackend(path, manifest, device="cuda", device_id=options.device_id, threads=options.threads,
-                                max_batch=options.max_batch, optimization=options.optimization), info
-    from hadskip.runtime.backends.trt import TrtBackend
-
-    return TrtBackend(path, manifest, device_id=options.device_id, max_batch=options.max_batch,
-                      cuda_graphs=options.cuda_graphs), info
-
-
-def precision_note(precision: str, backend: str) -> str | None:
-    """Why a model dir's precision is a poor fit for a backend, or None. fp16 on a CPU: onnxruntime's CPU
-    kernels are fp32, so the fp16 graphs pay casts (measured ~11% slower than fp32 on 2 cores, issue 13)."""
-    if precision == "fp16" and backend == "ort-cpu":
-        return "fp16 graphs run slower than fp32 on a CPU backend; export without --fp16 (or with --quantize int8)"
-    if precision == "int8" and backend != "ort-cpu":
-        return f"int8 graphs are quantized for CPUs (ort-cpu); on {backend} export fp32 or --fp16 instead"
-    return None
-
-
-def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
-    if not manifest.labels:
-        raise HadSkipError(f"{path / MANIFEST} lists no labels")
-    return ModelInfo(labels=list(manifest.labels), max_seq_len=int(manifest.max_seq_len),
-                     num_layers=manifest.num_layers, model_type=str(manifest.backbone.get("model_type", "bert")),
-                     tokenizer_file=path / manifest.units["tokenizer"],
-                     pad_token_id=manifest.backbone.get("pad_token_id"),
-                     type_vocab_size=manifest.backbone.get("type_vocab_size"),
-                     token_types=manifest_token_types(manifest.backbone), budget=manifest.budget,
-                     manifest=manifest, dial=manifest_dial(manifest, path / MANIFEST), source=str(path))
 
 
 def check_embeddings(backend: Backend, info: ModelInfo, encoder: TextEncoder) -> None:

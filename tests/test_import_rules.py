@@ -118,11 +118,11 @@ def test_plugin_backends_are_found_by_name(tmp_path):
 
     from hadskip.errors import HadSkipError
     from hadskip.runtime import Runtime
-    from hadskip.runtime.backends import BackendOptions, plugin_opener, register_backend
+    from hadskip.runtime.backends import BackendOptions, find_opener, register_backend
 
     (ep,) = [e for e in entry_points(group="hadskip.backends") if e.name == "torch"]
     assert ep.value == "hadskip.modeling.torch_backend:open_backend"
-    assert plugin_opener("torch") is ep.load()
+    assert find_opener("torch") is ep.load()
     seen = {}
 
     def opener(path, options):

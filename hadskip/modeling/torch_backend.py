@@ -41,10 +41,10 @@ def load_units(path: str | Path):
 
 
 def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
-    """The runtime's opener for backend="torch": (TorchBackend, hadskip.runtime.core.ModelInfo) for a run dir
+    """The runtime's opener for backend="torch": (TorchBackend, hadskip.runtime.model_info.ModelInfo) for a run dir
     or a model dir with a torch/ folder. options: hadskip.runtime.backends.BackendOptions (threads, device,
     verify are used)."""
-    from hadskip.runtime.core import ModelInfo, info_from_manifest
+    from hadskip.runtime.model_info import ModelInfo, info_from_manifest
     from hadskip.runtime.dial import DialError, read_dial
     from hadskip.runtime.manifest import load_manifest
 

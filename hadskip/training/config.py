@@ -1,5 +1,7 @@
 """Training settings, each defined once: the loss weights, the distillation mode (`KdMode`, with the weights it
-implies), plain fine-tuning (`TrainConfig`, stage I) and HadSkip's three stages (`HadSkipConfig`).
+implies), the optimiser (`OptimConfig`, shared with the baselines), plain fine-tuning (`TrainConfig`, stage I) and
+HadSkip's three stages (`HadSkipConfig`). Each field carries its help text in its metadata: the CLI options of
+`hadskip finetune` and `hadskip train` are generated from these classes (cli/options.py).
 
 A leaf module: it imports nothing of hadskip but hadskip.errors (bad settings are one-line HadSkipErrors), and no
 torch, so the settings can be read and checked anywhere.
@@ -8,7 +10,7 @@ torch, so the settings can be read and checked anywhere.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from hadskip.errors import HadSkipError, check_finite
 
@@ -22,7 +24,7 @@ class LossWeights:
     kd_hidden: float = 1.0  # a2
     kd_attention: float = 1.0  # a3
     kd_embedding: float = 1.0  # a4
-    budget: float = 20.0  # beta
+    budget: float = field(default=20.0, metadata={"help": "Weight of the budget penalty (beta).", "flag": "--beta"})
     temperature: float = 1.0  # for the logits KL
 
     def __post_init__(self) -> None:
@@ -57,63 +59,90 @@ class KdMode(str, enum.Enum):
         return w
 
 
-@dataclass
-class TrainConfig:
-    """Plain fine-tuning (stage I)."""
+def _opt(default, help: str, **kw):
+    """A setting with its default and its help text (the CLI builds its options from these, cli/options.py);
+    `flag` in `kw` names the CLI flag where it is not --the-field-name (a True default is then switched off)."""
+    return field(default=default, metadata={"help": help, **kw})
 
-    backbone: str = "minilm-l6"  # offline alias, local folder or hub name
-    task: str = "rotten-tomatoes"  # registry name (glue/sst2, ...) or a folder of train/dev/test files
-    out: str = "runs/finetune"
-    max_len: int = 64
-    batch_size: int = 32
-    lr: float = 5e-5
-    epochs: float = 3.0
-    weight_decay: float = 0.01
-    warmup: float = 0.06  # fraction of steps
-    seed: int = 0
-    max_examples: int | None = None  # cap every split (quick runs, tests)
-    eval_batch_size: int = 64
-    text_col: str | None = None
-    pair_col: str | None = None
-    label_col: str | None = None
-    metric: str | None = None
-    progress: bool = True
-    force: bool = False  # replace a finished run at `out` (its hadskip files only; see checkpoint.claim_run_dir)
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """The optimiser settings HadSkip's stages and the baselines share: AdamW at `lr` with linear warmup and
+    decay (hadskip.training.loop), `batch_size` rows a step, and the seed of the run."""
+
+    lr: float = _opt(5e-5, "Peak learning rate of the pretrained weights (linear warmup, then linear decay).")
+    batch_size: int = _opt(32, "Training batch size.")
+    weight_decay: float = _opt(0.01, "AdamW weight decay.")
+    warmup: float = _opt(0.06, "Warmup steps, as a fraction of all steps (below 1).")
+    seed: int = _opt(0, "Random seed.")
 
     def __post_init__(self) -> None:
-        if self.max_len < 8 or self.batch_size < 1:
-            raise HadSkipError("need max_len >= 8, batch_size >= 1")
+        if self.batch_size < 1:
+            raise HadSkipError(f"need batch_size >= 1, got {self.batch_size}")
         check_finite("--lr", self.lr, low=0, low_open=True)
-        check_finite("--epochs", self.epochs, low=0, low_open=True)
         check_finite("weight_decay", self.weight_decay, low=0)
         check_finite("warmup", self.warmup, low=0)
         if self.warmup >= 1:
             raise HadSkipError(f"warmup is a fraction of the steps, below 1; got {self.warmup:g}")
 
+    @classmethod
+    def settings_in(cls, config: dict) -> dict:
+        """The optimiser settings recorded in `config` (a run's run.json extra["config"], flat as asdict gives it)."""
+        return {f.name: config[f.name] for f in fields(cls) if f.name in config}
 
-@dataclass
+
+@dataclass(kw_only=True)
+class TrainConfig(OptimConfig):
+    """Plain fine-tuning (stage I)."""
+
+    backbone: str = _opt("minilm-l6", "minilm-l6 (offline), a local model folder, or a hub name.")
+    task: str = _opt("rotten-tomatoes", "rotten-tomatoes (offline), glue/<name>, or a folder of train/dev/test files.")
+    out: str = _opt("runs/finetune", "Run dir to write.")
+    max_len: int = _opt(64, "Truncate inputs to this many tokens.")
+    epochs: float = _opt(3.0, "Fine-tuning epochs (fractions allowed); for `hadskip train`, stage I's when there is "
+                              "no --teacher.")
+    max_examples: int | None = _opt(None, "Cap every split (quick runs).")
+    eval_batch_size: int = _opt(64, "Batch size of the dev/test evaluations.")
+    text_col: str | None = _opt(None, "Text column of a folder task (default: text).")
+    pair_col: str | None = _opt(None, "Second-text column of a folder task (default: text_pair).")
+    label_col: str | None = _opt(None, "Label column of a folder task (default: label).")
+    metric: str | None = _opt(None, "Override the task metric: accuracy, f1 or mcc.")
+    progress: bool = _opt(True, "No progress bars or per-phase lines.", flag="--quiet")
+    force: bool = _opt(False, "Replace a run already at --out (only the files hadskip wrote there are removed; "
+                              "see checkpoint.claim_run_dir).")
+
+    def __post_init__(self) -> None:
+        if self.max_len < 8 or self.batch_size < 1:
+            raise HadSkipError("need max_len >= 8, batch_size >= 1")
+        super().__post_init__()
+        check_finite("--epochs", self.epochs, low=0, low_open=True)
+
+
+@dataclass(kw_only=True)
 class HadSkipConfig(TrainConfig):
     """All three stages. Ablations of the paper's Table 2: gate_init=False (no stage II),
     homotopy=False (stage III at K only), kd="none" | "logits" (no KD / prediction-KD only)."""
 
-    out: str = "runs/hadskip"
-    budget: float = 3.0  # K layers of L on average
-    teacher: str | None = None  # a finished `hadskip finetune` run to reuse as stage I
-    stage2_epochs: float = 0.5
-    phase_epochs: float = 1.0  # per homotopic phase of stage III before the last
-    final_phase_epochs: float = 2.0  # the last phase (k = K)
-    gate_lr: float = 1e-3
-    estimator: str = "reinmax"  # "reinmax" | "ste"
-    tau: float = 1.0
-    gate_hidden: int = 64
-    gate_init: bool = True
-    homotopy: bool = True
-    homotopy_start: float | None = None  # first k of stage III (default L); every variant keeps the same total
-    stage2_kd: bool = False  # stage II also distils from the teacher (the backbone stays frozen)
-    hard_tail: float = 0.0  # share of the last phase trained on the gates' own decisions (gates frozen)
-    kd: str = "full"  # a KdMode value: "full" | "logits" | "none"
+    out: str = _opt("runs/hadskip", "Run dir to write (stages are kept under OUT/stages/).")
+    budget: float = _opt(3.0, "Average layers to run, K of L (fractions allowed).")
+    teacher: str | None = _opt(None, "Reuse a finished `hadskip finetune` run as stage I.")
+    stage2_epochs: float = _opt(0.5, "Stage II (gate initialisation) epochs.")
+    phase_epochs: float = _opt(1.0, "Epochs per homotopic phase of stage III (before the last).")
+    final_phase_epochs: float = _opt(2.0, "Epochs of the last phase (k = K).")
+    gate_lr: float = _opt(1e-3, "Gate learning rate.")
+    estimator: str = _opt("reinmax", "Gate gradient estimator: reinmax or ste.")
+    tau: float = _opt(1.0, "ReinMax temperature.")
+    gate_hidden: int = _opt(64, "Hidden width of each gate's MLP.")
+    gate_init: bool = _opt(True, "Ablation: skip stage II.", flag="--no-gate-init")
+    homotopy: bool = _opt(True, "Ablation: stage III at K only.", flag="--no-homotopy")
+    homotopy_start: float | None = _opt(None, "First k of stage III's homotopy (default: L). Total stage III epochs "
+                                              "stay the same.")
+    stage2_kd: bool = _opt(False, "Distil from the teacher in stage II too (the backbone stays frozen).")
+    hard_tail: float = _opt(0.0, "Share of the last phase trained on the gates' own (inference) decisions, gates "
+                                 "frozen.")
+    kd: str = _opt("full", "Distillation: full, logits (prediction-KD only) or none.")  # a KdMode value
     weights: LossWeights = field(default_factory=LossWeights)
-    resume: bool = False
+    resume: bool = _opt(False, "Continue after the last finished stage/phase.")
 
     def __post_init__(self) -> None:
         super().__post_init__()

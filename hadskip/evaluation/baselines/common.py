@@ -8,7 +8,7 @@ from the teacher with the same loss weights where the method allows it (hadskip.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -16,30 +16,27 @@ import torch
 from hadskip.errors import HadSkipError
 from hadskip.modeling.checkpoint import RunInfo, load_run, read_teacher, save_run, task_source
 from hadskip.training import loop
-from hadskip.training.config import KdMode, LossWeights, TrainConfig
+from hadskip.training.config import KdMode, LossWeights, OptimConfig, TrainConfig
 
 
-@dataclass
-class BaselineConfig:
-    """A baseline trained from `teacher` (a finished finetune run) into the run dir `out`."""
+@dataclass(kw_only=True)
+class BaselineConfig(OptimConfig):
+    """A baseline trained from `teacher` (a finished finetune run) into the run dir `out`, with the optimiser
+    settings (OptimConfig: lr, batch_size, weight_decay, warmup, seed) of the HadSkip run it is compared with."""
 
     teacher: str
     out: str
     epochs: float  # HadSkip's stage III epochs at the compared budget
     kd: str = "full"  # "full" | "logits" | "none", as HadSkip's --kd
-    lr: float = 5e-5
     new_lr: float = 1e-3  # modules the teacher lacks (exit heads): HadSkip's gate learning rate for its gates
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    warmup: float = 0.06
-    seed: int = 0
     eval_batch_size: int = 64
     max_examples: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.lr <= 0 or self.new_lr <= 0 or self.batch_size < 1:
-            raise HadSkipError("a baseline needs epochs > 0, learning rates > 0 and batch_size >= 1")
+        super().__post_init__()
+        if self.epochs <= 0 or self.new_lr <= 0:
+            raise HadSkipError("a baseline needs epochs > 0 and learning rates > 0")
         KdMode.parse(self.kd, "kd")
 
     def weights(self) -> LossWeights:
@@ -62,10 +59,10 @@ def setup(cfg: BaselineConfig) -> Setup:
     read_teacher(cfg.teacher, "teacher")
     teacher, tokenizer, info = load_run(cfg.teacher)
     task, options = task_source(info.task)
+    optim = {f.name: getattr(cfg, f.name) for f in fields(OptimConfig)}
     tc = TrainConfig(backbone=teacher.config.backbone, task=task, out=cfg.out, max_len=info.max_len,
-                     batch_size=cfg.batch_size, lr=cfg.lr, epochs=cfg.epochs, weight_decay=cfg.weight_decay,
-                     warmup=cfg.warmup, seed=cfg.seed, max_examples=cfg.max_examples,
-                     eval_batch_size=cfg.eval_batch_size, progress=cfg.progress, **options)
+                     epochs=cfg.epochs, max_examples=cfg.max_examples, eval_batch_size=cfg.eval_batch_size,
+                     progress=cfg.progress, **optim, **options)
     acc = loop.accelerator(cfg.seed)
     prep = loop.Prepared(tc, tokenizer)
     teacher = teacher.eval().to(acc.device)

@@ -32,7 +32,7 @@ from hadskip.evaluation.compare.rows import dial_rows, exit_rows, row
 from hadskip.evaluation.frontier import plot_frontier
 from hadskip.evaluation.report import evaluate_path
 from hadskip.modeling.checkpoint import read_info, task_source
-from hadskip.training.config import HadSkipConfig
+from hadskip.training.config import HadSkipConfig, OptimConfig
 from hadskip.training.schedule import stage3_epochs
 from hadskip.training.stages import train_hadskip
 
@@ -103,7 +103,7 @@ def compare(cfg: CompareConfig) -> dict:
         """The baseline's settings: those HadSkip's run at budget k trained with (its gate learning rate for
         the modules the teacher lacks)."""
         c = infos[k].extra.get("config", {})
-        same = {f: c[f] for f in ("lr", "batch_size", "weight_decay", "warmup", "seed") if f in c}
+        same = OptimConfig.settings_in(c)
         return BaselineConfig(teacher=str(teacher_dir), out=str(out), epochs=ep, kd=cfg.kd, progress=cfg.progress,
                               new_lr=c.get("gate_lr", 1e-3), **same)
 
