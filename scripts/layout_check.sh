@@ -9,7 +9,7 @@ W="$OUT/work"
 "$PY" -c "from hadskip.testing import tiny_backbone_dir, tiny_task_dir; tiny_backbone_dir('$W/backbone'); tiny_task_dir('$W/task')"
 H="$PY -m hadskip.cli.main"
 $H finetune --out "$W/ft" --backbone "$W/backbone" --task "$W/task" --epochs 2 --batch-size 16 --max-len 32 --seed 0 --json --quiet > "$OUT/finetune.json"
-$H train --out "$W/hs" --teacher "$W/ft" --budget 2 --stage2-epochs 0.5 --phase-epochs 0.5 --final-phase-epochs 1 \
+$H train --out "$W/hs" --teacher "$W/ft" --task "$W/task" --budget 2 --stage2-epochs 0.5 --phase-epochs 0.5 --final-phase-epochs 1 \
     --batch-size 16 --max-len 32 --seed 0 --json --quiet > "$OUT/train.json"
 for r in ft hs; do for s in dev test; do
   $H eval "$W/$r" --split $s --no-plots --json > "$OUT/eval-$r-$s.json"

@@ -162,3 +162,16 @@ def test_single_token_type_backbone_on_a_pair_task_trains_and_runs(root):
     model_dir = export_model(out, root / "single-type-model", validate=False, progress=False).out_dir
     with Runtime.load(model_dir) as rt:
         np.testing.assert_allclose(rt.predict(pairs).probabilities, torch_probs, atol=1e-5)
+
+
+def test_train_without_a_task_uses_its_teachers_task(root, backbones, task, capsys):
+    """`hadskip train --teacher RUN` without --task trained on rotten-tomatoes whatever the teacher's task was
+    (with two labels on both sides nothing complained): the teacher's task, folder and columns, is the default."""
+    teacher = root / "own-task-teacher"
+    finetune(_ft(backbones["bert"], task, teacher, epochs=0.5))
+    out = root / "own-task-student"
+    assert main(["train", "--teacher", str(teacher), "--budget", "2", "--stage2-epochs", "0.2", "--phase-epochs",
+                 "0.2", "--final-phase-epochs", "0.2", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    info = read_info(out)
+    assert info.task["source"]["task"] == str(task) and info.task["name"] == read_info(teacher).task["name"]
+    assert info.metrics["dev"] is not None

@@ -124,6 +124,8 @@ class HadSkipConfig(TrainConfig):
     homotopy=False (stage III at K only), kd="none" | "logits" (no KD / prediction-KD only)."""
 
     out: str = _opt("runs/hadskip", "Run dir to write (stages are kept under OUT/stages/).")
+    task: str | None = _opt(None, "Task (default: the --teacher's task, else rotten-tomatoes); a registry name "
+                                  "(rotten-tomatoes, glue/<name>) or a folder of train/dev/test files.")
     budget: float = _opt(3.0, "Average layers to run, K of L (fractions allowed).")
     teacher: str | None = _opt(None, "Reuse a finished `hadskip finetune` run as stage I.")
     stage2_epochs: float = _opt(0.5, "Stage II (gate initialisation) epochs.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hadskip.modeling.backbone import check_max_len, load_config
-from hadskip.modeling.checkpoint import read_model_config, read_teacher
+from hadskip.modeling.checkpoint import read_model_config, read_teacher, task_source
 from hadskip.training.schedule import homotopy_schedule
 
 
@@ -37,3 +37,18 @@ def check_hadskip(cfg) -> None:
     # the schedule the run will use; raises for budget > layers
     homotopy_schedule(num_layers, cfg.budget, cfg.homotopy, cfg.homotopy_start)
 
+
+
+def resolve_task(cfg) -> None:
+    """A HadSkip run without a task trains on its teacher's (the same folder and columns), or on
+    rotten-tomatoes when stage I runs here; an explicit task (and columns) is kept as given."""
+    if cfg.task is not None:
+        return
+    if not cfg.teacher:
+        cfg.task = "rotten-tomatoes"
+        return
+    name, options = task_source(read_teacher(Path(cfg.teacher)).task)
+    cfg.task = name
+    for key in ("text_col", "pair_col", "label_col", "metric"):
+        if getattr(cfg, key) is None and options.get(key) is not None:
+            setattr(cfg, key, options[key])

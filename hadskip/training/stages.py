@@ -34,7 +34,7 @@ from hadskip.training.config import HadSkipConfig, TrainConfig
 from hadskip.training.finetune import finetune
 from hadskip.training.loop import Log, Prepared, adamw, eval_split, num_steps, train_loader
 from hadskip.training.losses import LossWeights, budget_penalty, distillation, task_loss
-from hadskip.training.preflight import check_hadskip
+from hadskip.training.preflight import check_hadskip, resolve_task
 from hadskip.training.progress import ProgressFile
 from hadskip.training.schedule import homotopy_schedule, phase_epochs
 
@@ -177,6 +177,7 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
 
 def train_hadskip(cfg: HadSkipConfig) -> dict:
     """Stages I (or --teacher), II and III. The final model is the run dir cfg.out. Returns its metrics."""
+    resolve_task(cfg)  # no task given: the teacher's
     check_hadskip(cfg)  # before the run dir exists
     out = claim_run_dir(cfg.out, resume=cfg.resume, force=cfg.force)
     acc = loop.accelerator(cfg.seed)
