@@ -4,8 +4,9 @@
 
 Starts the server as a subprocess on 127.0.0.1 (without MODEL_DIR: a tiny random model dir built the way the
 tests build theirs; needs the train and export extras), then keeps `--slow` connections that each send a POST's
-headers with `Content-Length: --content-length` and one body byte, reopening every one the server closes (the
-attack of issue 23: ~2,100 of them once locked every new client out for ~30 s). Meanwhile one normal client sends
+headers with `Content-Length: --content-length` and one body byte (the attack of issue 23: ~2,100 of them once
+locked every new client out for ~30 s); with `--reopen`, each one the server closes is reopened at once (a
+connection flood on top, which costs the server an accept and a close per connection). Meanwhile one normal client sends
 `--requests` requests one after another, each on a fresh connection, and its latencies are reported (p50, p99,
 max) with their status codes, next to the same client's latencies before the attack. Loopback only; this
 process raises its own open-file limit. Exit status 1 when the normal client got anything but 200.
@@ -38,10 +39,14 @@ def log(msg: str) -> None:
     print(f"[slow-bodies] {msg}", file=sys.stderr, flush=True)
 
 
-def normal_client(host: str, port: int, n: int) -> dict:
-    """`n` POST /predict, each on a fresh connection: latencies (ms) and status codes (0: no answer)."""
+def normal_client(host: str, port: int, n: int, time_limit_s: float = 1e9) -> dict:
+    """`n` POST /predict (fewer if `time_limit_s` runs out), each on a fresh connection: latencies (ms) and
+    status codes (0: no answer)."""
     times, codes = [], {}
+    end = time.monotonic() + time_limit_s
     for _ in range(n):
+        if time.monotonic() > end:
+            break
         t0 = time.perf_counter()
         conn = http.client.HTTPConnection(host, port, timeout=60)
         try:
@@ -57,12 +62,15 @@ def normal_client(host: str, port: int, n: int) -> dict:
         codes[str(code)] = codes.get(str(code), 0) + 1
     times.sort()
     pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
-    return {"requests": n, "codes": codes, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": times[-1]}
+    return {"requests": len(times), "codes": codes, "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": times[-1]}
 
 
-async def attacker(host: str, port: int, head: bytes, stop: asyncio.Event, stats: dict) -> None:
-    """One slow body after another: headers and one byte, then hold the connection until the server ends it."""
-    while not stop.is_set():
+async def attacker(host: str, port: int, head: bytes, stop: asyncio.Event, stats: dict, reopen: bool) -> None:
+    """A slow body (headers and one byte, then hold the connection until the server ends it), and with `reopen`
+    another at once each time the server closes one (a connection flood on top)."""
+    first = True
+    while not stop.is_set() and (first or reopen):
+        first = False
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -75,9 +83,11 @@ async def attacker(host: str, port: int, head: bytes, stop: asyncio.Event, stats
             writer.write(head)
             await writer.drain()
             read = asyncio.ensure_future(reader.read(65536))
-            done, _ = await asyncio.wait({read, asyncio.ensure_future(stop.wait())},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            stopped = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
             if read in done:
+                read.exception()  # a reset is a close too (retrieved, so asyncio does not report it)
                 stats["closed_by_server"] += 1
             else:
                 read.cancel()
@@ -95,15 +105,16 @@ async def attack(args, port: int, result: dict) -> None:
     stats = {"opened": 0, "refused": 0, "closed_by_server": 0, "holding": 0}
     tasks = []
     for _ in range(args.slow):
-        tasks.append(asyncio.ensure_future(attacker(args.host, port, head, stop, stats)))
+        tasks.append(asyncio.ensure_future(attacker(args.host, port, head, stop, stats, args.reopen)))
         await asyncio.sleep(0)
     deadline = time.monotonic() + 60
     while stats["opened"] < args.slow and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     log(f"{stats['opened']} slow bodies opened ({stats['holding']} held now); the normal client starts")
     loop = asyncio.get_running_loop()
-    during = await loop.run_in_executor(None, normal_client, args.host, port, args.requests)
-    result.update(during=during, attack={**stats, "slow": args.slow, "content_length": args.content_length})
+    during = await loop.run_in_executor(None, normal_client, args.host, port, args.requests, args.time_limit_s)
+    result.update(during=during, attack={**stats, "slow": args.slow, "content_length": args.content_length,
+                                         "reopen": args.reopen})
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300, help=f"normal requests (at most {MAX_REQUESTS})")
     p.add_argument("--content-length", type=int, default=1000, help="what the slow bodies announce")
     p.add_argument("--server-option", action="append", default=[], help="extra serve-local option (repeat)")
+    p.add_argument("--reopen", action="store_true", help="reopen each slow body the server closes, at once")
+    p.add_argument("--time-limit-s", type=float, default=120.0, help="for the normal client during the attack")
     p.add_argument("--host", default="127.0.0.1", help="loopback only")
     p.add_argument("--start-timeout-s", type=float, default=180.0)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -164,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     else:
         a, b, d = report["attack"], report["before"], report["during"]
-        print(f"\n{a['slow']} slow bodies (Content-Length {a['content_length']}, one byte sent; {a['opened']} "
-              f"opened in all, {a['closed_by_server']} closed by the server, {a['refused']} refused)")
+        print(f"\n{a['slow']} slow bodies (Content-Length {a['content_length']}, one byte sent, "
+              f"{'reopened at once when closed' if a['reopen'] else 'not reopened'}; {a['opened']} opened in all, "
+              f"{a['closed_by_server']} closed by the server, {a['refused']} refused)")
         print(f"{'normal client':<16} {'requests':>8} {'codes':>16} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
         for name, row in (("before", b), ("during attack", d)):
             print(f"{name:<16} {row['requests']:>8} {json.dumps(row['codes']):>16} {row['p50_ms']:>8.1f} "
