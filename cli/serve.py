@@ -31,12 +31,24 @@ def serve_local(
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (uvicorn's access log).")
                           ] = False,
     max_connections: Annotated[int, typer.Option(help="Open connections at most (lowered to fit the fd limit); "
-                                                      "a new one beyond it closes the oldest idle one.")] = 2048,
+                                                      "a new one beyond it closes the oldest slow body, else the "
+                                                      "oldest idle one.")] = 2048,
+    max_body_connections: Annotated[int, typer.Option(help="Connections whose request body is still arriving, at "
+                                                           "most (and half --max-connections); one more closes the "
+                                                           "oldest.")] = 512,
+    max_body_connections_per_ip: Annotated[int, typer.Option(help="The same, per client address.")] = 128,
     header_timeout_s: Annotated[float, typer.Option(help="Seconds a connection may take to send a request's "
                                                          "headers; then it is closed.")] = 10.0,
     keep_alive_s: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
-    body_timeout_s: Annotated[float, typer.Option(help="Seconds a request body may take to arrive (else 408).")
-                              ] = 30.0,
+    body_timeout_s: Annotated[float, typer.Option(help="The most seconds a request body may take to arrive (else "
+                                                       "408).")] = 30.0,
+    body_base_s: Annotated[float, typer.Option(help="A body's deadline is this plus Content-Length / "
+                                                    "--body-min-rate, at most --body-timeout-s.")] = 2.0,
+    body_min_rate: Annotated[int, typer.Option(help="Bytes per second a body must arrive at (see --body-base-s).")
+                             ] = 32768,
+    allowed_hosts: Annotated[Optional[str], typer.Option(
+        help="Comma-separated Host header names to answer (against DNS rebinding), e.g. 'api.example,*.internal'; "
+             "'*' for any. Default: localhost, 127.0.0.1 and [::1] when bound to loopback, any otherwise.")] = None,
     budget: Annotated[Optional[float], typer.Option(
         help="Default target average layers through the model's budget dial (`hadskip dial`, then export); a "
              "request's \"budget\" field overrides it. Default: the trained gates.")] = None,
@@ -48,5 +60,8 @@ def serve_local(
                          max_queue=max_queue, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
                          threads=threads, access_log=access_log, max_connections=max_connections,
                          header_timeout_s=header_timeout_s, keep_alive_s=keep_alive_s, body_timeout_s=body_timeout_s,
-                         budget=budget)
+                         budget=budget, max_body_connections=max_body_connections,
+                         max_body_connections_per_ip=max_body_connections_per_ip, body_base_s=body_base_s,
+                         body_min_rate=body_min_rate,
+                         allowed_hosts=None if allowed_hosts is None else allowed_hosts.split(","))
     serve(model, config)

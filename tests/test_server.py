@@ -238,7 +238,7 @@ BAD = {  # name: (method, path, httpx kwargs, status)
     "unknown path": ("GET", "/v1/predict", {}, 404),
 }
 RAW = {  # bytes on a socket: errors uvicorn (h11) answers before the app
-    "invalid Content-Length": b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+    "invalid Content-Length": b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n{}",
     "garbage request line": b"HELLO THERE\r\n\r\n",
 }
 
@@ -557,10 +557,13 @@ def test_cli_non_loopback_warns_and_bad_dir_fails(model_dir, monkeypatch, capsys
 
     runs = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: runs.append(self.config))
-    assert main(["serve-local", str(model_dir), "--host", "0.0.0.0", "--port", "9", "--max-batch", "4"]) == 0
+    with socket.socket() as s:  # a free port (the CLI binds it before uvicorn starts)
+        s.bind(("0.0.0.0", 0))
+        port = s.getsockname()[1]
+    assert main(["serve-local", str(model_dir), "--host", "0.0.0.0", "--port", str(port), "--max-batch", "4"]) == 0
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0" in err and "--api-key" in err
-    assert runs[0].host == "0.0.0.0" and runs[0].port == 9
+    assert runs[0].host == "0.0.0.0" and runs[0].port == port
     assert main(["serve-local", str(model_dir), "--api-key", "hunter2"]) == 0
     assert "warning" not in capsys.readouterr().err and runs[1].host == "127.0.0.1"
     assert main(["serve-local", str(tmp_path / "missing")]) == 2
@@ -575,7 +578,8 @@ def test_cli_help_lists_the_options():
     out = CliRunner().invoke(app, ["serve-local", "--help"], terminal_width=200).output
     for opt in ("--host", "--port", "--backend", "--max-batch", "--max-wait-ms", "--max-queue", "--api-key",
                 "--max-inputs", "--max-body-bytes", "HADSKIP_API_KEY", "--max-connections", "--header-timeout-s",
-                "--keep-alive-s", "--body-timeout-s"):
+                "--keep-alive-s", "--body-timeout-s", "--allowed-hosts", "--max-body-connections",
+                "--max-body-connections-per-ip", "--body-base-s", "--body-min-rate"):
         assert opt in out, opt
 
 

@@ -4,16 +4,17 @@
     request.py      POST /predict's body -> inputs; ApiError (one-line JSON errors); reading a body in bounds
     metrics.py      Prometheus metrics (prometheus_client)
     batcher.py      the worker thread that merges requests into runtime calls
-    connections.py  header timeout and connection limit (a uvicorn protocol subclass), framing check
+    connections.py  header timeout, connection and body-phase limits (a uvicorn protocol subclass), framing and
+                    Host checks, Connection: close on shutdown
     logs.py         rate-limited logging
     app.py          the FastAPI app: endpoints, errors, API key, loading
     launcher.py     serve(): uvicorn within the fd limit, graceful stop
 
-Errors are `{"error": "...", "error_type": "..."}`: 400 bad framing, 401 API key, 408 body too slow, 413 body
-or inputs over a limit, 415 not JSON, 422 malformed or empty input, 429 queue full, 424 the backend failed,
-503 still loading (as in text-embeddings-inference). A list of strings is a batch of single texts; a pair is a
-2-list. Importing this package needs no extra: fastapi, uvicorn and prometheus_client are imported where used,
-with an error naming the `serve` extra.
+Errors are `{"error": "...", "error_type": "..."}`: 400 bad framing or a Host not allowed, 401 API key, 408
+body too slow, 413 body or inputs over a limit, 415 not JSON, 422 malformed or empty input, 429 queue full, 424
+the backend failed, 500 a bug (Connection: close), 503 still loading (as in text-embeddings-inference). A list
+of strings is a batch of single texts; a pair is a 2-list. Importing this package needs no extra: fastapi,
+uvicorn and prometheus_client are imported where used, with an error naming the `serve` extra.
 
 Not included: TLS, rate limiting per client, streaming, several models per server, multi-process workers
 (one process owns one model and one worker thread; the backend uses its own intra-op threads).

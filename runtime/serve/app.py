@@ -14,6 +14,7 @@
 import asyncio
 import hmac
 import logging
+import math
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -23,10 +24,10 @@ from typing import Any, Callable
 from hadskip.errors import require
 from hadskip.runtime.serve.batcher import Batcher, JobResult
 from hadskip.runtime.serve.config import ServeConfig
-from hadskip.runtime.serve.connections import FramingGuard
+from hadskip.runtime.serve.connections import FramingGuard, HostGuard
 from hadskip.runtime.serve.metrics import Metrics
 from hadskip.errors import HadSkipError
-from hadskip.runtime.serve.request import ApiError, parse_predict_request, read_body
+from hadskip.runtime.serve.request import CLOSE, ApiError, parse_predict_request, read_body, scrub_paths
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures it: our lines share its format
 
@@ -154,7 +155,8 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
     guarded = [fastapi.Depends(authorize)] if config.api_key is not None else []
 
     def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
+        """The JSON error answer; absolute paths (from a runtime message) are cut to their last part."""
+        return JSONResponse({"error": scrub_paths(message), "error_type": kind}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -168,7 +170,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
     @app.exception_handler(Exception)
     async def _unexpected(request, exc: Exception):
         log.error("unexpected error on %s", request.url.path, exc_info=exc)
-        return error(500, "internal server error", "internal")
+        return error(500, "internal server error", "internal", CLOSE)  # uvicorn closes the connection after it
 
     def status() -> str:
         if state.status == "ok" and not state.batcher.thread.is_alive():
@@ -196,7 +198,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         media = (ctype or "").split(";")[0].strip().lower()
         if ctype is not None and media != "application/json" and not media.endswith("+json"):
             raise ApiError(415, "the body must be JSON (Content-Type: application/json)", "unsupported_media_type")
-        body = await read_body(request, config.max_body_bytes, config.body_timeout_s)
+        body = await read_body(request, config.max_body_bytes, config.body_deadline_s)
         if len(body) <= 1 << 16:
             rows, budget = parse_predict_request(body, config.max_inputs)
         else:  # parsing a large body takes milliseconds: not on the event loop
@@ -228,7 +230,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         """The model (manifest facts, labels, budget), the backend and the server's limits."""
         if state.runtime is None:
             raise unavailable()
-        return JSONResponse(_info(state))
+        return JSONResponse(_finite(_info(state)))
 
     @app.get("/metrics", dependencies=guarded, responses={200: {"content": {"text/plain": {}}}})
     async def metrics(request: Request):
@@ -237,6 +239,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         return Response(body, media_type=content_type)
 
     app.add_middleware(FramingGuard)
+    app.add_middleware(HostGuard, patterns=config.host_patterns())
     app.add_middleware(_MetricsMiddleware, state=state)
     return app
 
@@ -258,6 +261,20 @@ def _version() -> str:
     from hadskip import __version__
 
     return __version__
+
+
+def _finite(x):
+    """`x` with every non-finite float as None (JSON has no NaN or inf) and every string's absolute paths cut
+    to their last part (a backbone loaded from a local folder is named by its path)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, str):
+        return scrub_paths(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _info(state: ServerState) -> dict:

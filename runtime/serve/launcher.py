@@ -1,18 +1,21 @@
 """Running the app: uvicorn with the connection guards, within the process's file-descriptor limit, with logs
-that cannot flood, until SIGINT/SIGTERM (which finishes the requests in flight first, then exits 0)."""
+that cannot flood, until SIGINT/SIGTERM. Either signal is a graceful stop: no new connections, responses get
+`Connection: close`, the requests in flight finish, and the process exits 0 (a second SIGINT forces the stop).
+The address is bound before uvicorn starts, so a busy port or a bad host is one `error:` line (exit 2)."""
 
 from __future__ import annotations
 
 import math
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Callable
 
 from hadskip.errors import HadSkipError, require
 from hadskip.runtime.serve.config import ServeConfig, is_loopback
-from hadskip.runtime.serve.connections import Connections, guarded_protocol
+from hadskip.runtime.serve.connections import CloseOnShutdown, Connections, guarded_protocol
 
 RESERVED_FDS = 64  # model files, the event loop, logs, ORT: descriptors the connections may not take
 
@@ -65,23 +68,51 @@ def make_server(app, config: ServeConfig, log_level: str = "info", fd_limit: int
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     limit, backlog = connection_budget(config.max_connections, fd_limit)
-    connections = Connections(limit)
+    connections = Connections(limit, body_limit=min(config.max_body_connections, max(1, limit // 2)),
+                              body_per_ip=config.max_body_connections_per_ip)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
             captured = getattr(self, "_captured_signals", None)
-            if sig == signal.SIGTERM and captured and captured[-1] == sig:
-                captured.pop()  # a graceful stop on SIGTERM is a normal exit (0), not death by the signal (143)
+            if sig in (signal.SIGTERM, signal.SIGINT) and captured and captured[-1] == sig:
+                captured.pop()  # a graceful stop is a normal exit (0), not death by the signal (143, 130)
 
     server = Server(uvicorn.Config(
-        app, host=config.host, port=config.port, http=guarded_protocol(AutoHTTPProtocol, connections,
+        CloseOnShutdown(app, connections), host=config.host, port=config.port,
+        http=guarded_protocol(AutoHTTPProtocol, connections,
                                                                        config.header_timeout_s),
         backlog=backlog, timeout_keep_alive=config.keep_alive_s, access_log=config.access_log,
         timeout_graceful_shutdown=int(math.ceil(config.graceful_timeout_s)), server_header=False,
         log_level=log_level))
     server.connections = connections
     return server
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (what uvicorn would bind), or a one-line HadSkipError: a busy port, an
+    address this machine does not have, a name that does not resolve."""
+    name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HadSkipError(f"cannot listen on {host}:{port}: the host does not resolve ({_reason(exc)})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart reuses TIME_WAIT ports
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise HadSkipError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _reason(exc: BaseException) -> str:
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).splitlines()[0]
 
 
 def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None] | None = None) -> None:
@@ -99,6 +130,7 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     if config.backend != "torch":
         manifest = load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks
         resolve_offset(manifest_dial(manifest), config.budget, str(model_dir))  # the sha256s; a bad --budget too
+    sock = bind(config.host, config.port)  # a busy port or a bad host: one line, before anything else is said
     if not is_loopback(config.host):
         warn(f"warning: listening on {config.host} makes the model reachable from other machines"
              + ("" if config.api_key else "; anyone who can reach it may use it (set --api-key)")
@@ -117,9 +149,12 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
         if server is not None:
             server.should_exit = True
 
-    logs.install()
-    app = create_app(config, load, model_name=model_dir.name, on_fatal=fatal)
-    server = make_server(app, config, fd_limit=raise_fd_limit())
-    server.run()
+    try:
+        logs.install()
+        app = create_app(config, load, model_name=model_dir.name, on_fatal=fatal)
+        server = make_server(app, config, fd_limit=raise_fd_limit())
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if failure:
         raise HadSkipError(failure[0])

@@ -5,6 +5,9 @@
 
 Every failure is an ApiError whose message is one line: 422 malformed JSON, wrong types, empty or invalid text;
 413 over the input limit; 400/408/413 from `read_body` (framing, a slow body, a body over the byte limit).
+Bounded before and while parsing: nesting deeper than MAX_DEPTH is refused by a scan before the (recursive)
+parser runs, a number literal longer than MAX_NUMBER_CHARS by the parser's number hooks (before any int or
+float is built), and NaN/Infinity (not JSON) by its constant hook; so no number that is not finite gets in.
 """
 
 from __future__ import annotations
@@ -12,11 +15,31 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from typing import Any
+
+import numpy as np
+
+MAX_DEPTH = 16  # arrays/objects inside each other (a valid body needs 3)
+MAX_NUMBER_CHARS = 100  # characters of one number literal
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string (escapes included), to skip its brackets
+_BRACKETS = bytes(range(256)).translate(None, b"[]{}")  # every byte but the brackets: deleted for the depth scan
 
 JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
               type(None): "null"}
 CLOSE = {"Connection": "close"}  # a half-sent body: the connection cannot be reused
+
+
+_ABS_PATH = re.compile(r"""(?<![\w:/.~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\'"`]+[/\\])+[^\s/\\'"`,;:)]*""")
+
+
+def scrub_paths(text: str) -> str:
+    """`text` with every absolute path (two or more parts) cut to its last part: server paths stay inside."""
+    def last(m: re.Match) -> str:
+        parts = [p for p in re.split(r"[/\\]", m.group(0)) if p]
+        return parts[-1] if parts else ""
+
+    return _ABS_PATH.sub(last, text)
 
 
 class ApiError(Exception):
@@ -61,9 +84,11 @@ def parse_predict_request(body: bytes, max_inputs: int) -> tuple[list, float | N
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _invalid(f"the body is not valid UTF-8 (byte {exc.start})") from exc
+    if _depth(body) > MAX_DEPTH:
+        raise _invalid(f"the body is nested more than {MAX_DEPTH} levels deep")
     try:
-        obj = json.loads(text)
-    except RecursionError as exc:
+        obj = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except RecursionError as exc:  # not reached after the depth scan; kept as a backstop
         raise _invalid("the body is nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, or an integer literal over Python's digit limit
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -91,13 +116,48 @@ def parse_predict_request(body: bytes, max_inputs: int) -> tuple[list, float | N
     return [_item(x, f"inputs[{n}]") for n, x in enumerate(inputs)], budget
 
 
+def _depth(body: bytes) -> int:
+    """How deep arrays and objects nest in `body` (strings skipped); exact for valid JSON, and an over-count at
+    worst for invalid JSON, which the parser refuses anyway. Linear time, no recursion."""
+    brackets = _STRING.sub(b"", body).translate(None, _BRACKETS)
+    if not brackets:
+        return 0
+    b = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((b == ord("[")) | (b == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps).max())
+
+
+def _number(literal: str) -> None:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise _invalid(f"a number in the body has {len(literal)} characters; at most {MAX_NUMBER_CHARS} are read")
+
+
+def _int(literal: str) -> int:
+    _number(literal)
+    return int(literal)
+
+
+def _float(literal: str) -> float:
+    _number(literal)
+    return float(literal)  # may still be inf (1e999): refused where a number is used
+
+
+def _constant(name: str):
+    raise _invalid(f"the body is not valid JSON: {name} is not a JSON value")
+
+
 def _budget(x: Any) -> float | None:
     if x is None:
         return None
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise _invalid(f'"budget" must be a finite number of layers, got {_json_type(x)}'
-                       + (f" {x}" if isinstance(x, float) else ""))
-    return float(x)
+    if not isinstance(x, bool) and isinstance(x, (int, float)):
+        try:
+            value = float(x)
+        except OverflowError:  # an integer beyond the float range
+            value = math.inf
+        if math.isfinite(value):
+            return value
+    raise _invalid(f'"budget" must be a finite number of layers, got {_json_type(x)}'
+                   + (f" {x}" if isinstance(x, float) else ""))
 
 
 def _item(x: Any, where: str):
@@ -122,15 +182,19 @@ def _text(x: Any, where: str) -> str:
     return x
 
 
-async def read_body(request, limit: int, timeout_s: float) -> bytes:
+async def read_body(request, limit: int, timeout_s) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `limit` (Content-Length or streamed size),
-    and with 408 when it has not all arrived `timeout_s` after the headers (a slow or half-sent body)."""
+    and with 408 when it has not all arrived within its deadline after the headers (a slow or half-sent body).
+    The deadline is `timeout_s`, or `timeout_s(content_length or None)` when it is a function (ServeConfig's
+    body_deadline_s: a short base plus an allowance per byte). A client that disconnects meanwhile is a 400."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not declared.isdigit() or len(declared) > 18:
             raise ApiError(400, "invalid Content-Length", "bad_request")
         if int(declared) > limit:
             raise ApiError(413, f"the body has {declared} bytes; the limit is {limit}", "payload_too_large")
+    if callable(timeout_s):
+        timeout_s = timeout_s(None if declared is None else int(declared))
 
     async def receive() -> bytes:
         chunks, size = [], 0
@@ -144,4 +208,9 @@ async def read_body(request, limit: int, timeout_s: float) -> bytes:
     try:
         return await asyncio.wait_for(receive(), timeout_s)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s", "timeout", CLOSE) from None
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:.3g} s", "timeout", CLOSE) from None
+    except Exception as exc:
+        if type(exc).__name__ != "ClientDisconnect":  # starlette's; this module imports no web framework
+            raise
+        raise ApiError(400, "the client closed the connection before its body arrived", "disconnected",
+                       CLOSE) from None
