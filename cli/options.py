@@ -48,6 +48,8 @@ class ConfigOption:
     help: str
     invert: bool  # the flag sets the field to False
     panel: str | None
+    envvar: str | None = None  # metadata "envvar": the option's environment variable (a secret, say)
+    show_default: bool = True  # metadata "show_default"
 
 
 def field_help(cls: type, name: str) -> str:
@@ -86,12 +88,13 @@ def config_options(cls: type, internal: dict[str, str], panels: dict[type, str] 
             raise TypeError(f"{cls.__name__}.{f.name} has no help text and is not listed as internal")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-        tp = _optional(hints[f.name])
+        tp = _optional(f.metadata.get("cli_type", hints[f.name]))  # cli_type: how the CLI reads a richer type
         invert = tp is bool and default is True
         if tp is bool and default is True and "flag" not in f.metadata:
             raise TypeError(f"{dotted}: a bool that defaults to True needs a 'flag' that switches it off")
         out.append(ConfigOption(path, flag.lstrip("-").replace("-", "_"), flag, tp, default, f.metadata["help"],
-                                invert, panel or (panels or {}).get(_declared_by(cls, f.name))))
+                                invert, panel or (panels or {}).get(_declared_by(cls, f.name)),
+                                f.metadata.get("envvar"), f.metadata.get("show_default", True)))
     return out
 
 
@@ -115,7 +118,8 @@ def config_command(cls: type, run: Callable[..., None], *, internal: dict[str, s
     options = config_options(cls, internal, panels)
     params = [inspect.Parameter(
         o.param, inspect.Parameter.KEYWORD_ONLY, default=False if o.invert else o.default,
-        annotation=Annotated[o.annotation, typer.Option(o.flag, help=o.help, rich_help_panel=o.panel)])
+        annotation=Annotated[o.annotation, typer.Option(o.flag, help=o.help, rich_help_panel=o.panel, envvar=o.envvar,
+                                                        show_default=o.show_default)])
         for o in options]
     params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra]
 

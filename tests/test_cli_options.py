@@ -14,9 +14,11 @@ import typer
 
 from hadskip.cli import train as cli_train
 from hadskip.cli.main import app, main
+from hadskip.runtime.serve.config import ServeConfig
 from hadskip.training.config import HadSkipConfig, LossWeights, OptimConfig, TrainConfig
 
-COMMANDS = {"finetune": (TrainConfig, cli_train.FINETUNE_INTERNAL), "train": (HadSkipConfig, cli_train.TRAIN_INTERNAL)}
+COMMANDS = {"finetune": (TrainConfig, cli_train.FINETUNE_INTERNAL), "train": (HadSkipConfig, cli_train.TRAIN_INTERNAL),
+            "serve-local": (ServeConfig, {})}
 
 
 def _click(name):
@@ -146,3 +148,18 @@ def test_built_in_backends_are_registered_openers_imported_when_opened():
             "assert 'tensorrt' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_serve_local_flags_build_the_serve_config(monkeypatch, tmp_path):
+    """serve-local's options are ServeConfig's fields; the comma-separated --allowed-hosts becomes the list, the
+    key comes from the environment."""
+    import hadskip.runtime.serve as serve_pkg
+
+    seen = {}
+    monkeypatch.setattr(serve_pkg, "serve", lambda model, config: seen.update(model=model, config=config))
+    monkeypatch.setenv("HADSKIP_API_KEY", "k3y")
+    assert main(["serve-local", str(tmp_path), "--port", "0", "--allowed-hosts", "api.example,*.internal",
+                 "--max-batch", "8", "--access-log"]) == 0
+    c = seen["config"]
+    assert seen["model"] == str(tmp_path) and c.port == 0 and c.max_batch == 8 and c.access_log
+    assert c.allowed_hosts == ["api.example", "*.internal"] and c.api_key == "k3y" and c.max_queue == 32 * 8

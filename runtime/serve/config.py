@@ -10,36 +10,53 @@ from dataclasses import dataclass, field
 from hadskip.errors import HadSkipError
 
 
+def _opt(default, help: str, **meta):
+    """A field whose CLI option (cli/options.py) shows `help`; the default and the help live only here."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass
 class ServeConfig:
-    """Server settings; every field is a `hadskip serve-local` option."""
+    """Server settings; every field is a `hadskip serve-local` option (generated from the field)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    backend: str = "ort-cpu"
-    max_batch: int = 32  # rows per runtime call
-    max_wait_ms: float = 5.0  # how long the oldest waiting row may wait for others to join its batch
-    max_queue: int | None = None  # rows waiting for the worker; None: 32 x max_batch
-    api_key: str | None = field(default=None, repr=False)  # bearer token; never printed or returned
-    max_inputs: int = 32  # inputs per request
-    max_body_bytes: int = 1 << 20  # request body, checked before parsing
-    threads: int | None = None  # intra-op threads per ORT session
-    budget: float | None = None  # default target average layers through the budget dial (None: trained gates)
-    graceful_timeout_s: float = 30.0  # how long shutdown waits for in-flight requests
-    access_log: bool = False
+    host: str = _opt("127.0.0.1", "Address to bind. Loopback by default; any other prints a warning.")
+    port: int = _opt(8080, "TCP port (0: any free one).")
+    backend: str = _opt("ort-cpu", "Runtime backend (`hadskip predict --help` lists them): ort-cpu, ort-cuda (extra "
+                                   "gpu), trt (extra trt) or a plug-in such as torch.")
+    max_batch: int = _opt(32, "Rows per runtime call; requests are merged up to this.")
+    max_wait_ms: float = _opt(5.0, "How long the oldest queued request waits for others to join its batch.")
+    max_queue: int | None = _opt(None, "Rows that may wait; beyond it requests get 429 (default 32 x max-batch).")
+    api_key: str | None = field(default=None, repr=False, metadata={  # never printed or returned
+        "help": "Require 'Authorization: Bearer KEY' on /predict, /info and /metrics (/health and /docs stay "
+                "open). Prefer the env var: arguments show in `ps`.", "envvar": "HADSKIP_API_KEY",
+        "show_default": False})
+    max_inputs: int = _opt(32, "Inputs per request (more: 413).")
+    max_body_bytes: int = _opt(1 << 20, "Request body limit in bytes, checked before parsing (more: 413).")
+    threads: int | None = _opt(None, "Intra-op threads per onnxruntime session (default: ORT's).")
+    budget: float | None = _opt(None, "Default target average layers through the model's budget dial (`hadskip "
+                                      "dial`, then export); a request's \"budget\" field overrides it. Default: the "
+                                      "trained gates.")
+    graceful_timeout_s: float = _opt(30.0, "How long a shutdown waits for the requests in flight.")
+    access_log: bool = _opt(False, "Log every request (uvicorn's access log).")
     # connections: a client cannot hold the server's sockets or file descriptors
-    max_connections: int = 2048  # open at once; beyond it the oldest slow body or idle one is closed (lowered to
-    # fit the fd limit)
-    max_body_connections: int = 512  # connections whose body is still arriving (at most half max_connections)
-    max_body_connections_per_ip: int = 128  # the same, per client address
-    header_timeout_s: float = 10.0  # from connect (or the end of the last response) to a request's full headers
-    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
-    body_timeout_s: float = 30.0  # the longest a body may take to arrive, from the headers (else 408)
-    body_base_s: float = 2.0  # a body's deadline: body_base_s + Content-Length / body_min_rate, at most body_timeout_s
-    body_min_rate: int = 32768  # bytes per second
+    max_connections: int = _opt(2048, "Open connections at most (lowered to fit the fd limit); a new one beyond it "
+                                      "closes the oldest slow body, else the oldest idle one.")
+    max_body_connections: int = _opt(512, "Connections whose request body is still arriving, at most (and half "
+                                          "--max-connections); one more closes the oldest.")
+    max_body_connections_per_ip: int = _opt(128, "The same, per client address.")
+    header_timeout_s: float = _opt(10.0, "Seconds a connection may take to send a request's headers (from the "
+                                         "connect or the last response); then it is closed.")
+    keep_alive_s: float = _opt(5.0, "Seconds an idle keep-alive connection stays open.")
+    body_timeout_s: float = _opt(30.0, "The most seconds a request body may take to arrive (else 408).")
+    body_base_s: float = _opt(2.0, "A body's deadline is this plus Content-Length / --body-min-rate, at most "
+                                   "--body-timeout-s.")
+    body_min_rate: int = _opt(32768, "Bytes per second a body must arrive at (see --body-base-s).")
     # Host header names answered (RFC 9110 7.2; against DNS rebinding): None = localhost, 127.0.0.1 and [::1] (and
     # the bound address) when bound to loopback, any elsewhere; "*" = any; "*.example.com" = its subdomains
-    allowed_hosts: list[str] | None = None
+    allowed_hosts: list[str] | str | None = _opt(
+        None, "Comma-separated Host header names to answer (against DNS rebinding), e.g. 'api.example,*.internal'; "
+              "'*' for any. Default: localhost, 127.0.0.1 and [::1] when bound to loopback, any otherwise.",
+        cli_type=str | None)
 
     def __post_init__(self):
         if self.max_queue is None:
@@ -64,6 +81,8 @@ class ServeConfig:
             raise HadSkipError("the API key must be non-empty printable ASCII without spaces")
         if self.budget is not None and not math.isfinite(self.budget):
             raise HadSkipError(f"budget must be a finite number of layers, got {self.budget}")
+        if isinstance(self.allowed_hosts, str):  # the CLI's comma-separated form
+            self.allowed_hosts = self.allowed_hosts.split(",")
         if self.allowed_hosts is not None:
             self.allowed_hosts = [_host_pattern(h) for h in self.allowed_hosts]
 
