@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import random
-import resource
 import socket
 import subprocess
 import sys
@@ -121,18 +120,9 @@ def start_server(args, model: Path, port: int, logfile: Path) -> subprocess.Pope
                                                         str(args.header_timeout_s)], logfile, args.start_timeout_s)
 
 
-def raise_fd_limit(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        soft = want
-    return soft
-
-
 def idle_phase(args, port: int, payload: bytes) -> dict:
     """Open `args.idle` silent connections, time one normal request, then wait for the server to close them."""
-    limit = raise_fd_limit(args.idle + 256)
+    limit = serve_process.raise_fd_limit(args.idle + 256)
     n = min(args.idle, limit - 128)
     socks = []
     for _ in range(n):

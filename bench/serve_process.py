@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import resource
 import subprocess
 import sys
 import time
@@ -56,3 +57,13 @@ def stop(proc: subprocess.Popen, timeout_s: float = 30) -> int:
             proc.kill()
             proc.wait(10)
     return proc.returncode
+
+
+def raise_fd_limit(need: int) -> int:
+    """Raise this process's soft open-file limit to `need` (within the hard one); returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft

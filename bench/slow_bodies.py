@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import http.client
 import json
-import resource
 import sys
 import tempfile
 import threading
@@ -119,15 +118,6 @@ async def attack(args, port: int, result: dict) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def raise_fd_limit(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        soft = want
-    return soft
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", type=Path, nargs="?", help="model dir (default: build a tiny random one)")
@@ -147,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--slow in [0, {MAX_SLOW}], --requests in [1, {MAX_REQUESTS}]")
     if args.model is not None and not (args.model / "manifest.json").is_file():
         p.error(f"{args.model} is not a model dir (no manifest.json)")
-    fd_limit = raise_fd_limit(args.slow + 512)
+    fd_limit = serve_process.raise_fd_limit(args.slow + 512)
     if fd_limit < args.slow + 64:
         p.error(f"the open-file limit ({fd_limit}) is too low for --slow {args.slow}")
     with tempfile.TemporaryDirectory(prefix="hadskip-slow-bodies-") as tmp:

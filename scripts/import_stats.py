@@ -45,6 +45,16 @@ def _resolve(name: str, modules: set[str]) -> str | None:
     return None
 
 
+def from_base(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a `from ... import` statement in `package` reads from (relative levels resolved)."""
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+        base = ".".join([*anchor, base] if base else anchor)
+    return base
+
+
 def imports_of(module: str, path: Path, modules: set[str]) -> list[tuple[int, str, bool]]:
     """(line, imported hadskip module, inside a function) for each hadskip import of `module`."""
     tree = ast.parse(path.read_text())
@@ -59,11 +69,7 @@ def imports_of(module: str, path: Path, modules: set[str]) -> list[tuple[int, st
             if isinstance(child, ast.Import):
                 names = [a.name for a in child.names]
             elif isinstance(child, ast.ImportFrom):
-                base = child.module or ""
-                if child.level:
-                    anchor = package.split(".")
-                    anchor = anchor[: len(anchor) - (child.level - 1)]
-                    base = ".".join([*anchor, base] if base else anchor)
+                base = from_base(child, package)
                 # `from hadskip import model` imports hadskip.model; `from hadskip.x import f` imports hadskip.x
                 names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in child.names]
             else:

@@ -9,6 +9,7 @@ Plug-in backends (the torch one) are found through entry points, which are not i
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,7 @@ def imported_names(source: str, module: str, is_package: bool = False) -> list[t
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
+            base = _import_stats().from_base(node, package)
             found.append((node.lineno, base))
             found += [(node.lineno, f"{base}.{a.name}") for a in node.names]  # `from hadskip import model`
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
@@ -141,6 +138,7 @@ def test_plugin_backends_are_found_by_name(tmp_path):
 
 # --- the core's module graph: no cycles, and function-local imports of hadskip only where listed -----------------
 
+@functools.cache
 def _import_stats():
     """scripts/import_stats.py (the AST walk of the whole installed tree), loaded by path."""
     import importlib.util
