@@ -20,69 +20,23 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hadskip import assets
+from hadskip.data.folder import load_folder
+from hadskip.data.split import FORMATS, SPLITS, Split, TaskData  # noqa: F401  (importable from here)
 from hadskip.data.tasks import TASKS, TaskSpec, get_task
 from hadskip.errors import HadSkipError, require
 
-SPLITS = ("train", "dev", "test")
-FORMATS = (".csv", ".tsv", ".jsonl")
 GLUE_HUB_ID = "nyu-mll/glue"  # where the hub's canonical "glue" lives now
 GLUE_DIR_ENV = "HADSKIP_GLUE_DIR"  # a local clone of the hub repo, for machines without hub access
 GLUE_DEV_FRACTION = 0.1
 _GLUE_TEST_SPLIT = {"glue/mnli": "validation_matched"}
 _RT_FRACTIONS = (0.8, 0.1, 0.1)
 _RT_CACHE_FORMAT = 1  # bump when the parsing or split rule changes
-
-
-@dataclass
-class Split:
-    """One split of a task: N texts, their optional second texts (pair tasks) and N int64 labels."""
-
-    texts: list[str]
-    pairs: list[str] | None
-    labels: np.ndarray  # (N,) int64
-    groups: list[str] | None = None  # what the split was made by (rotten-tomatoes: the movie), if anything
-
-    def __post_init__(self) -> None:
-        self.labels = np.asarray(self.labels, dtype=np.int64)
-        n = len(self.texts)
-        if self.labels.shape != (n,) or any(x is not None and len(x) != n for x in (self.pairs, self.groups)):
-            raise ValueError(f"split columns differ in length: {n} texts, labels {self.labels.shape}")
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def subset(self, index) -> Split:
-        """The examples at `index` (a sequence of positions), in that order."""
-        idx = [int(i) for i in index]
-
-        def pick(xs):
-            return None if xs is None else [xs[i] for i in idx]
-
-        return Split(pick(self.texts), pick(self.pairs), self.labels[np.asarray(idx, dtype=np.int64)],
-                     pick(self.groups))
-
-
-@dataclass
-class TaskData:
-    """A task's spec and its three splits."""
-
-    spec: TaskSpec
-    train: Split
-    dev: Split
-    test: Split
-
-    def split(self, name: str) -> Split:
-        """The split called `name`: train, dev (alias validation) or test."""
-        key = {"train": "train", "dev": "dev", "validation": "dev", "test": "test"}.get(name)
-        if key is None:
-            raise HadSkipError(f"unknown split {name!r}; choose train, dev (or validation) or test")
-        return getattr(self, key)
 
 
 def load_task(
@@ -116,7 +70,7 @@ def load_task(
         folder = Path(task).expanduser()
         if not folder.exists() and (task.startswith("glue/") or not re.search(r"[/\\~.]", task)):
             get_task(task)  # raises: unknown task, with the known names
-        data = _load_folder(folder, text_col, pair_col, label_col, metric or "accuracy")
+        data = load_folder(folder, text_col, pair_col, label_col, metric or "accuracy")
     for name in SPLITS:
         if len(getattr(data, name)) == 0:
             raise HadSkipError(f"the {name} split of {task} is empty")
@@ -268,156 +222,3 @@ def _split_from_dataset(ds, spec: TaskSpec, where: str) -> Split:
 
 
 # --- a local folder of csv / tsv / jsonl files ---------------------------------------------------------------
-
-
-def _find_files(folder: Path) -> dict[str, Path]:
-    if not folder.exists():
-        raise HadSkipError(f"task folder not found: {folder}")
-    if not folder.is_dir():
-        raise HadSkipError(f"task {folder} is not a folder (expected one holding train, dev and test files)")
-    found = {}
-    for role, stems in (("train", ("train",)), ("dev", ("dev", "validation")), ("test", ("test",))):
-        hits = [folder / (s + ext) for s in stems for ext in FORMATS if (folder / (s + ext)).is_file()]
-        if not hits:
-            raise HadSkipError(f"{folder} has no {role} file (expected {' or '.join(stems)} .csv, .tsv or .jsonl)")
-        if len(hits) > 1:
-            raise HadSkipError(f"{folder} has several {role} files ({', '.join(h.name for h in hits)}); keep one")
-        found[role] = hits[0]
-    if len({p.suffix for p in found.values()}) > 1:
-        names = ", ".join(p.name for p in found.values())
-        raise HadSkipError(f"{folder} mixes file formats ({names}); use one of .csv, .tsv, .jsonl for all")
-    return found
-
-
-def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """The column names and (line number, record) pairs of a csv, tsv (no quoting) or jsonl file."""
-    rows: list[tuple[int, dict]] = []
-    try:
-        with path.open(encoding="utf-8", newline="") as f:
-            if path.suffix == ".jsonl":
-                columns: dict[str, None] = {}
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise HadSkipError(f"cannot read {path}: line {n} is not valid JSON ({exc.msg})") from None
-                    if not isinstance(obj, dict):
-                        raise HadSkipError(f"cannot read {path}: line {n} is not a JSON object")
-                    columns.update(dict.fromkeys(obj))
-                    rows.append((n, obj))
-                return list(columns), rows
-            tsv = path.suffix == ".tsv"
-            # TSV has no quoting convention (GLUE's own .tsv files hold bare quotes), so quotes are text there.
-            quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
-            reader = csv.DictReader(f, delimiter="\t" if tsv else ",", quoting=quoting)
-            rows = [(reader.line_num, row) for row in reader]
-            return list(reader.fieldnames or []), rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise HadSkipError(f"cannot read {path}: {exc}") from exc
-
-
-def _column(path: Path, columns: list[str], rows: list[tuple[int, dict]], col: str) -> list:
-    if col not in columns:
-        raise HadSkipError(f"{path} has no column {col!r} (its columns: {', '.join(columns) or 'none'})")
-    values = []
-    for line, row in rows:
-        value = row.get(col)
-        if value is None:
-            raise HadSkipError(f"{path} line {line}: no value for column {col!r}")
-        values.append(value)
-    return values
-
-
-_INT = re.compile(r"\s*[+-]?\d+(\.0*)?\s*")  # 3, -1, 2.0: integer labels, also as text
-_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*|\s*[+-]?(nan|inf|infinity)\s*", re.IGNORECASE)
-
-
-def _as_int(value) -> int | None:
-    """The integer a label stands for (3, 3.0, "3", "3.0"), or None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and _INT.fullmatch(value):
-        return int(float(value)) if "." in value else int(value)
-    return None
-
-
-def _is_number(value) -> bool:
-    """A real number, as a JSON number or as text (0.5, "2.5", "1e-3"): the label of a regression task."""
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value) is not None)
-
-
-def _refuse_regression(path: Path, labels: list, lines: list[int]) -> None:
-    """Real-valued labels would otherwise become one class per distinct value: say what is going on."""
-    if not labels or not all(_is_number(v) for v in labels):
-        return
-    line, value = next((n, v) for v, n in zip(labels, lines, strict=True) if _as_int(v) is None)
-    raise HadSkipError(f"{path} line {line}: label {value!r} is a real number; hadskip trains classifiers on "
-                       "integer or text labels, and regression is not supported")
-
-
-def _load_folder(folder: Path, text_col, pair_col, label_col, metric: str) -> TaskData:
-    files = _find_files(folder)
-    text_col, label_col = text_col or "text", label_col or "label"
-    read = {role: _read_rows(path) for role, path in files.items()}
-    for role, (_, rows) in read.items():
-        if not rows:
-            raise HadSkipError(f"{files[role]} has no examples (the {role} split is empty)")
-    if pair_col is None and "text_pair" in read["train"][0]:
-        pair_col = "text_pair"  # the default pair column, present: a pair task
-    raw = {}
-    for role, (columns, rows) in read.items():
-        path = files[role]
-        texts = [str(v) for v in _column(path, columns, rows, text_col)]
-        pairs = [str(v) for v in _column(path, columns, rows, pair_col)] if pair_col else None
-        raw[role] = (texts, pairs, _column(path, columns, rows, label_col), [line for line, _ in rows])
-
-    train_labels = raw["train"][2]
-    as_ints = [_as_int(v) for v in train_labels]
-    if any(v is None for v in as_ints):
-        _refuse_regression(files["train"], train_labels, raw["train"][3])
-    splits, train_file = {}, files["train"].name
-    if all(v is not None for v in as_ints):  # integer labels: num_labels = max + 1
-        names: tuple[str, ...] = ()
-        num_labels = max(as_ints) + 1
-        for role, (texts, pairs, labels, lines) in raw.items():
-            ints = []
-            for value, line in zip(labels, lines, strict=True):
-                v = _as_int(value)
-                if v is None:
-                    raise HadSkipError(
-                        f"{files[role]} line {line}: label {value!r} is not an integer like {train_file}'s"
-                    )
-                if not 0 <= v < num_labels:
-                    raise HadSkipError(
-                        f"{files[role]} line {line}: label {v} is outside [0, {num_labels}) "
-                        f"(num_labels inferred from {train_file})"
-                    )
-                ints.append(v)
-            splits[role] = Split(texts, pairs, ints)
-    else:  # string labels: their sorted names
-        names = tuple(sorted({str(v).strip() for v in train_labels}))
-        num_labels = len(names)
-        index = {name: i for i, name in enumerate(names)}
-        for role, (texts, pairs, labels, lines) in raw.items():
-            ids = []
-            for value, line in zip(labels, lines, strict=True):
-                i = index.get(str(value).strip())
-                if i is None:
-                    raise HadSkipError(
-                        f"{files[role]} line {line}: label {value!r} does not occur in {train_file} "
-                        f"(its labels: {', '.join(names)})"
-                    )
-                ids.append(i)
-            splits[role] = Split(texts, pairs, ids)
-    if num_labels < 2:
-        raise HadSkipError(f"{files['train']} has a single label value; a classifier needs at least 2")
-    spec = TaskSpec(str(folder), text_col, pair_col, label_col, num_labels, metric, names)
-    return TaskData(spec, splits["train"], splits["dev"], splits["test"])
