@@ -185,7 +185,7 @@ def test_the_server_answers_422_for_text_without_tokens(bert):
     from hadskip.runtime.serve import ServeConfig, create_app
 
     rt = Runtime.load(bert)
-    with TestClient(create_app(ServeConfig(), lambda: rt, model_name="tiny")) as client:
+    with TestClient(create_app(ServeConfig(), lambda: rt, model_name="tiny"), base_url="http://localhost") as client:
         deadline = time.monotonic() + 120  # the model loads in the background; a busy machine is slow at it
         while client.get("/health").status_code != 200:
             assert time.monotonic() < deadline, "the server never became ready"
