@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import warnings
 from collections import Counter
@@ -52,12 +53,13 @@ from hadskip.export.spec import ExportError
 
 @contextlib.contextmanager
 def _quiet_quantizer():
-    """The quantizers log a pre-processing hint on the root logger for every graph; keep stderr clean."""
+    """The quantizers log a pre-processing hint on the root logger for every graph, and the histogram
+    calibrators print their progress: keep stderr clean and stdout for the command's own output (--json)."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -71,6 +73,18 @@ def _activation_matmuls(path: str | Path) -> list[str]:
     g = onnx.load(str(path), load_external_data=False).graph
     consts = {i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output}
     return [n.name for n in g.node if n.op_type == "MatMul" and not any(x in consts for x in n.input)]
+
+
+def _ffn_out_matmuls(path: str | Path) -> list[str]:
+    """Names of the MatMuls that project the feed-forward's wide activation back to the hidden size (weight
+    (I, H) with I > H): the activation after GELU is long-tailed, the hardest to quantize with one scale."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    shapes = {i.name: numpy_helper.to_array(i).shape for i in g.initializer}
+    return [n.name for n in g.node if n.op_type == "MatMul" and any(
+        len(shapes.get(x, ())) == 2 and shapes[x][0] > shapes[x][1] for x in n.input)]
 
 
 def int8_ops(path: str | Path) -> dict[str, int]:
@@ -104,15 +118,17 @@ def quantize_graph(src: str | Path, dst: str | Path, config: Int8Config, feeds: 
             if not feeds:
                 raise ExportError(f"static int8 of {Path(src).name} has no calibration data")
 
+            rows = feeds if config.calibration == "minmax" else _same_shape(feeds)
+
             class Reader(CalibrationDataReader):
                 def __init__(self):
-                    self.it = iter(feeds)
+                    self.it = iter(rows)
 
                 def get_next(self):
                     return next(self.it, None)
 
                 def rewind(self):
-                    self.it = iter(feeds)
+                    self.it = iter(rows)
 
             method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                       "entropy": CalibrationMethod.Entropy}[config.calibration]
@@ -128,7 +144,9 @@ def quantize_graph(src: str | Path, dst: str | Path, config: Int8Config, feeds: 
                                 reduce_range=bool(config.reduce_range), weight_type=weight_type,
                                 activation_type=QuantType.QUInt8,  # u8 x s8: x86's fast path (s8 x s8 QDQ
                                 # ran 2x slower than u8 here: it is not fused into integer kernels)
-                                nodes_to_exclude=_activation_matmuls(src), calibrate_method=method,
+                                nodes_to_exclude=_activation_matmuls(src) + (
+                                    _ffn_out_matmuls(src) if "ffn_out" in config.keep_fp32 else []),
+                                calibrate_method=method,
                                 extra_options=extra)
             except Exception as exc:  # noqa: BLE001 - shape inference raises a bare Exception
                 raise ExportError(f"static int8 of {Path(src).name} failed: {first_line(exc)}") from exc
@@ -138,6 +156,21 @@ def quantize_graph(src: str | Path, dst: str | Path, config: Int8Config, feeds: 
     if not found:
         raise ExportError(f"quantizing {Path(src).name} changed no op to int8")
     return found
+
+
+def _same_shape(feeds: list[dict]) -> list[dict]:
+    """The calibration batches as one-row feeds padded to the longest sequence: onnxruntime's histogram
+    calibrators (percentile, entropy) stack every batch's tensors, so all must have one shape. Padded positions
+    are masked (attention_mask 0), as in any padded batch the runtime runs."""
+    import numpy as np
+
+    t = max(a.shape[1] for f in feeds for a in f.values())
+    out = []
+    for f in feeds:
+        for i in range(len(next(iter(f.values())))):
+            out.append({k: np.pad(a[i:i + 1], [(0, 0), (0, t - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+                        for k, a in f.items()})
+    return out
 
 
 def quantize_units(tmp: Path, scratch: Path, specs, baseline: dict | None, cases, config: Int8Config,
@@ -192,10 +225,11 @@ def quantize_units(tmp: Path, scratch: Path, specs, baseline: dict | None, cases
         units["baseline"] = {"ops": quantize_graph(_source(scratch, baseline["path"], src, config), dst, config,
                                                    feeds)}
         baseline.update(path=BASELINE_INT8, precision="int8")  # max_abs_diff: the fp32 graph's, as for layers
+    kept = KEPT_FP32 + (["FFN output MatMuls"] if config.method == "static" and "ffn_out" in config.keep_fp32 else [])
     out = {"precision": "int8", "method": config.method, "tool": TOOLS[config.method],
            "format": "QDQ" if config.method == "static" else "QOperator (integer ops)",
            "settings": _settings(config), "calibration": calibration,
-           "quantized": ["layers"] + (["baseline"] if baseline is not None else []), "kept_fp32": KEPT_FP32,
+           "quantized": ["layers"] + (["baseline"] if baseline is not None else []), "kept_fp32": kept,
            "units": units, "layer_bytes": {"fp32": fp32_bytes, "int8": int8_bytes},
            "tolerance": {"metric": config.metric_tolerance, "gate_rows": config.gate_tolerance}}
     if config.method == "dynamic":
@@ -217,6 +251,7 @@ def _settings(config: Int8Config) -> dict:
     for k in ("metric_tolerance", "gate_tolerance", "split", "max_examples", "layer_check_rows", "method",
               "calibration", "calibration_split", "calibration_rows", "percentile"):
         d.pop(k)
+    d["keep_fp32"] = list(config.keep_fp32) if config.method == "static" else []
     if config.method == "static":
         d["op_types"] = ["MatMul"]
         d["activations"] = "uint8, static (calibrated constant scales, QDQ)"
