@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from hadskip.errors import HadSkipError
+
 
 class Engine(str, Enum):
     onnx = "onnx"
@@ -39,6 +41,9 @@ def export(
                          "stay fp32. Checked on the run's dev split against fp32 and each row alone vs batched (a "
                          "warning line past 0.5 point, 1% of rows with changed gates, or any batch dependence).")
                          ] = None,
+    int8_all: Annotated[bool, typer.Option("--int8-all", help="With --quantize int8: also quantize each FFN output "
+                                           "projection (kept fp32 by default: faster, and less accurate; "
+                                           "docs/cpu.md).")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17: LayerNorm as one op).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile and of validation.")] = 64,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the check of every unit against "
@@ -49,7 +54,10 @@ def export(
     """Export every unit (embeddings, gates, layers, head) as its own graph, validated against PyTorch."""
     from hadskip.export import export_model
     from hadskip.export.install import CleanupNote
-    from hadskip.export.quantize import QuantizationWarning, layer_summary
+    from hadskip.export.quantize import Int8Config, QuantizationWarning, layer_summary
+
+    if int8_all and quantize is None:
+        raise HadSkipError("--int8-all goes with --quantize int8")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QuantizationWarning)
@@ -57,7 +65,8 @@ def export(
         report = export_model(run, out, engine=engine.value, opset=opset, optimize=optimize,
                               with_baseline=with_baseline, fp16=fp16, max_batch=max_batch,
                               validate=not no_validate, progress=True,
-                              quantize=quantize.value if quantize else None, fuse_gates=fuse_gates)
+                              quantize=quantize.value if quantize else None, fuse_gates=fuse_gates,
+                              int8=Int8Config(keep_fp32=()) if int8_all else None)
     for w in caught:  # int8 accuracy notes as one `warning:` line each; anything else as Python shows it
         if issubclass(w.category, QuantizationWarning):
             typer.echo(f"warning: {w.message}", err=True)

@@ -151,6 +151,8 @@ CASES = [
     ("export-max-batch", lambda e: ["export", str(e.run), "-o", str(e.root / "x6"), "--max-batch", "lots"],
      r"max-batch"),
     ("export-no-out", lambda e: ["export", str(e.run)], r"Missing option '--out'"),
+    ("export-int8-all-alone", lambda e: ["export", str(e.run), "-o", str(e.root / "x7"), "--int8-all"],
+     r"--int8-all goes with --quantize int8"),
     # --- eval ---
     ("eval-missing", lambda e: ["eval", str(e.root / "nope")], r"neither a run dir"),
     ("eval-plain-folder", lambda e: ["eval", str(e.task)], r"neither a run dir"),
