@@ -6,8 +6,8 @@ writes (manifest.json and the files its manifest lists, in their folders). Owner
 else inside it (a run dir, notes, a symlink, an empty folder, a listed file changed since the export) makes
 the export refuse, naming what is in the way, before any work.
 
-Leftovers: temp dirs carry the pid of the export that made them; the next export removes those whose process
-is gone (a kill -9 cannot run a cleanup), so they never pile up.
+Leftovers: temp dirs carry the pid of the export that made them (and a tag of this host and pid namespace);
+the next export removes those whose process is gone (a kill -9 cannot run a cleanup), so they never pile up.
 
 Install: the finished temp dir beside the target is renamed into place; an old model dir is first renamed
 aside, and then only the files its manifest lists (and folders left empty) are removed, so a file that
@@ -125,6 +125,19 @@ class CleanupNote(UserWarning):
     """Temp dirs that killed exports left behind were found and removed (the CLI shows one `note:` line)."""
 
 
+def _host_tag() -> str:
+    """8 hex digits naming this host and pid namespace: temp dirs carry it beside their pid, so an export never
+    judges (or removes) a dir made on another machine sharing the folder, or in another container."""
+    import hashlib
+    import socket
+
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return hashlib.sha1(f"{socket.gethostname()}:{ns}".encode()).hexdigest()[:8]
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -152,8 +165,9 @@ def sweep_stale(out: Path) -> int:
     """Remove what exports killed without cleanup (kill -9, a power cut) left: the temp dirs beside `out` and the
     scratch dirs in the system temp dir, each named with the pid that made it, whose process no longer runs.
     Returns the bytes freed. A dir whose process still runs (a concurrent export) is left alone."""
-    beside = re.compile(re.escape(f".{out.name}.") + r"(\d+)-[A-Za-z0-9_]+\.tmp")
-    scratch = re.compile(r"hadskip-export-(\d+)-[A-Za-z0-9_]+")
+    tag = _host_tag()
+    beside = re.compile(re.escape(f".{out.name}.hx{tag}-") + r"(\d+)-[A-Za-z0-9_]+\.tmp")
+    scratch = re.compile(re.escape(f"hadskip-export-hx{tag}-") + r"(\d+)-[A-Za-z0-9_]+")
     freed = 0
     for d in _stale(out.parent, beside) + _stale(Path(tempfile.gettempdir()), scratch):
         freed += sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
@@ -167,7 +181,7 @@ def sweep_stale(out: Path) -> int:
 def temp_dirs(out: Path) -> tuple[Path, Path]:
     """(a temp dir beside `out` that the model dir is built in, a scratch dir in the system temp dir); both
     names carry this process's pid, so a later export can tell a killed export's leftovers (`sweep_stale`)."""
-    pid = os.getpid()
+    pid = f"hx{_host_tag()}-{os.getpid()}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale(out)

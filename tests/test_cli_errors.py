@@ -369,3 +369,10 @@ def test_triton_force_never_replaces_a_folder_it_did_not_write(env, capsys):
     assert (repo / "hadskip" / "mine.txt").read_text() == "mine"
     assert main(["triton-repo", str(env.model), "--out", str(repo), "--name", "m2"]) == 0
     assert main(["triton-repo", str(env.model), "--out", str(repo), "--name", "m2", "--force"]) == 0
+    (repo / "m2" / "2").mkdir()  # a version folder of the user's, beside ours: --force must not delete it
+    (repo / "m2" / "2" / "model.onnx").write_bytes(b"theirs")
+    capsys.readouterr()
+    assert main(["triton-repo", str(env.model), "--out", str(repo), "--name", "m2", "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did not write (2/model.onnx)" in err[0]
+    assert (repo / "m2" / "2" / "model.onnx").read_bytes() == b"theirs"

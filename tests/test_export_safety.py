@@ -276,12 +276,21 @@ def test_a_killed_export_leaves_temp_dirs_that_the_next_export_removes(run_dir, 
     _interrupt(run_dir, out, tmpdir, signal.SIGKILL)
     left = list(out.parent.glob(f".{out.name}.*.tmp")) + list(tmpdir.glob("hadskip-export-*"))
     assert len(left) == 2  # the kill left both behind
-    live = [out.parent / f".{out.name}.{os.getpid()}-live.tmp", tmpdir / f"hadskip-export-{os.getppid()}-live"]
-    for d in live:
+    from hadskip.export.install import _host_tag
+
+    tag = _host_tag()
+    live = [out.parent / f".{out.name}.hx{tag}-{os.getpid()}-live.tmp",
+            tmpdir / f"hadskip-export-hx{tag}-{os.getppid()}-live"]
+    # a user's dirs named like ours, and a dead pid's dir of another host (a shared folder): never ours
+    theirs = [out.parent / f".{out.name}.3999999-mydata.tmp", tmpdir / "hadskip-export-3999999-mine",
+              out.parent / f".{out.name}.hx00000000-3999999-other.tmp"]
+    for d in live + theirs:
         d.mkdir()
+        (d / "keep.txt").write_text("x")
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
     with pytest.warns(CleanupNote, match="MB of temp dirs left by an export that was killed"):
         export_model(run_dir, out, max_batch=2, validate=False, progress=False)
-    assert not any(d.exists() for d in left) and all(d.exists() for d in live)
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["model", live[0].name])
+    assert not any(d.exists() for d in left) and all((d / "keep.txt").exists() for d in live + theirs)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["model", live[0].name, theirs[0].name,
+                                                                    theirs[2].name])
     load_manifest(out)

@@ -136,7 +136,7 @@ def test_an_unfinished_run_with_stages_done_needs_resume_or_force(root, capsys):
 def test_what_a_killed_run_leaves_with_nothing_done_is_reused(root):
     d = root / "killed"
     d.mkdir()
-    (d / "log.jsonl").write_text('{"stage": "finetune"}\n')
+    (d / "log.jsonl").write_text('{"stage": "finetune", "epoch": 1, "time": 1.0}\n')
     assert claim_run_dir(d, resumable=False) == d and (d / "log.jsonl").is_file()
 
 
@@ -171,3 +171,29 @@ def test_finetune_refuses_non_finite_epochs(root, capsys):
     assert main(["finetune", "--backbone", str(backbone), "--epochs", "nan", "--out", str(out), "--quiet"]) == 2
     assert "--epochs must be a finite number" in _one_error(capsys)
     assert not out.exists()
+
+
+def test_resume_never_continues_into_a_run_that_train_did_not_write(teacher, task, capsys):
+    """Review finding: `train --resume --out TEACHER` retrained over the teacher (a finished run without a
+    progress.json); --out equal to --teacher is refused, and --resume needs a `hadskip train` run."""
+    before = _sha(teacher / "model.safetensors")
+    assert main(_train(teacher, task, teacher, "--resume")) == 2
+    assert "is the --teacher run" in _one_error(capsys)
+    with pytest.raises(HadSkipError, match="--resume continues a `hadskip train` run only"):
+        claim_run_dir(teacher, resume=True)
+    assert _sha(teacher / "model.safetensors") == before
+
+
+def test_a_folder_with_names_like_ours_is_not_ours(root):
+    """Review finding: stages/, eval-*/ and log.jsonl of a user's folder made it "ours" (reused, and --force
+    removed them); a folder is ours by a run.json or progress.json that reads, or our own log alone."""
+    d = root / "lookalike"
+    (d / "stages").mkdir(parents=True)
+    (d / "stages" / "my_notes.txt").write_text("mine")
+    (d / "eval-results").mkdir()
+    (d / "eval-results" / "table.csv").write_text("a,b")
+    (d / "log.jsonl").write_text("my own log\n")
+    for kw in ({}, {"force": True}, {"resume": True}):
+        with pytest.raises(HadSkipError, match="not a hadskip run"):
+            claim_run_dir(d, **kw)
+    assert (d / "stages" / "my_notes.txt").read_text() == "mine" and (d / "eval-results" / "table.csv").exists()

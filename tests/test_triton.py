@@ -74,9 +74,12 @@ def test_existing_model_needs_force_and_trt_needs_engines(model_dir, tmp_path):
     write_repo(model_dir, tmp_path, TritonRepoConfig())
     with pytest.raises(HadSkipError, match="--force"):
         write_repo(model_dir, tmp_path, TritonRepoConfig())
-    (tmp_path / "hadskip" / "stale").write_text("x")
+    (tmp_path / "hadskip" / "stale").write_text("x")  # not written by write_repo: --force keeps it, and refuses
+    with pytest.raises(HadSkipError, match=r"did not write \(stale\)"):
+        write_repo(model_dir, tmp_path, TritonRepoConfig(max_batch=4), force=True)
+    assert (tmp_path / "hadskip" / "stale").read_text() == "x"
+    (tmp_path / "hadskip" / "stale").unlink()
     write_repo(model_dir, tmp_path, TritonRepoConfig(max_batch=4), force=True)
-    assert not (tmp_path / "hadskip" / "stale").exists()
     assert "max_batch_size: 4" in (tmp_path / "hadskip" / "config.pbtxt").read_text()
     with pytest.raises(HadSkipError, match="TensorRT engines"):
         write_repo(model_dir, tmp_path / "r2", TritonRepoConfig(backend="trt"))

@@ -14,6 +14,7 @@ replaced only with `force`, and a folder holding anything else is never written 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -193,30 +194,44 @@ def load_run(path: str | Path, map_location: str = "cpu"):
 # what hadskip itself writes into a run dir: the only entries `claim_run_dir(force=True)` removes
 RUN_ENTRIES = ("model.safetensors", "model_config.json", "run.json", "run.json.tmp", "tokenizer", ".saving",
                "log.jsonl", "progress.json", "progress.tmp", "stages", "dial.json", "dial.json.tmp")
-RUN_ENTRY_PREFIXES = ("eval-",)  # `hadskip eval RUN`'s default plot folders
+_EVAL_DIR = re.compile(r"eval-(train|dev|test|validation)(-b[0-9.eE+-]+)?")  # `hadskip eval RUN`'s plot folders
+KILLED_LEFTOVERS = {"log.jsonl", ".saving"}  # what a run killed before its first save leaves
 
 
 def _is_run_entry(name: str) -> bool:
-    return name in RUN_ENTRIES or name.startswith(RUN_ENTRY_PREFIXES)
+    return name in RUN_ENTRIES or _EVAL_DIR.fullmatch(name) is not None
 
 
-def _stages_done(path: Path) -> int:
-    """How many stages/phases OUT/progress.json records as finished (0 when it is absent or unreadable)."""
+def _progress(path: Path) -> dict | None:
+    """OUT/progress.json when it is ours ({"settings": {...}, "done": {...}}), else None."""
     try:
-        done = json.loads((path / "progress.json").read_text()).get("done")
-    except (OSError, ValueError, AttributeError):
-        return 0
-    return len(done) if isinstance(done, dict) else 0
+        d = json.loads((path / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(d, dict) and isinstance(d.get("settings"), dict) and isinstance(d.get("done"), dict)
+    return d if ok else None
+
+
+def _our_log(path: Path) -> bool:
+    """OUT/log.jsonl as our Log writes it: its first line a JSON object with a "time"."""
+    try:
+        with open(path / "log.jsonl", encoding="utf-8") as fh:
+            first = json.loads(fh.readline())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(first, dict) and "time" in first
 
 
 def claim_run_dir(out: str | Path, *, resume: bool = False, force: bool = False, resumable: bool = True) -> Path:
     """Make `out` ready to train into, or refuse in one line; the one rule for every command that writes a run.
 
+    A folder is a run of ours when it has a run.json that reads or a progress.json of ours; then
+    - finished (run.json), or with stages done (progress.json): refused, unless `force` (its hadskip files are
+      removed first; other files stay) or `resume` (only a `hadskip train` run, which has a progress.json);
+    Otherwise
     - missing or empty: created;
-    - a finished run (a run.json that reads), or an unfinished one with stages done (progress.json): refused,
-      unless `resume` (continue it) or `force` (its hadskip files are removed first; other files stay);
-    - an unfinished run with nothing done (only what a killed run leaves): reused;
-    - a folder holding anything hadskip does not write, and no run: refused, even with `force`;
+    - only what a run killed before its first save leaves (our log.jsonl): reused;
+    - anything else (a user's folder, even one with names like ours): refused, even with `force`;
     - a file, a dangling symlink, or a path that cannot be created or written: refused.
     `resumable` False (finetune) leaves --resume out of the advice."""
     p = Path(out)
@@ -232,17 +247,23 @@ def claim_run_dir(out: str | Path, *, resume: bool = False, force: bool = False,
                 finished = read_info(p)
             except (HadSkipError, TypeError):
                 finished = None
-        done = _stages_done(p)
-        foreign = [e for e in entries if not _is_run_entry(e)]
+        progress = _progress(p)
+        done = len(progress["done"]) if progress else 0
+        ours = finished is not None or progress is not None
+        killed = set(entries) <= KILLED_LEFTOVERS and (p / "log.jsonl").is_file() and _our_log(p)
         hint = ("--resume continues it, --force replaces it" if resumable else "--force replaces it")
-        if finished is None and not done and foreign:
+        if not ours and not killed:
+            foreign = [e for e in entries if not _is_run_entry(e)] or entries
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise HadSkipError(f"--out {p} holds files that are not a hadskip run ({shown}); refusing to write into "
                                "it: give a new or empty folder")
         if force:
             _remove_run_entries(p, entries)
-        elif resume and resumable and (finished is not None or done):
+        elif resume and resumable and progress is not None:
             pass
+        elif resume and resumable and finished is not None:
+            raise HadSkipError(f"--out {p} holds a finished {finished.kind} run without a progress.json: --resume "
+                               "continues a `hadskip train` run only; --force replaces it, or give another --out")
         elif finished is not None:
             raise HadSkipError(f"--out {p} already holds a finished {finished.kind} run; {hint}, or give another "
                                "--out")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hadskip.errors import HadSkipError
 from hadskip.modeling.backbone import check_max_len, load_config
 from hadskip.modeling.checkpoint import read_model_config, read_teacher, task_source
 from hadskip.training.schedule import homotopy_schedule
@@ -26,6 +27,9 @@ def check_hadskip(cfg) -> None:
     """For `train_hadskip(cfg)`: the teacher (or backbone) is usable, its max_len fits, the budget fits its layers."""
     if cfg.teacher:
         teacher = Path(cfg.teacher)
+        if Path(cfg.out).resolve() == teacher.resolve():
+            raise HadSkipError(f"--out {cfg.out} is the --teacher run: training would overwrite the teacher it "
+                               "reads; give another --out")
         info = read_teacher(teacher)
         model_config = read_model_config(teacher)
         hf_config, num_layers, max_len, name = (model_config["hf_config"], int(model_config["num_layers"]),

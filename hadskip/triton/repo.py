@@ -163,6 +163,10 @@ def write_repo(model_dir: str | Path, out: str | Path, config: TritonRepoConfig 
         if not _is_our_model(target):
             raise HadSkipError(f"{target} is not a model this command wrote (no config.pbtxt naming "
                                "HADSKIP_MODEL_DIR); refusing to replace it even with --force")
+        others = _not_written_here(target)
+        if others:
+            raise HadSkipError(f"{target} holds files this command did not write ({', '.join(others[:3])}); "
+                               "refusing to replace it even with --force (move them out first)")
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission, read-only file system
@@ -216,6 +220,23 @@ def _is_our_model(target: Path) -> bool:
         return '"HADSKIP_MODEL_DIR"' in config.read_text(encoding="utf-8", errors="replace")[:1 << 20]
     except OSError:
         return False
+
+
+def _not_written_here(target: Path) -> list[str]:
+    """Entries of an earlier REPO/NAME that write_repo does not write: config.pbtxt, labels.txt, and version
+    folders holding model.py and model/ (plus Python's __pycache__)."""
+    found = []
+    for e in sorted(target.iterdir()):
+        if e.is_symlink():
+            found.append(f"{e.name} (a symlink)")
+        elif e.name in ("config.pbtxt", "labels.txt") and e.is_file():
+            continue
+        elif e.is_dir() and e.name.isdigit():
+            found += [f"{e.name}/{x.name}" for x in sorted(e.iterdir())
+                      if x.is_symlink() or x.name not in ("model.py", "model", "__pycache__")]
+        else:
+            found.append(e.name)
+    return found
 
 
 def _one_line(label: str) -> str:

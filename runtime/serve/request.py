@@ -189,7 +189,7 @@ async def read_body(request, limit: int, timeout_s) -> bytes:
     body_deadline_s: a short base plus an allowance per byte). A client that disconnects meanwhile is a 400."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit() or len(declared) > 18:
+        if re.fullmatch(r"[0-9]{1,18}", declared) is None:  # str.isdigit() takes "²", int() does not
             raise ApiError(400, "invalid Content-Length", "bad_request")
         if int(declared) > limit:
             raise ApiError(413, f"the body has {declared} bytes; the limit is {limit}", "payload_too_large")

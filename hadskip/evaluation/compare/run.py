@@ -84,7 +84,8 @@ def compare(cfg: CompareConfig) -> dict:
         if not finished(run):
             train_hadskip(HadSkipConfig(backbone=cfg.backbone, task=task_name, out=str(run), budget=k,
                                         teacher=str(teacher_dir), max_len=cfg.max_len, progress=cfg.progress,
-                                        kd=cfg.kd, **options, **cfg.hadskip_options))
+                                        kd=cfg.kd, resume=True,  # a killed run continues (its settings
+                                        **options, **cfg.hadskip_options))  # are checked by progress.json)
         if k not in cfg.hadskip_runs:  # the runs given were checked above
             check_hadskip_run(run, k, teacher_dir, teacher_task, cfg.kd)
             config = read_info(run).extra.get("config", {})
