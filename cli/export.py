@@ -44,6 +44,10 @@ def export(
     int8_all: Annotated[bool, typer.Option("--int8-all", help="With --quantize int8: also quantize each FFN output "
                                            "projection (kept fp32 by default: faster, and less accurate; "
                                            "docs/cpu.md).")] = False,
+    label_names: Annotated[Optional[str], typer.Option(
+        "--label-names", help="Names of the labels, label 0 first, comma-separated (e.g. negative,positive): one "
+        "per label, unique, non-empty. Default: the task's names, else a fine-tuned classifier's id2label, else "
+        "0, 1, ...")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 17: LayerNorm as one op).")] = 17,
     max_batch: Annotated[int, typer.Option(help="Largest batch of the TensorRT profile and of validation.")] = 64,
     no_validate: Annotated[bool, typer.Option("--no-validate", help="Skip the check of every unit against "
@@ -66,7 +70,7 @@ def export(
                               with_baseline=with_baseline, fp16=fp16, max_batch=max_batch,
                               validate=not no_validate, progress=True,
                               quantize=quantize.value if quantize else None, fuse_gates=fuse_gates,
-                              int8=Int8Config(keep_fp32=()) if int8_all else None)
+                              int8=Int8Config(keep_fp32=()) if int8_all else None, label_names=label_names)
     for w in caught:  # int8 accuracy notes as one `warning:` line each; anything else as Python shows it
         if issubclass(w.category, QuantizationWarning):
             typer.echo(f"warning: {w.message}", err=True)

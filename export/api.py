@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from hadskip.export.install import SignalGuard, check_target, install, temp_dirs
+from hadskip.export.labels import parse_label_names, resolve_labels
 from hadskip.export.progress import ExportProgress
 from hadskip.export.quantize import Int8Config, TextSetup, check_on_dev, check_request, quantize_units
 from hadskip.export.spec import RULE, ExportError, settle
@@ -102,7 +104,8 @@ def _io_types(model_dir: Path, units: dict) -> dict:
 def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onnx", opset: int = 17,
                  optimize: bool = False, with_baseline: bool = False, fp16: bool = False, max_batch: int = 64,
                  validate: bool = True, progress: bool = True, quantize: str | None = None,
-                 int8: Int8Config | None = None, fuse_gates: bool = False) -> ExportReport:
+                 int8: Int8Config | None = None, fuse_gates: bool = False,
+                 label_names: str | Sequence[str] | None = None) -> ExportReport:
     """Export a run dir into a model dir (manifest + per-unit graphs); see the module docstring.
 
     engine: "onnx" (graphs only) or "trt" (also a TensorRT plan per unit; needs tensorrt and a GPU).
@@ -114,6 +117,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     max_batch: the largest batch the TensorRT profile accepts, and the bound of the validation batches.
     quantize: "int8" for CPUs (hadskip.export.quantize; int8: its Int8Config), checked on the run's dev split.
     fuse_gates: the gates also inside the graph before them (hadskip.export.fuse_gates; ort-cpu reads them).
+    label_names: the manifest's label names, label 0 first ("a,b" or a list; see hadskip.export.labels for
+        the default: the task's names, a classifier config's id2label, else "0", "1", ...).
     """
     if engine not in ENGINES:
         raise ExportError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -126,10 +131,13 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
     check_target(out)  # refuse before any work; install checks again
     check_request(quantize, fp16=fp16, engine=engine)
     int8 = (int8 or Int8Config()).resolved() if quantize else None
+    if label_names is not None:
+        label_names = parse_label_names(label_names)  # empty or repeated names: refused before any work
     with SignalGuard() as guard:
         report, trt_error = _export(run_dir, out, guard, engine=engine, opset=opset, optimize=optimize,
                                     with_baseline=with_baseline, fp16=fp16, max_batch=max_batch, validate=validate,
-                                    progress=progress, quantize=quantize, int8=int8, fuse_gates=fuse_gates)
+                                    progress=progress, quantize=quantize, int8=int8, fuse_gates=fuse_gates,
+                                    label_names=label_names)
     if trt_error is not None:  # after the install: the validated ONNX model dir stays usable
         from hadskip.export.trt import TRTUnavailableError
 
@@ -144,7 +152,8 @@ def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onn
 
 def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset: int, optimize: bool,
             with_baseline: bool, fp16: bool, max_batch: int, validate: bool, progress: bool,
-            quantize: str | None = None, int8: Int8Config | None = None, fuse_gates: bool = False):
+            quantize: str | None = None, int8: Int8Config | None = None, fuse_gates: bool = False,
+            label_names: Sequence[str] | None = None):
     """The export proper: (ExportReport, the TensorRT error to raise after the install or None)."""
     from hadskip.modeling.checkpoint import load_run
     from hadskip.export import optimize as opt
@@ -163,7 +172,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
     token_types = fam.uses_token_types(hf)  # the runtime reads this fact from the manifest
     type_vocab_size = int(hf.get("type_vocab_size", 1) or 0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(hf.get("pad_token_id") or 0)
-    labels = list(info.task.get("label_names") or [str(i) for i in range(cfg.num_labels)])
+    labels, labels_from = resolve_labels(info.task, hf, cfg.num_labels, label_names)
     onnx_fp16 = fp16 and engine == "onnx"  # TensorRT builds from fp32 graphs and lowers precision itself
     specs = build_specs(model, vocab_size=int(hf["vocab_size"]), pad_token_id=pad_id,
                         type_vocab_size=type_vocab_size if token_types else 1, opset=opset, fp16=onnx_fp16)
@@ -262,7 +271,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             tokenization=tokenization, io_types=_io_types(tmp, units), dial=dial.to_dict() if dial else None,
             export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
                     "fp16": fp16, "optimize": optimize, "max_batch": max_batch, "quantize": quantize,
-                    "fuse_gates": fuse_gates,
+                    "fuse_gates": fuse_gates, "labels_from": labels_from,
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
                     "atol": {s.name: s.atol for s in specs}, "rtol": {s.name: s.rtol for s in specs},
                     "tolerance_rule": RULE,

@@ -12,7 +12,9 @@ a record whose text (or text_pair) is blank gives such an error entry.
 Whole-input errors (not UTF-8, a NUL byte, malformed JSON, a lone surrogate, a missing "text") stop with
 one line naming the line number.
 
-Inputs are read in chunks (sorted by length within a chunk), so big files stream in bounded memory.
+Inputs are read in chunks (sorted by length within a chunk), so big files stream in bounded memory. Stdin is
+answered as it arrives: the lines already there (up to a chunk) are classified together and their answers
+written and flushed before waiting for more, so a caller may write a line and read its answer back.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import queue
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +49,49 @@ class Row:
     error: str | None = None
 
 
-def _lines(fh: Iterable[str | bytes], where: str) -> Iterator[tuple[int, str]]:
-    """(0-based line number, line without its newline) of every line; bytes are decoded as strict UTF-8."""
-    for n, raw in enumerate(fh):
+PAUSE = None  # from a live source: no more input has arrived yet (answer what is read so far)
+
+
+class Arriving:
+    """The lines of a stream (stdin) as they arrive, read by a daemon thread: iterating yields each line, and
+    PAUSE whenever no further line is there yet, before waiting for one. Read errors are raised in order."""
+
+    def __init__(self, fh):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._end = object()
+        threading.Thread(target=self._read, args=(fh,), daemon=True, name="hadskip-stdin").start()
+
+    def _read(self, fh) -> None:
+        try:
+            for line in fh:
+                self._queue.put(line)
+        except Exception as exc:  # noqa: BLE001 - handed to the reading side, raised there
+            self._queue.put(exc)
+        self._queue.put(self._end)
+
+    def __iter__(self):
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                yield PAUSE
+                item = self._queue.get()
+            if item is self._end:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+def _lines(fh: Iterable[str | bytes], where: str) -> Iterator[tuple[int, str] | None]:
+    """(0-based line number, line without its newline) of every line; bytes are decoded as strict UTF-8.
+    A PAUSE from the source is passed on as is."""
+    n = -1
+    for raw in fh:
+        if raw is PAUSE:
+            yield PAUSE
+            continue
+        n += 1
         if isinstance(raw, bytes):
             try:
                 line = raw.decode("utf-8")
@@ -99,19 +143,26 @@ def _parse_json(n: int, line: str, where: str) -> Row:
     return Row(n, (text, pair) if pair is not None else text, extra)
 
 
-def read_inputs(fh: Iterable[str | bytes], fmt: str = "auto", where: str = "input") -> Iterator[Row]:
-    """One Row per input line of `fh` (text or binary lines; see the module docstring for the rules)."""
+def read_inputs(fh: Iterable[str | bytes], fmt: str = "auto", where: str = "input") -> Iterator[Row | None]:
+    """One Row per input line of `fh` (text or binary lines; see the module docstring for the rules). A PAUSE
+    in `fh` (an Arriving source) is passed on once the format is known."""
     if fmt not in FORMATS:
         raise HadSkipError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     lines = _lines(fh, where)
     head = []  # blank lines before the first non-blank one, which decides "auto"
-    for n, line in lines:
-        head.append((n, line))
-        if line.strip():
+    for item in lines if fmt == "auto" else ():
+        if item is PAUSE:  # the format is not known yet: wait on
+            continue
+        head.append(item)
+        if item[1].strip():
             break
     if fmt == "auto":
         fmt = "jsonl" if head and head[-1][1].lstrip().startswith("{") else "txt"
-    for n, line in itertools.chain(head, lines):
+    for item in itertools.chain(head, lines):
+        if item is PAUSE:
+            yield PAUSE
+            continue
+        n, line = item
         if fmt == "txt":
             yield Row(n, line, {}) if line.strip() else Row(n, None, {}, EMPTY)
         elif line.strip():
@@ -150,6 +201,21 @@ def _open(path: str, mode: str, what: str):
         raise HadSkipError(f"cannot {what} {path}: {exc.strerror or exc}") from None
 
 
+def _block(rows: Iterator[Row | None], chunk: int) -> list[Row]:
+    """The next up to `chunk` rows; from a live source, cut short at a PAUSE once it holds a row (what has
+    arrived is answered before waiting for more). Empty at the end of the input."""
+    block: list[Row] = []
+    for row in rows:
+        if row is PAUSE:
+            if block:
+                return block
+            continue
+        block.append(row)
+        if len(block) >= chunk:
+            break
+    return block
+
+
 def predict_file(model: str | Path, input: str, output: str = "-", backend: str = "ort-cpu", batch_size: int = 32,
                  fmt: str = "auto", chunk: int = 4096, progress: Callable[[int], None] | None = None,
                  **load_options) -> dict:
@@ -162,11 +228,11 @@ def predict_file(model: str | Path, input: str, output: str = "-", backend: str 
     count, empty, layers, truncated = 0, 0, 0, 0
     with contextlib.ExitStack() as stack:
         rt = stack.enter_context(Runtime.load(model, backend=backend, **load_options))
-        src = sys.stdin.buffer if input == "-" else stack.enter_context(_open(input, "rb", "read"))
+        src = Arriving(sys.stdin.buffer) if input == "-" else stack.enter_context(_open(input, "rb", "read"))
         dst = sys.stdout if output == "-" else stack.enter_context(_open(output, "w", "write"))
         rows = read_inputs(src, _format_of(input, fmt), where="stdin" if input == "-" else input)
         try:
-            while block := list(itertools.islice(rows, chunk)):
+            while block := _block(rows, chunk):
                 todo = [r for r in block if r.error is None]
                 try:
                     preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size) if todo else [])

@@ -153,6 +153,12 @@ CASES = [
     ("export-no-out", lambda e: ["export", str(e.run)], r"Missing option '--out'"),
     ("export-int8-all-alone", lambda e: ["export", str(e.run), "-o", str(e.root / "x7"), "--int8-all"],
      r"--int8-all goes with --quantize int8"),
+    ("export-label-names-count", lambda e: ["export", str(e.run), "-o", str(e.root / "x8"), "--label-names", "a,b,c"],
+     r"gives 3 names but the model has 2 labels"),
+    ("export-label-names-repeated", lambda e: ["export", str(e.run), "-o", str(e.root / "x9"), "--label-names",
+                                               "a,a"], r"'a' appears twice"),
+    ("export-label-names-empty", lambda e: ["export", str(e.run), "-o", str(e.root / "x10"), "--label-names",
+                                            "a,"], r"must be non-empty"),
     # --- eval ---
     ("eval-missing", lambda e: ["eval", str(e.root / "nope")], r"neither a run dir"),
     ("eval-plain-folder", lambda e: ["eval", str(e.task)], r"neither a run dir"),

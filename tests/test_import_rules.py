@@ -159,6 +159,8 @@ LOCAL_IMPORTS_ALLOWED = {
     "hadskip.runtime.": "the runtime loads optional backends (TensorRT, CUDA) and the server stack only when chosen",
     "hadskip.modeling.torch_backend": "opened by the torch-free runtime through an entry point: it checks for torch "
                                       "(errors.require) before importing core",
+    "hadskip": "the package root's hadskip.pipeline imports the runtime on first call, so `import hadskip` stays "
+               "cheap (exact name: not a prefix)",
     "hadskip.testing": "torch-free tests use its text helpers (tiny_sentences, tiny_task_dir); the model builders "
                        "import core when called",
 }
@@ -174,7 +176,7 @@ def test_the_core_has_no_import_cycles():
 def test_function_local_imports_of_hadskip_only_where_listed():
     _, local = _import_stats().graph()
     bad = [f"{m}:{line} imports {target} inside a function" for m, line, target in local
-           if not any(m == p or m.startswith(p) for p in LOCAL_IMPORTS_ALLOWED)]
+           if not any(m == p or (p != "hadskip" and m.startswith(p)) for p in LOCAL_IMPORTS_ALLOWED)]
     assert not bad, "\n".join(bad)
 
 

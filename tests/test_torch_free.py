@@ -36,6 +36,9 @@ model = sys.argv[1]
 rt = Runtime.load(model)
 preds = rt.predict(["a good movie", ("the plot", "was dull"), "fun " * 100], batch_size=2)
 out = {"labels": preds.labels, "layers": preds.layers, "truncated": preds.truncated.tolist()}
+import hadskip
+with hadskip.pipeline(model) as pipe:  # the pipeline call is torch-free too
+    out["pipe"] = pipe(["a good movie", {"text": "the plot", "text_pair": "was dull"}], top_k=None)
 try:
     Runtime.load(model, backend="torch")
 except MissingExtraError as exc:
@@ -63,6 +66,7 @@ def test_runtime_without_torch(tmp_path_factory, tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["heavy"] == []
     assert len(out["labels"]) == 3 and out["truncated"] == [False, False, True]
+    assert [[d["label"] for d in answer][:1] for answer in out["pipe"]] == [[out["labels"][0]], [out["labels"][1]]]
     assert "hadskip[train]" in out["torch_error"]
     assert "hadskip[trt]" in out["trt_error"]
     assert out["cli"] == 0 and len(dst.read_text().splitlines()) == 2
