@@ -15,6 +15,9 @@ Threads = Annotated[Optional[int], typer.Option(min=1, max=1024,
 DeviceId = Annotated[int, typer.Option(min=0, max=1024, help="GPU index for ort-cuda / trt.")]
 Device = Annotated[Optional[str], typer.Option(help="torch backend device: cpu, cuda, cuda:1 (default: CUDA if any).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")]
+MaxLayers = Annotated[Optional[int], typer.Option(
+    help="A hard cap: no input runs more than this many layers (0..L; default: none), next to the average "
+         "--budget.")]
 
 
 MAX_BENCH_BATCH = 4096  # rows per benchmarked call; beyond this the synthetic inputs alone take gigabytes
@@ -61,13 +64,14 @@ def predict(
     device_id: DeviceId = 0,
     device: Device = None,
     budget: Budget = None,
+    max_layers: MaxLayers = None,
     quiet: Quiet = False,
 ) -> None:
     """Classify texts: one JSON line per input with label, probabilities and the layers it used."""
     from hadskip.runtime.jsonl import predict_file
 
     summary = predict_file(model, input, output, backend=backend, batch_size=batch_size, fmt=fmt,
-                           **_load_options(backend, threads, device_id, device, budget))
+                           max_layers=max_layers, **_load_options(backend, threads, device_id, device, budget))
     if not quiet:
         empty = f", {summary['empty']} empty (error entries)" if summary["empty"] else ""
         at = "" if summary["budget"] is None else f" (budget {summary['budget']:g})"
