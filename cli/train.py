@@ -35,7 +35,10 @@ def _finetune(cfg: TrainConfig, as_json: bool) -> None:
 def _train(cfg: HadSkipConfig, as_json: bool) -> None:
     from hadskip.training.stages import train_hadskip
 
-    _report({"out": cfg.out, **train_hadskip(cfg)}, as_json)
+    metrics = train_hadskip(cfg)
+    _report({"out": cfg.out, **metrics}, as_json)
+    if metrics.get("budget_missed"):  # the run is saved and kept; exit 0
+        typer.echo(f"warning: {metrics['budget_missed']['message']}", err=True)
 
 
 finetune = config_command(

@@ -381,3 +381,27 @@ def test_hard_tail_trains_the_backbone_on_frozen_gate_decisions(env, tmp_path, m
     assert "hard_task" in log[-2] and "budget" in log[-2] and "hard_budget" in log[-2]
     with pytest.raises(HadSkipError, match="--hard-tail"):
         _hadskip_cfg(env, tmp_path / "x", hard_tail=1.0)
+
+
+def test_a_missed_budget_warns_and_is_recorded(env, capsys):
+    """Gates that barely train (no stage II, no homotopy, a tiny gate learning rate) keep every layer at budget
+    1 of 3: the run is saved, exit 0, with a `warning:` line naming the next step, "budget_missed" in --json and
+    in run.json; a run within the margin (budget 3 of 3, every gate open) has no warning and null."""
+    from hadskip.cli.main import main
+    from hadskip.training.schedule import BUDGET_MARGIN, budget_miss
+
+    base = ["train", "--backbone", str(env["backbone"]), "--task", str(env["task"]), "--teacher", str(env["teacher"]),
+            "--max-len", "32", "--batch-size", "16", "--no-gate-init", "--no-homotopy", "--gate-lr", "1e-9",
+            "--final-phase-epochs", "0.5", "--json"]
+    out = env["root"] / "missed"
+    assert main([*base, "--out", str(out), "--budget", "1"]) == 0
+    captured = capsys.readouterr()
+    missed = json.loads(captured.out)["budget_missed"]
+    assert missed["dev_avg_layers"] > 1 + BUDGET_MARGIN and missed["budget"] == 1.0
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "--final-phase-epochs" in warning[0] and "hadskip dial" in warning[0], warning
+    assert read_info(out).metrics["budget_missed"] == missed
+    assert main([*base, "--out", str(env["root"] / "kept"), "--budget", "3"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["budget_missed"] is None and "warning:" not in captured.err
+    assert budget_miss(2.0, 2.0 + BUDGET_MARGIN, 2.0) is None and budget_miss(2.0, 1.7, 2.0)["gap"] < 0
