@@ -89,6 +89,10 @@ def bench(
                                          help="Timed rounds; every engine runs once per round, interleaved.")] = 20,
     warmup: Annotated[int, typer.Option(min=0, max=1000, help="Untimed calls per engine before the rounds.")] = 2,
     k: Annotated[Optional[str], typer.Option(help="Forced K values, comma-separated (default 0..L).")] = None,
+    input: Annotated[Optional[str], typer.Option(
+        "--input", "-i", help="Time real traffic: texts from a .txt (a line each) or .jsonl ({'text', "
+                              "'text_pair'?}) file, cut into batches of --batch in file order, instead of "
+                              "synthetic tokens (--seq is then unused).")] = None,
     backend: Backend = "ort-cpu",
     threads: Threads = None,
     device_id: DeviceId = 0,
@@ -102,10 +106,12 @@ def bench(
     `hadskip bench models/h3 models/h3-int8` compares full fp32, full int8, hadskip fp32 and hadskip int8 in one
     run: the `x full ...` columns are throughput over each model dir's full model."""
     from hadskip.runtime.bench import run_bench
+    from hadskip.runtime.jsonl import read_input_file
 
     progress = None if quiet else (lambda msg: typer.echo(msg, err=True))
     report = run_bench(model, batches=_ints(batch, "--batch", high=MAX_BENCH_BATCH),
                        seqs=_ints(seq, "--seq"), repeats=repeats,
+                       inputs=None if input is None else read_input_file(input),
                        warmup=warmup, backend=backend, ks=_ints(k, "--k", low=0) if k else None, progress=progress,
                        **_load_options(backend, threads, device_id, device, budget))
     if as_json:

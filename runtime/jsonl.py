@@ -150,6 +150,12 @@ def _open(path: str, mode: str, what: str):
         raise HadSkipError(f"cannot {what} {path}: {exc.strerror or exc}") from None
 
 
+def read_input_file(path: str, fmt: str = "auto") -> list:
+    """Every non-blank input of a .txt / .jsonl file (read_inputs' rules), as texts or (text, text_pair) tuples."""
+    with _open(path, "rb", "read") as fh:
+        return [r.input for r in read_inputs(fh, _format_of(path, fmt), where=path) if r.error is None]
+
+
 def predict_file(model: str | Path, input: str, output: str = "-", backend: str = "ort-cpu", batch_size: int = 32,
                  fmt: str = "auto", chunk: int = 4096, progress: Callable[[int], None] | None = None,
                  max_layers: int | None = None, **load_options) -> dict:
