@@ -67,6 +67,11 @@ def evaluate(
     report = evaluate_path(path, split=split, task=task, plots_dir=None if no_plots else (plots or ""),
                            batch_size=batch_size, budget=budget)
     _report(report, as_json)
+    missed = report.get("budget_missed")
+    if missed:
+        typer.echo(f"warning: {report['avg_layers']:.2f} layers on average, {abs(missed['gap']):.2f} "
+                   f"{'over' if missed['gap'] > 0 else 'under'} the budget {missed['budget']:g} "
+                   f"(margin {missed['margin']:g}); `hadskip dial` calibrates budgets exactly", err=True)
 
 
 def dial(

@@ -286,6 +286,13 @@ def _finite(x):
     return x
 
 
+def _served_avg_layers(state: ServerState) -> float | None:
+    """The layers the rows answered so far ran on average (None before the first)."""
+    batcher = getattr(state, "batcher", None)
+    rows = getattr(batcher, "rows_done", 0)
+    return round(batcher.layers_done / rows, 4) if rows else None
+
+
 def _info(state: ServerState) -> dict:
     rt, cfg = state.runtime, state.config
     info = getattr(rt, "info", None)
@@ -293,7 +300,9 @@ def _info(state: ServerState) -> dict:
     out = {"model": state.model_name, "backend": rt.backend_name, "labels": list(rt.labels),
            "num_layers": int(rt.num_layers), "max_seq_len": int(rt.max_seq_len),
            "budget": getattr(info, "budget", None), "limits": cfg.limits(), "auth": cfg.api_key is not None,
-           "version": _version(), "serving_budget": getattr(rt, "budget", None)}
+           "version": _version(), "serving_budget": getattr(rt, "budget", None),
+           "trained_avg_layers": getattr(info, "trained_avg_layers", None),
+           "served_avg_layers": _served_avg_layers(state)}
     dial = getattr(info, "dial", None)
     if dial is not None:
         out["dial"] = {"range": list(dial.budget_range), "metric": dial.metric, "split": dial.split,

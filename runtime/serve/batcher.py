@@ -58,6 +58,7 @@ class Batcher:
         self.busy_rows = 0  # rows in the runtime call now running
         self.cond = threading.Condition()
         self.closing = False
+        self.rows_done, self.layers_done = 0, 0  # rows answered and the layers they ran (/info served_avg_layers)
         self.thread = threading.Thread(target=self._work, name="hadskip-batcher", daemon=True)
 
     def start(self) -> Batcher:
@@ -144,6 +145,8 @@ class Batcher:
             if probs is not None and not _all_finite(probs):
                 raise HadSkipError("the model produced non-finite probabilities")
             dicts = preds.to_dicts()
+            self.rows_done += len(dicts)
+            self.layers_done += sum(d.get("num_layers", 0) for d in dicts)
             failure = None
         except Exception as exc:  # any backend failure becomes a 424 for these requests, never a dead worker
             failure = exc
