@@ -15,6 +15,9 @@ Threads = Annotated[Optional[int], typer.Option(min=1, max=1024,
 DeviceId = Annotated[int, typer.Option(min=0, max=1024, help="GPU index for ort-cuda / trt.")]
 Device = Annotated[Optional[str], typer.Option(help="torch backend device: cpu, cuda, cuda:1 (default: CUDA if any).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")]
+MaxLayers = Annotated[Optional[int], typer.Option(
+    help="A hard cap: no input runs more than this many layers (0..L; default: none), next to the average "
+         "--budget.")]
 
 
 MAX_BENCH_BATCH = 4096  # rows per benchmarked call; beyond this the synthetic inputs alone take gigabytes
@@ -61,13 +64,14 @@ def predict(
     device_id: DeviceId = 0,
     device: Device = None,
     budget: Budget = None,
+    max_layers: MaxLayers = None,
     quiet: Quiet = False,
 ) -> None:
     """Classify texts: one JSON line per input with label, probabilities and the layers it used."""
     from hadskip.runtime.jsonl import predict_file
 
     summary = predict_file(model, input, output, backend=backend, batch_size=batch_size, fmt=fmt,
-                           **_load_options(backend, threads, device_id, device, budget))
+                           max_layers=max_layers, **_load_options(backend, threads, device_id, device, budget))
     if not quiet:
         empty = f", {summary['empty']} empty (error entries)" if summary["empty"] else ""
         at = "" if summary["budget"] is None else f" (budget {summary['budget']:g})"
@@ -85,6 +89,10 @@ def bench(
                                          help="Timed rounds; every engine runs once per round, interleaved.")] = 20,
     warmup: Annotated[int, typer.Option(min=0, max=1000, help="Untimed calls per engine before the rounds.")] = 2,
     k: Annotated[Optional[str], typer.Option(help="Forced K values, comma-separated (default 0..L).")] = None,
+    input: Annotated[Optional[str], typer.Option(
+        "--input", "-i", help="Time real traffic: texts from a .txt (a line each) or .jsonl ({'text', "
+                              "'text_pair'?}) file, cut into batches of --batch in file order, instead of "
+                              "synthetic tokens (--seq is then unused).")] = None,
     backend: Backend = "ort-cpu",
     threads: Threads = None,
     device_id: DeviceId = 0,
@@ -98,10 +106,12 @@ def bench(
     `hadskip bench models/h3 models/h3-int8` compares full fp32, full int8, hadskip fp32 and hadskip int8 in one
     run: the `x full ...` columns are throughput over each model dir's full model."""
     from hadskip.runtime.bench import run_bench
+    from hadskip.runtime.jsonl import read_input_file
 
     progress = None if quiet else (lambda msg: typer.echo(msg, err=True))
     report = run_bench(model, batches=_ints(batch, "--batch", high=MAX_BENCH_BATCH),
                        seqs=_ints(seq, "--seq"), repeats=repeats,
+                       inputs=None if input is None else read_input_file(input),
                        warmup=warmup, backend=backend, ks=_ints(k, "--k", low=0) if k else None, progress=progress,
                        **_load_options(backend, threads, device_id, device, budget))
     if as_json:

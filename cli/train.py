@@ -35,7 +35,10 @@ def _finetune(cfg: TrainConfig, as_json: bool) -> None:
 def _train(cfg: HadSkipConfig, as_json: bool) -> None:
     from hadskip.training.stages import train_hadskip
 
-    _report({"out": cfg.out, **train_hadskip(cfg)}, as_json)
+    metrics = train_hadskip(cfg)
+    _report({"out": cfg.out, **metrics}, as_json)
+    if metrics.get("budget_missed"):  # the run is saved and kept; exit 0
+        typer.echo(f"warning: {metrics['budget_missed']['message']}", err=True)
 
 
 finetune = config_command(
@@ -64,6 +67,11 @@ def evaluate(
     report = evaluate_path(path, split=split, task=task, plots_dir=None if no_plots else (plots or ""),
                            batch_size=batch_size, budget=budget)
     _report(report, as_json)
+    missed = report.get("budget_missed")
+    if missed:
+        typer.echo(f"warning: {report['avg_layers']:.2f} layers on average, {abs(missed['gap']):.2f} "
+                   f"{'over' if missed['gap'] > 0 else 'under'} the budget {missed['budget']:g} "
+                   f"(margin {missed['margin']:g}); `hadskip dial` calibrates budgets exactly", err=True)
 
 
 def dial(

@@ -101,6 +101,13 @@ def _io_types(model_dir: Path, units: dict) -> dict:
     return out
 
 
+def trained_avg_layers(metrics: dict | None) -> dict | None:
+    """The average layers the run measured when it was trained ({"dev", "test"}; None: not recorded): what the
+    model runs, next to its target budget, for /info and `hadskip eval`."""
+    got = {split: metrics.get(f"{split}_avg_layers") for split in ("dev", "test")} if metrics else {}
+    return {k: float(v) for k, v in got.items() if isinstance(v, (int, float))} or None
+
+
 def export_model(run_dir: str | Path, out_dir: str | Path, *, engine: str = "onnx", opset: int = 17,
                  optimize: bool = False, with_baseline: bool = False, fp16: bool = False, max_batch: int = 64,
                  validate: bool = True, progress: bool = True, quantize: str | None = None,
@@ -272,6 +279,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
                     "fp16": fp16, "optimize": optimize, "max_batch": max_batch, "quantize": quantize,
                     "fuse_gates": fuse_gates, "labels_from": labels_from,
+                    "trained_avg_layers": trained_avg_layers(info.metrics),
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
                     "atol": {s.name: s.atol for s in specs}, "rtol": {s.name: s.rtol for s in specs},
                     "tolerance_rule": RULE,

@@ -15,7 +15,10 @@ Parts (embeddings, one layer, one gate, the head) are timed in the same rounds a
 Several model dirs (e.g. the fp32 and the int8 export of one run) run in the same rounds: every row says its
 precision, and speedup_vs_full gives its throughput over each dir's full model (int8 hadskip vs fp32 full and
 vs int8 full in one run). Inputs are synthetic: random token ids of exactly `seq` tokens, full mask (the same
-for every dir). Not included: tokenisation time.
+for every dir); or, with `inputs=` (`hadskip bench --input FILE`), real traffic: the texts tokenised and cut into
+batches of `batch` in file order (cycling), round r running batch r mod n on every engine, each padded to its
+longest row (`seq` is then the mean padded length). Not included: tokenisation time. The hadskip row's
+avg_layers is that of the rows it routed; a note says when it misses the budget (`k`) by more than 0.25 layers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from hadskip.errors import HadSkipError
 from hadskip.runtime.core import Runtime
 
 ENGINES = ("full", "hadskip", "forced", "random")
+BUDGET_MARGIN = 0.25  # layers; hadskip.training.schedule.BUDGET_MARGIN, the margin train warns at
 
 
 @dataclass
@@ -129,11 +133,13 @@ def _open_subject(model_dir: Path, backend: str, threads: int | None, load_optio
 
 def run_bench(model_dir: str | Path | Sequence[str | Path], batches=(1, 8, 32), seqs=(64, 128), repeats: int = 20,
               warmup: int = 2, backend: str = "ort-cpu", threads: int | None = None, ks: list[int] | None = None,
-              seed: int = 0, progress: Callable[[str], None] | None = None, **load_options) -> BenchReport:
+              seed: int = 0, progress: Callable[[str], None] | None = None, inputs: Sequence | None = None,
+              **load_options) -> BenchReport:
     """Benchmark a model dir, or several side by side (e.g. the fp32 and the int8 export of one run: every
     engine of every dir runs in the same interleaved rounds); see the module docstring. `ks`: the forced K
     values (default 0..L). Rows carry `precision` and `model`; ratio_to_full is to the same dir's full model,
-    speedup_vs_full is the throughput over every dir's full model (keyed by precision)."""
+    speedup_vs_full is the throughput over every dir's full model (keyed by precision). `inputs`: texts (or
+    (text, text_pair) tuples) to time instead of synthetic tokens; `seqs` is then unused."""
     if repeats < 1 or warmup < 0:
         raise HadSkipError("repeats must be >= 1 and warmup >= 0")
     dirs = [Path(model_dir)] if isinstance(model_dir, (str, Path)) else [Path(d) for d in model_dir]
@@ -145,13 +151,28 @@ def run_bench(model_dir: str | Path | Sequence[str | Path], batches=(1, 8, 32), 
     try:
         for d in dirs:
             subjects.append(_open_subject(d, backend, threads, load_options))
-        return _run(subjects, batches, seqs, repeats, warmup, ks, seed, progress)
+        return _run(subjects, batches, seqs, repeats, warmup, ks, seed, progress, inputs)
     finally:
         for sub in subjects:
             sub.rt.close()
 
 
-def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks, seed: int, progress) -> BenchReport:
+def _real_batches(subjects: list[_Subject], inputs: Sequence, b: int, repeats: int) -> list[list[tuple]]:
+    """Per subject, the (ids, mask, tt) batches of `b` inputs in file order (cycling), at most `repeats` of them."""
+    per_subject = []
+    for sub in subjects:
+        enc = sub.rt.encode(list(inputs))
+        keep = [i for i in range(len(enc.ids)) if enc.empty is None or not enc.empty[i]]
+        if not keep:
+            raise HadSkipError("no input has a token after the tokenizer's normalisation")
+        n = min(repeats, -(-len(keep) // b))
+        per_subject.append([sub.rt.encoder.pad_batch(enc, [keep[(j * b + r) % len(keep)] for r in range(b)])
+                            for j in range(n)])
+    return per_subject
+
+
+def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks, seed: int, progress,
+         inputs: Sequence | None = None) -> BenchReport:
     first = subjects[0]
     rt, be = first.rt, first.rt.backend
     n_layers = rt.num_layers
@@ -170,6 +191,11 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
     manifest = rt.info.manifest
     limit = min(int(sub.rt.info.manifest.backbone.get("max_position_embeddings") or sub.rt.max_seq_len)
                 if sub.rt.info.manifest else sub.rt.max_seq_len for sub in subjects)
+    if inputs is not None:
+        inputs = list(inputs)
+        if not inputs:
+            raise HadSkipError("the input file has no texts to time")
+        seqs = []
     for s in seqs:
         if not 1 <= s <= limit:
             raise HadSkipError(f"seq {s} is outside 1..{limit} (the backbone's position table)")
@@ -196,10 +222,25 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
     rows: list[BenchRow] = []
     parts: list[dict] = []
     for b in batches:
+        if inputs is not None:
+            feeds = _real_batches(subjects, inputs, b, repeats)
+            s = round(float(np.mean([f[1].shape[1] for f in feeds[0]])))
+            shape_rows, shape_parts = _bench_shape(subjects, b, s, ks, min(vocabs), rng, repeats, warmup, progress,
+                                                   feeds)
+            rows += shape_rows
+            parts += shape_parts
         for s in seqs:
             shape_rows, shape_parts = _bench_shape(subjects, b, s, ks, min(vocabs), rng, repeats, warmup, progress)
             rows += shape_rows
             parts += shape_parts
+    if inputs is not None:
+        notes.append(f"real traffic: {len(inputs)} inputs from the file, in batches of the given sizes, each padded "
+                     "to its longest row (seq = the mean padded length)")
+    for r in rows:
+        if r.engine == "hadskip" and r.k is not None and abs(r.avg_layers - r.k) > BUDGET_MARGIN:
+            notes.append(f"hadskip ran {r.avg_layers:.2f} layers on average at batch {r.batch} seq {r.seq}, "
+                         f"not its budget {r.k:g}" + ("" if inputs is not None else " (on synthetic tokens; "
+                                                      "--input FILE times real texts)"))
     models = [{"model": str(sub.path), "precision": sub.precision, "label": sub.label, "full_source": sub.full_source,
                "optimization": dict(sub.rt.info.manifest.optimization) if sub.rt.info.manifest else {}}
               for sub in subjects]
@@ -208,14 +249,17 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
 
 
 def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab: int, rng: np.random.Generator,
-                 repeats: int, warmup: int, progress) -> tuple[list[BenchRow], list[dict]]:
-    """Rows and parts of one (batch, seq): every engine of every model dir once per repeat, round-robin."""
+                 repeats: int, warmup: int, progress, feeds: list[list[tuple]] | None = None
+                 ) -> tuple[list[BenchRow], list[dict]]:
+    """Rows and parts of one (batch, seq): every engine of every model dir once per repeat, round-robin.
+    `feeds` (real traffic): per subject, the batches (ids, mask, tt) that round r takes in turn (r mod n)."""
     n_layers = subjects[0].rt.num_layers
-    ids = rng.integers(min(100, vocab // 2), vocab, size=(b, s), dtype=np.int64)
-    mask = np.ones((b, s), dtype=np.int64)
-    tt = np.zeros((b, s), dtype=np.int64)
+    if feeds is None:
+        ids = rng.integers(min(100, vocab // 2), vocab, size=(b, s), dtype=np.int64)
+        feeds = [[(ids, np.ones((b, s), dtype=np.int64), np.zeros((b, s), dtype=np.int64))]] * len(subjects)
+    turn = [0]  # the round: which batch of feeds every engine runs now
     random_gates = rng.random((b, n_layers)) < 0.5
-    layers_used: dict[str, float] = {}
+    layers_used: dict[str, list[float]] = {}  # key -> [layers summed over every row routed, rows]
 
     def forced_k(k: int) -> np.ndarray:
         pattern = np.zeros((b, n_layers), dtype=bool)
@@ -227,23 +271,31 @@ def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab:
     for i, sub in enumerate(subjects):
         rt, be, baseline = sub.rt, sub.rt.backend, sub.baseline
         syncs.append(_sync_of(be))
+        mine = feeds[i]
+        ids, mask, tt = mine[0]
         h = be.run_embeddings(ids, mask, tt)
 
-        def routed(key: str, forced: np.ndarray | None, rt=rt) -> Callable[[], None]:
+        def feed(mine=mine) -> tuple:
+            return mine[turn[0] % len(mine)]
+
+        def routed(key: str, forced: np.ndarray | None, rt=rt, feed=feed) -> Callable[[], None]:
             def call() -> None:
-                layers_used[key] = float(rt.run_batch(ids, mask, tt, forced=forced).layers_used.mean())
+                used = rt.run_batch(*feed(), forced=forced).layers_used
+                total = layers_used.setdefault(key, [0.0, 0])
+                total[0] += float(used.sum())
+                total[1] += used.size
             return call
 
         engines.update({
-            f"{i}/full": (lambda baseline=baseline: baseline(ids, mask, tt)) if baseline is not None
+            f"{i}/full": (lambda baseline=baseline, feed=feed: baseline(*feed())) if baseline is not None
             else routed(f"{i}/full", forced_k(n_layers)),
             f"{i}/hadskip": routed(f"{i}/hadskip", None),
             **{f"{i}/forced/{k}": routed(f"{i}/forced/{k}", forced_k(k)) for k in ks},
             f"{i}/random": routed(f"{i}/random", random_gates),
-            f"{i}/part/emb": lambda be=be: be.run_embeddings(ids, mask, tt),
-            f"{i}/part/layer": lambda be=be, h=h: be.run_layer(0, h, mask),
-            f"{i}/part/gate": lambda be=be, h=h: be.run_gate(0, h, mask),
-            f"{i}/part/head": lambda be=be, h=h: be.run_head(h, mask),
+            f"{i}/part/emb": lambda be=be, f=mine[0]: be.run_embeddings(*f),
+            f"{i}/part/layer": lambda be=be, h=h, m=mask: be.run_layer(0, h, m),
+            f"{i}/part/gate": lambda be=be, h=h, m=mask: be.run_gate(0, h, m),
+            f"{i}/part/head": lambda be=be, h=h, m=mask: be.run_head(h, m),
         })
 
     def sync() -> None:
@@ -257,6 +309,7 @@ def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab:
             engines[n]()
         sync()
     for r in range(repeats):
+        turn[0] = r
         if progress is not None:
             progress(f"bench batch={b} seq={s} repeat {r + 1}/{repeats}")
         for n in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
@@ -266,6 +319,10 @@ def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab:
             sync()
             times[n].append((time.perf_counter() - t0) * 1e3)
     med = {n: float(np.median(v)) for n, v in times.items()}
+
+    def avg_of(key: str) -> float:
+        total, count = layers_used[key]
+        return total / count
     fulls = {sub.label: med[f"{i}/full"] for i, sub in enumerate(subjects)}
     rows, parts = [], []
     for i, sub in enumerate(subjects):
@@ -289,7 +346,7 @@ def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab:
 
         rows += [row("full", "full", n_layers, float(n_layers), sub.full_source),
                  row("hadskip", "hadskip", sub.rt.info.budget if sub.rt.budget is None else sub.rt.budget,
-                     layers_used[f"{i}/hadskip"]),
+                     avg_of(f"{i}/hadskip")),
                  *(row(f"forced/{k}", "forced", k, float(k)) for k in ks),
-                 row("random", "random", None, layers_used[f"{i}/random"])]
+                 row("random", "random", None, avg_of(f"{i}/random"))]
     return rows, parts

@@ -181,23 +181,36 @@ class Runtime:
 
     # -- running ------------------------------------------------------------------------------------------
     def run_batch(self, input_ids, attention_mask, token_type_ids=None, forced=None,
-                  gate_offset: float | np.ndarray | None = None) -> BatchResult:
+                  gate_offset: float | np.ndarray | None = None, max_layers=None) -> BatchResult:
         """One right-padded batch: logits (B, C) and gate decisions (B, L); `forced` (B, L) 0/1 sets the gates,
         else a gate opens where its margin logit_open - logit_closed > gate_offset (router.gate_open; None:
-        the offset of the budget set at load, 0 without one)."""
+        the offset of the budget set at load, 0 without one). `max_layers`: route's per-row hard cap."""
         offset = self.gate_offset if gate_offset is None else gate_offset
-        return route(self.backend, input_ids, attention_mask, token_type_ids, forced, offset)
+        return route(self.backend, input_ids, attention_mask, token_type_ids, forced, offset, max_layers)
+
+    def check_max_layers(self, max_layers) -> int | None:
+        """A hard cap on the layers any row runs: a whole number within 0..L (None: no cap), else HadSkipError."""
+        if max_layers is None:
+            return None
+        if isinstance(max_layers, bool) or not isinstance(max_layers, (int, np.integer)) \
+                or not 0 <= max_layers <= self.num_layers:
+            raise HadSkipError(f"max_layers must be a whole number of layers within 0..{self.num_layers}, "
+                               f"got {max_layers!r}")
+        return int(max_layers)
 
     def encode(self, inputs: Sequence[TextInput]) -> Encoded:
         return self.encoder.encode(inputs)
 
     def predict(self, inputs: Sequence[TextInput] | str, batch_size: int = 32,
-                budget: float | Sequence[float | None] | None = None, allow_empty: bool = False) -> Predictions:
+                budget: float | Sequence[float | None] | None = None, allow_empty: bool = False,
+                max_layers: int | Sequence[int | None] | None = None) -> Predictions:
         """Classify texts (or (text, text_pair) tuples). Inputs are sorted by token length into batches,
         so padding costs little, and the results come back in input order. `budget`: a target average of
         layers for this call through the budget dial, or one per input (None: the one set at load).
         An input with a text that has no tokens (empty, or only characters the tokenizer drops) is an
-        EmptyTextError naming every such input, unless `allow_empty` (evaluation on a dataset as it is)."""
+        EmptyTextError naming every such input, unless `allow_empty` (evaluation on a dataset as it is).
+        `max_layers`: a hard cap, no row runs more layers (0..L; or one per input, None: no cap), next to the
+        average `budget`."""
         if isinstance(inputs, str):
             inputs = [inputs]
         if batch_size < 1:
@@ -208,6 +221,14 @@ class Runtime:
                 raise HadSkipError(f"{len(budget)} budgets for {len(inputs)} inputs")
             offsets = np.array([self.offset_for(b) for b in budget], dtype=np.float64)  # (N,)
         offset = None if per_row else self.offset_for(budget)
+        caps = None
+        if isinstance(max_layers, (list, tuple, np.ndarray)):
+            if len(max_layers) != len(inputs):
+                raise HadSkipError(f"{len(max_layers)} max_layers for {len(inputs)} inputs")
+            caps = np.array([self.num_layers if c is None else self.check_max_layers(c) for c in max_layers],
+                            dtype=np.int64)  # (N,)
+        elif max_layers is not None:
+            caps = np.full(len(inputs), self.check_max_layers(max_layers), dtype=np.int64)
         enc = self.encode(list(inputs))
         if not allow_empty and enc.empty is not None and enc.empty.any():
             raise EmptyTextError(np.flatnonzero(enc.empty).tolist())
@@ -219,7 +240,8 @@ class Runtime:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             ids, mask, tt = self.encoder.pad_batch(enc, rows)
-            res = self.run_batch(ids, mask, tt, gate_offset=offsets[rows] if per_row else offset)
+            res = self.run_batch(ids, mask, tt, gate_offset=offsets[rows] if per_row else offset,
+                                 max_layers=None if caps is None else caps[rows])
             if res.logits.shape[1] != len(self.labels):
                 raise HadSkipError(f"the head gives {res.logits.shape[1]} logits for {len(self.labels)} labels")
             probs[rows], gates[rows] = softmax(res.logits), res.gates

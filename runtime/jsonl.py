@@ -216,18 +216,26 @@ def _block(rows: Iterator[Row | None], chunk: int) -> list[Row]:
     return block
 
 
+def read_input_file(path: str, fmt: str = "auto") -> list:
+    """Every non-blank input of a .txt / .jsonl file (read_inputs' rules), as texts or (text, text_pair) tuples."""
+    with _open(path, "rb", "read") as fh:
+        return [r.input for r in read_inputs(fh, _format_of(path, fmt), where=path) if r.error is None]
+
+
 def predict_file(model: str | Path, input: str, output: str = "-", backend: str = "ort-cpu", batch_size: int = 32,
                  fmt: str = "auto", chunk: int = 4096, progress: Callable[[int], None] | None = None,
-                 **load_options) -> dict:
+                 max_layers: int | None = None, **load_options) -> dict:
     """Classify every input of `input` ("-": stdin) into JSONL at `output` ("-": stdout); returns a summary
     {"inputs", "empty", "avg_layers", "truncated", "backend", "output", "budget"} (`empty`: error entries
-    written; `budget`: the dial setting, load_options["budget"], or None)."""
+    written; `budget`: the dial setting, load_options["budget"], or None). `max_layers`: a hard cap on the layers
+    any input runs (Runtime.predict)."""
     if fmt not in FORMATS:
         raise HadSkipError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     _check_paths(input, output)
     count, empty, layers, truncated = 0, 0, 0, 0
     with contextlib.ExitStack() as stack:
         rt = stack.enter_context(Runtime.load(model, backend=backend, **load_options))
+        cap = {"max_layers": rt.check_max_layers(max_layers)} if max_layers is not None else {}
         src = Arriving(sys.stdin.buffer) if input == "-" else stack.enter_context(_open(input, "rb", "read"))
         dst = sys.stdout if output == "-" else stack.enter_context(_open(output, "w", "write"))
         rows = read_inputs(src, _format_of(input, fmt), where="stdin" if input == "-" else input)
@@ -235,12 +243,12 @@ def predict_file(model: str | Path, input: str, output: str = "-", backend: str 
             while block := _block(rows, chunk):
                 todo = [r for r in block if r.error is None]
                 try:
-                    preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size) if todo else [])
+                    preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size, **cap) if todo else [])
                 except EmptyTextError as exc:  # texts with no tokens: error entries, like blank lines
                     for i in exc.indices:
                         todo[i].error = EMPTY
                     todo = [r for r in todo if r.error is None]
-                    preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size) if todo else [])
+                    preds = iter(rt.predict([r.input for r in todo], batch_size=batch_size, **cap) if todo else [])
                 for r in block:
                     if r.error is not None:
                         dst.write(json.dumps({"index": r.index, **r.extra, "error": r.error}) + "\n")

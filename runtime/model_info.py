@@ -29,6 +29,7 @@ class ModelInfo:
     dial: Dial | None = None  # the budget dial (manifest "dial", or RUN/dial.json); None: no dial
     source: str = ""  # the folder it was loaded from, for messages
     dial_problem: str = ""  # why a dial that is there cannot be used (raised when a budget is asked for)
+    trained_avg_layers: dict | None = None  # {"dev", "test"} layers the run averaged when trained (None: unknown)
 
 
 def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
@@ -40,7 +41,15 @@ def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
                      pad_token_id=manifest.backbone.get("pad_token_id"),
                      type_vocab_size=manifest.backbone.get("type_vocab_size"),
                      token_types=manifest_token_types(manifest.backbone), budget=manifest.budget,
-                     manifest=manifest, dial=manifest_dial(manifest, path / MANIFEST), source=str(path))
+                     manifest=manifest, dial=manifest_dial(manifest, path / MANIFEST), source=str(path),
+                     trained_avg_layers=_trained_avg_layers((manifest.export or {}).get("trained_avg_layers")))
+
+
+def _trained_avg_layers(x) -> dict | None:
+    """manifest export.trained_avg_layers, kept only when it is {split: number} (an optional, informative field)."""
+    if not isinstance(x, dict):
+        return None
+    return {str(k): float(v) for k, v in x.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} or None
 
 
 def precision_note(precision: str, backend: str) -> str | None:

@@ -88,10 +88,21 @@ def row_lengths(attention_mask: np.ndarray) -> np.ndarray:
     return lengths
 
 
+def cap_gates(g: np.ndarray, used: np.ndarray, max_layers: int | np.ndarray | None) -> np.ndarray:
+    """The per-row hard cap: once a row has run `max_layers` layers, its remaining gates are closed.  # (B,) bool
+    `used` (B,) counts the layers each row ran so far; max_layers is an int, one per row (B,), or None (no cap).
+    hadskip.modeling.encoder applies the same rule in its "hard" and "route" modes (tests/test_gate_rule.py)."""
+    if max_layers is None:
+        return g
+    return g & (used < np.asarray(max_layers))
+
+
 def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
-          forced: np.ndarray | None = None, gate_offset: float | np.ndarray = 0.0) -> BatchResult:
+          forced: np.ndarray | None = None, gate_offset: float | np.ndarray = 0.0,
+          max_layers: int | np.ndarray | None = None) -> BatchResult:
     """Run one batch through `backend`, each row on its own path. `forced` (B, L) 0/1 replaces the gates;
-    otherwise gate i is `gate_open(backend.run_gate(i, ...), gate_offset)`, gate_offset a float or (B,)."""
+    otherwise gate i is `gate_open(backend.run_gate(i, ...), gate_offset)`, gate_offset a float or (B,).
+    `max_layers` (an int or (B,) ints; None: no cap): a row never runs more layers (cap_gates)."""
     ids = np.asarray(input_ids, dtype=np.int64)
     lengths = row_lengths(attention_mask)
     t = max(1, int(lengths.max(initial=0)))  # trim the batch to its longest row
@@ -106,12 +117,21 @@ def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, t
             raise HadSkipError(f"forced must be (batch, layers) = ({b}, {n_layers}), got {forced.shape}")
     if np.ndim(gate_offset) and np.shape(gate_offset) != (b,):
         raise HadSkipError(f"gate_offset must be a number or one per row ({b},), got shape {np.shape(gate_offset)}")
+    if max_layers is not None:
+        max_layers = np.asarray(max_layers)
+        if max_layers.ndim and max_layers.shape != (b,):
+            raise HadSkipError(f"max_layers must be a number or one per row ({b},), got shape {max_layers.shape}")
+        if max_layers.dtype.kind not in "iu" or (max_layers < 0).any():
+            raise HadSkipError("max_layers must be whole numbers of layers >= 0")
     gates = np.zeros((b, n_layers), dtype=bool)
+    used = np.zeros(b, dtype=np.int64)
 
     h = backend.run_embeddings(ids, mask, tt)  # (B, T, H)
     for i in range(n_layers):
         g = forced[:, i] if forced is not None else gate_open(backend.run_gate(i, h, mask), gate_offset)  # (B,)
+        g = cap_gates(g, used, max_layers)
         gates[:, i] = g
+        used += g
         rows = np.flatnonzero(g)
         if rows.size == b:
             h = backend.run_layer(i, h, mask)

@@ -130,6 +130,9 @@ CASES = [
     # --- bench ---
     ("bench-batch-huge", lambda e: ["bench", str(e.model), "--batch", "99999999999999999999"], r"--batch values"),
     ("bench-batch-zero", lambda e: ["bench", str(e.model), "--batch", "0"], r"--batch values"),
+    ("bench-input-missing", lambda e: ["bench", str(e.model), "--input", str(e.root / "nope.txt")], r"cannot read"),
+    ("predict-max-layers-negative", lambda e: ["predict", str(e.model), "-i", e.txt, "--max-layers", "-1"],
+     r"max_layers must be a whole number of layers within 0\.\."),
     ("bench-batch-text", lambda e: ["bench", str(e.model), "--batch", "1,x"], r"comma-separated integers"),
     ("bench-batch-empty", lambda e: ["bench", str(e.model), "--batch", ","], r"--batch is empty"),
     ("bench-seq-negative", lambda e: ["bench", str(e.model), "--seq", "-4"], r"--seq values"),

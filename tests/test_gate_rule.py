@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_runtime_support import cached_model, one_torch_thread, padded_batch  # noqa: F401
 
+from hadskip.errors import HadSkipError
 from hadskip.modeling.units import gate_open as torch_gate_open
 from hadskip.runtime.router import gate_margin, gate_open, route
 
@@ -94,6 +95,41 @@ def test_pytorch_eval_loop_is_the_runtime_loop(tmp_path_factory):
     got = route(backend, ids, mask, tt, forced=forced)
     np.testing.assert_array_equal(got.gates, forced)
     np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_max_layers_caps_every_row_in_both_loops(tmp_path_factory):
+    """The per-request hard cap: a row never runs more than max_layers layers; its first max_layers open gates
+    are kept and every later one is closed. The runtime's `route` and GatedEncoder ("route" and "hard") agree."""
+    from hadskip.modeling.checkpoint import load_model
+    from hadskip.modeling.torch_backend import TorchBackend
+
+    run, _ = cached_model(tmp_path_factory, "bert", 0)
+    model = load_model(run)
+    backend = TorchBackend(model, "cpu")
+    ids, mask, tt = padded_batch([5, 12, 32, 3, 20, 7, 32, 9, 14, 25, 2, 30], model.config.hf_config["vocab_size"],
+                                 seed=3)
+    caps = [0, 1, 2, np.arange(len(ids)) % (model.num_layers + 1)]
+    changed = 0
+    for offset in (-np.inf, -0.3, 0.0, 0.3):  # every gate open, then mixed patterns
+        free = route(backend, ids, mask, tt, gate_offset=offset)
+        for cap in caps:
+            got = route(backend, ids, mask, tt, gate_offset=offset, max_layers=cap)
+            want = free.gates & (np.cumsum(free.gates, axis=1) <= np.broadcast_to(cap, (len(ids),))[:, None])
+            np.testing.assert_array_equal(got.gates, want)  # the gates before the cap are those of the free run
+            assert (got.layers_used <= cap).all()
+            changed += int((got.gates != free.gates).any())
+            for mode in ("route", "hard"):
+                with torch.no_grad():
+                    ref = model(*(torch.from_numpy(a) for a in (ids, mask, tt)), gates=mode, gate_offset=offset,
+                                max_layers=torch.as_tensor(cap))
+                np.testing.assert_array_equal(got.gates, ref.gates.numpy().astype(bool), err_msg=f"{mode} {cap}")
+                np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=1e-5, rtol=0)
+    assert changed >= len(caps)  # the cap really closed gates
+    forced = np.ones((len(ids), model.num_layers), dtype=bool)
+    assert (route(backend, ids, mask, tt, forced=forced, max_layers=2).layers_used == 2).all()
+    with pytest.raises(HadSkipError, match="max_layers"):
+        route(backend, ids, mask, tt, max_layers=-1)
 
 
 @pytest.mark.usefixtures("one_torch_thread")

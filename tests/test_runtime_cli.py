@@ -114,3 +114,26 @@ def test_bench_table_and_bad_arguments(model):
     assert "ratio to" in res.stdout and "forced" in res.stdout
     assert CliRunner().invoke(app, ["bench", str(model), "--batch", "x"]).exit_code != 0
     assert main(["bench", str(model), "--seq", "999", "--quiet"]) == 2  # beyond max_seq_len
+
+
+def test_bench_input_times_real_texts(model, tmp_path):
+    """--input FILE: the routed rows are the file's texts (each once here: 6 texts, batch 2, 3 rounds, no warmup),
+    so the hadskip row's avg_layers is that of Runtime.predict on them, and seq is their mean padded length."""
+    texts = ["a fine movie", "dull", "the plot was thin but the acting saved it", "fun", "bad " * 10, "an odd one"]
+    src = tmp_path / "traffic.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts) + "\n")
+    res = CliRunner().invoke(app, ["bench", str(model), "--input", str(src), "--batch", "2", "--repeats", "3",
+                                   "--warmup", "0", "--k", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    with Runtime.load(model) as rt:
+        want = rt.predict(texts).num_layers.mean()
+        enc = rt.encode(texts)
+    (hadskip,) = [r for r in report["rows"] if r["engine"] == "hadskip"]
+    assert hadskip["avg_layers"] == pytest.approx(want, abs=1e-3)
+    lengths = [max(len(enc.ids[j]) for j in (i, i + 1)) for i in (0, 2, 4)]
+    assert hadskip["batch"] == 2 and hadskip["seq"] == round(sum(lengths) / 3)
+    assert any("real traffic: 6 inputs" in n for n in report["notes"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert main(["bench", str(model), "--input", str(empty), "--quiet"]) == 2

@@ -381,3 +381,63 @@ def test_hard_tail_trains_the_backbone_on_frozen_gate_decisions(env, tmp_path, m
     assert "hard_task" in log[-2] and "budget" in log[-2] and "hard_budget" in log[-2]
     with pytest.raises(HadSkipError, match="--hard-tail"):
         _hadskip_cfg(env, tmp_path / "x", hard_tail=1.0)
+
+
+def test_a_missed_budget_warns_and_is_recorded(env, capsys):
+    """Gates that barely train (no stage II, no homotopy, a tiny gate learning rate) keep every layer at budget
+    1 of 3: the run is saved, exit 0, with a `warning:` line naming the next step, "budget_missed" in --json and
+    in run.json; a run within the margin (budget 3 of 3, every gate open) has no warning and null."""
+    from hadskip.cli.main import main
+    from hadskip.training.schedule import BUDGET_MARGIN, budget_miss
+
+    base = ["train", "--backbone", str(env["backbone"]), "--task", str(env["task"]), "--teacher", str(env["teacher"]),
+            "--max-len", "32", "--batch-size", "16", "--no-gate-init", "--no-homotopy", "--gate-lr", "1e-9",
+            "--final-phase-epochs", "0.5", "--json"]
+    out = env["root"] / "missed"
+    assert main([*base, "--out", str(out), "--budget", "1"]) == 0
+    captured = capsys.readouterr()
+    missed = json.loads(captured.out)["budget_missed"]
+    assert missed["dev_avg_layers"] > 1 + BUDGET_MARGIN and missed["budget"] == 1.0
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "--final-phase-epochs" in warning[0] and "hadskip dial" in warning[0], warning
+    assert read_info(out).metrics["budget_missed"] == missed
+    assert main([*base, "--out", str(env["root"] / "kept"), "--budget", "3"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["budget_missed"] is None and "warning:" not in captured.err
+    assert budget_miss(2.0, 2.0 + BUDGET_MARGIN, 2.0) is None and budget_miss(2.0, 1.7, 2.0)["gap"] < 0
+
+
+def test_eval_export_and_info_report_the_layers_run(env, tmp_path, capsys):
+    """A run trained at budget 1 that keeps every layer: `hadskip eval` (run dir and model dir) reports the
+    layers it ran and the miss, the export records the trained averages, /info shows them and the average the
+    served rows ran; not only "budget 1"."""
+    from hadskip.cli.main import main
+    from hadskip.evaluation.report import evaluate_path
+    from hadskip.export import export_model
+    from hadskip.runtime import Runtime
+    from hadskip.runtime.serve import ServeConfig, create_app
+
+    out = tmp_path / "run"
+    metrics = train_hadskip(_hadskip_cfg(env, out, budget=1.0, gate_init=False, homotopy=False, gate_lr=1e-9))
+    assert metrics["dev_avg_layers"] > 2
+    trained = {"dev": metrics["dev_avg_layers"], "test": metrics["test_avg_layers"]}
+    report = evaluate_path(str(out), split="dev", plots_dir=None)
+    assert report["trained_avg_layers"] == trained
+    assert report["budget_missed"]["budget"] == 1.0 and report["budget_missed"]["avg_layers"] == report["avg_layers"]
+    export_model(out, tmp_path / "model", max_batch=8, progress=False)
+    assert main(["eval", str(tmp_path / "model"), "--split", "dev"]) == 0
+    assert "warning:" in capsys.readouterr().err
+    report = evaluate_path(str(tmp_path / "model"), split="dev", plots_dir=None)
+    assert report["trained_avg_layers"] == pytest.approx(trained) and report["budget_missed"]["budget"] == 1.0
+    rt = Runtime.load(tmp_path / "model")
+    assert rt.info.trained_avg_layers == pytest.approx(trained)
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(ServeConfig(), lambda: rt, model_name="m"), headers={"host": "localhost"}) as client:
+        info = client.get("/info").json()
+        assert info["budget"] == 1.0 and info["trained_avg_layers"] == pytest.approx(trained)
+        assert info["served_avg_layers"] is None
+        texts = ["a fine movie", "dull", "the plot was thin"]
+        assert client.post("/predict", json={"inputs": texts, "max_layers": 2}).status_code == 200
+        want = np.minimum(rt.predict(texts).num_layers, 2).mean()
+        assert client.get("/info").json()["served_avg_layers"] == pytest.approx(want, abs=1e-4)

@@ -18,6 +18,7 @@ from hadskip.evaluation.plots import plot_layer_usage
 from hadskip.modeling.checkpoint import encode_run_split, load_run, load_run_task, read_info
 from hadskip.runtime import Runtime
 from hadskip.runtime.dial import read_dial, resolve_offset
+from hadskip.training.schedule import BUDGET_MARGIN
 
 __all__ = ["default_device", "evaluate_path", "plot_layer_usage"]
 
@@ -56,6 +57,17 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _layers_keys(report: dict, trained: dict | None) -> dict:
+    """What the model ran next to what it aimed at: "trained_avg_layers" (dev/test when trained; None: not
+    recorded) and "budget_missed" (None, or {budget, avg_layers, gap, margin} when this evaluation's average
+    layers is further than BUDGET_MARGIN from the budget asked for, else the trained one)."""
+    target = report.get("target_budget", report.get("budget"))
+    gap = None if target is None else report["avg_layers"] - float(target)
+    missed = None if gap is None or abs(gap) <= BUDGET_MARGIN else {
+        "budget": float(target), "avg_layers": report["avg_layers"], "gap": round(gap, 4), "margin": BUDGET_MARGIN}
+    return {"trained_avg_layers": trained, "budget_missed": missed}
+
+
 def _dial_keys(budget: float | None, offset: float) -> dict:
     return {} if budget is None else {"target_budget": float(budget), "gate_offset": offset}
 
@@ -74,6 +86,9 @@ def _eval_run(p: Path, split: str, task: str | None, batch_size: int, budget: fl
     res = summarize(logits, used, labels, run_split.spec.metric)
     report = {"task": run_split.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget,
               **_dial_keys(budget, offset)}
+    metrics = info.metrics or {}
+    report.update(_layers_keys(report, {k: metrics[f"{k}_avg_layers"] for k in ("dev", "test")
+                                        if isinstance(metrics.get(f"{k}_avg_layers"), (int, float))} or None))
     return report, used, labels
 
 
@@ -85,9 +100,11 @@ def _eval_model_dir(p: Path, split: str, task: str | None, batch_size: int, budg
         inputs = list(zip(s.texts, s.pairs, strict=True)) if s.pairs is not None else list(s.texts)
         out = rt.predict(inputs, batch_size=batch_size, allow_empty=True)  # the split as it is, like PyTorch eval
         offset = rt.gate_offset
+        trained = rt.info.trained_avg_layers
     used = np.asarray(out.gates, dtype=np.float32)  # (N, L)
     labels = np.asarray(s.labels)
     res = summarize(out.probabilities, used, labels, data.spec.metric)  # argmax of probabilities = of logits
     report = {"task": data.spec.name, "split": split, **res.to_dict(), "kind": "model-dir",
               "budget": manifest.budget, **_dial_keys(budget, offset)}
+    report.update(_layers_keys(report, trained))
     return report, used, labels

@@ -113,9 +113,10 @@ class GatedEncoder(nn.Module):
                 token_type_ids: torch.Tensor | None = None, *, gates: GateMode = "route",
                 forced: torch.Tensor | None = None, output_hidden: bool = False,
                 output_attentions: bool = False, generator: torch.Generator | None = None,
-                gate_offset: float = 0.0) -> EncoderOutput:
+                gate_offset: float = 0.0, max_layers: int | torch.Tensor | None = None) -> EncoderOutput:
         """Run the encoder. `forced` (B, L) of 0/1 overrides the gate decisions in "hard" and "route";
-        otherwise they are gate_open(gate logits, gate_offset)."""
+        otherwise they are gate_open(gate logits, gate_offset). `max_layers` (an int or (B,); "hard" and
+        "route"): once a row has run that many layers its remaining gates close (the runtime's cap_gates)."""
         token_type_ids = self.token_types(input_ids, token_type_ids)
         if gates == "route" and output_attentions:
             raise ValueError("attentions are only defined when every layer runs on every row")
@@ -124,6 +125,9 @@ class GatedEncoder(nn.Module):
         hidden = [h] if output_hidden else None
         attentions: list[torch.Tensor] | None = [] if output_attentions else None
         g_all, logit_all = [], []
+        if max_layers is not None and gates == "sample":
+            raise ValueError("max_layers applies to the hard gates (modes hard and route), not to sampling")
+        used = torch.zeros(input_ids.shape[0], dtype=h.dtype, device=h.device)
         for i, layer in enumerate(self.layers):
             g = None
             if gates != "off":
@@ -135,6 +139,9 @@ class GatedEncoder(nn.Module):
                     g = sample(logits_i, self.config.tau, generator)[:, 1]  # (B,) hard 0/1 with a gradient
                 else:
                     g = gate_open(logits_i, gate_offset).to(h.dtype)
+                if max_layers is not None:
+                    g = g * (used < torch.as_tensor(max_layers, device=h.device)).to(h.dtype)
+                    used = used + g
                 g_all.append(g)
             if gates == "route":
                 h = self._route(layer, h, attention_mask, g)

@@ -52,3 +52,24 @@ def stage3_epochs(info: RunInfo, num_layers: int) -> float:
     if not cfg.homotopy:  # such runs trained final_phase_epochs only at K
         return float(cfg.final_phase_epochs)
     return float(sum(phase_epochs(num_layers, cfg)))
+
+
+BUDGET_MARGIN = 0.25  # layers: a finished run whose dev average is further than this from its budget missed it
+
+
+def budget_miss(budget: float, dev_avg_layers: float, final_phase_epochs: float,
+                margin: float = BUDGET_MARGIN) -> dict | None:
+    """None when the dev average of layers is within `margin` of the budget; else what `hadskip train` reports
+    (a warning line, "budget_missed" in its JSON and in run.json's metrics), with the next step: a longer final
+    phase (more --final-phase-epochs) or `hadskip dial`, which calibrates the budget exactly on dev."""
+    gap = float(dev_avg_layers) - float(budget)
+    if abs(gap) <= margin:
+        return None
+    more = gap > 0
+    hint = (f"train the last phase longer (--final-phase-epochs above {final_phase_epochs:g}) or run "
+            f"`hadskip dial` on the run and serve with --budget {budget:g}") if more else \
+        f"run `hadskip dial` on the run and serve with --budget {budget:g} to use the layers the budget allows"
+    message = (f"the dev average is {dev_avg_layers:.2f} layers, {abs(gap):.2f} {'over' if more else 'under'} "
+               f"the budget {budget:g} (margin {margin:g}); {hint}")
+    return {"budget": float(budget), "dev_avg_layers": round(float(dev_avg_layers), 4), "gap": round(gap, 4),
+            "margin": margin, "message": message}

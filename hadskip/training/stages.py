@@ -36,7 +36,7 @@ from hadskip.training.loop import Log, Prepared, adamw, eval_split, num_steps, t
 from hadskip.training.losses import LossWeights, budget_penalty, distillation, task_loss
 from hadskip.training.preflight import check_hadskip, resolve_task
 from hadskip.training.progress import ProgressFile
-from hadskip.training.schedule import homotopy_schedule, phase_epochs
+from hadskip.training.schedule import budget_miss, homotopy_schedule, phase_epochs
 
 
 @dataclass
@@ -229,7 +229,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     total = time.time() - t0 + (timings["stage1"] if cfg.teacher else 0.0)
     metrics = {"dev": dev["dev"], "dev_avg_layers": dev["dev_avg_layers"], "test": test.value,
                "test_avg_layers": test.avg_layers, "teacher_test": tinfo.metrics.get("test"),
-               "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_seconds": round(total, 1)}
+               "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_seconds": round(total, 1),
+               "budget_missed": budget_miss(cfg.budget, dev["dev_avg_layers"], cfg.final_phase_epochs)}
     if acc.is_main_process:
         save_run(out, final, tokenizer, RunInfo(task=prep.task_dict(), max_len=cfg.max_len, kind="hadskip",
                                                  budget=cfg.budget, metrics=metrics,

@@ -1,6 +1,7 @@
 """The FastAPI app of `hadskip serve-local`: endpoints, errors as JSON, the API key, model loading, metrics.
 
-    POST /predict   {"inputs": "text" | ["text", ...] | [["text", "text_pair"], ...], "budget"?: 2.5}   (items may mix)
+    POST /predict   {"inputs": "text" | ["text", ...] | [["text", "text_pair"], ...], "budget"?: 2.5,
+                     "max_layers"?: 2}   (items may mix)
                     -> {"predictions": [{"label", "label_id", "probs", "layers", "num_layers", "tokens",
                                          "truncated"}, ...]}                          (input order, always a list)
     GET|HEAD /health  200 {"status": "ok"} | 503 {"status": "loading" | "shutting down" | ...}  (never needs the key)
@@ -27,7 +28,7 @@ from hadskip.runtime.serve.config import ServeConfig
 from hadskip.runtime.serve.connections import FramingGuard, HostGuard
 from hadskip.runtime.serve.metrics import Metrics
 from hadskip.errors import HadSkipError
-from hadskip.runtime.serve.request import CLOSE, ApiError, parse_predict_request, read_body, scrub_paths
+from hadskip.runtime.serve.request import CLOSE, ApiError, parse_predict_fields, read_body, scrub_paths
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures it: our lines share its format
 
@@ -56,13 +57,16 @@ PREDICT_SCHEMA = {
                              {"type": "array", "items": {"type": "string", "minLength": 1},
                               "minItems": 2, "maxItems": 2}]}}]},
                    "budget": {"type": "number", "description": "target average layers through the model's "
-                              "budget dial (default: the server's --budget, else the trained gates)"}},
+                              "budget dial (default: the server's --budget, else the trained gates)"},
+                   "max_layers": {"type": "integer", "minimum": 0, "description": "a hard cap: no row runs more "
+                                  "layers (0..L; default: none)"}},
 }
 PREDICT_EXAMPLES = {
     "one text": {"value": {"inputs": "a fine movie"}},
     "a batch": {"value": {"inputs": ["a fine movie", "dull and long"]}},
     "a pair": {"value": {"inputs": [["the plot was thin", "the acting saved it"]]}},
     "at a budget": {"value": {"inputs": "a fine movie", "budget": 2.5}},
+    "at most 2 layers a row": {"value": {"inputs": "a fine movie", "max_layers": 2}},
 }
 
 
@@ -200,9 +204,14 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
             raise ApiError(415, "the body must be JSON (Content-Type: application/json)", "unsupported_media_type")
         body = await read_body(request, config.max_body_bytes, config.body_deadline_s)
         if len(body) <= 1 << 16:
-            rows, budget = parse_predict_request(body, config.max_inputs)
+            rows, budget, cap = parse_predict_fields(body, config.max_inputs)
         else:  # parsing a large body takes milliseconds: not on the event loop
-            rows, budget = await asyncio.to_thread(parse_predict_request, body, config.max_inputs)
+            rows, budget, cap = await asyncio.to_thread(parse_predict_fields, body, config.max_inputs)
+        if cap is not None:
+            try:
+                state.runtime.check_max_layers(cap)
+            except HadSkipError as exc:
+                raise ApiError(422, str(exc), "validation") from None
         if budget is not None:  # outside the dial's range, or no dial: refused before queueing
             try:
                 state.runtime.offset_for(budget)
@@ -210,7 +219,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
                 raise ApiError(422, str(exc), "validation") from None
         state.inflight += 1
         try:
-            result: JobResult = await state.batcher.submit(rows, budget)
+            result: JobResult = await state.batcher.submit(rows, budget, cap)
         finally:
             state.inflight -= 1
         state.metrics.request_s.observe(time.perf_counter() - start)
@@ -277,6 +286,13 @@ def _finite(x):
     return x
 
 
+def _served_avg_layers(state: ServerState) -> float | None:
+    """The layers the rows answered so far ran on average (None before the first)."""
+    batcher = getattr(state, "batcher", None)
+    rows = getattr(batcher, "rows_done", 0)
+    return round(batcher.layers_done / rows, 4) if rows else None
+
+
 def _info(state: ServerState) -> dict:
     rt, cfg = state.runtime, state.config
     info = getattr(rt, "info", None)
@@ -284,7 +300,9 @@ def _info(state: ServerState) -> dict:
     out = {"model": state.model_name, "backend": rt.backend_name, "labels": list(rt.labels),
            "num_layers": int(rt.num_layers), "max_seq_len": int(rt.max_seq_len),
            "budget": getattr(info, "budget", None), "limits": cfg.limits(), "auth": cfg.api_key is not None,
-           "version": _version(), "serving_budget": getattr(rt, "budget", None)}
+           "version": _version(), "serving_budget": getattr(rt, "budget", None),
+           "trained_avg_layers": getattr(info, "trained_avg_layers", None),
+           "served_avg_layers": _served_avg_layers(state)}
     dial = getattr(info, "dial", None)
     if dial is not None:
         out["dial"] = {"range": list(dial.budget_range), "metric": dial.metric, "split": dial.split,

@@ -32,6 +32,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
     budget: float | None = None  # the request's budget (None: the server's)
+    max_layers: int | None = None  # the request's hard cap on layers per row (None: none)
 
 
 @dataclass
@@ -57,17 +58,18 @@ class Batcher:
         self.busy_rows = 0  # rows in the runtime call now running
         self.cond = threading.Condition()
         self.closing = False
+        self.rows_done, self.layers_done = 0, 0  # rows answered and the layers they ran (/info served_avg_layers)
         self.thread = threading.Thread(target=self._work, name="hadskip-batcher", daemon=True)
 
     def start(self) -> Batcher:
         self.thread.start()
         return self
 
-    def submit(self, rows: list, budget: float | None = None) -> asyncio.Future:
+    def submit(self, rows: list, budget: float | None = None, max_layers: int | None = None) -> asyncio.Future:
         """Queue one request's rows (called on the event loop); raises Overloaded when the queue is full.
         An empty queue always takes a request, so no request is too big to ever run."""
         loop = asyncio.get_running_loop()
-        job = Job(rows, loop.create_future(), loop, budget=budget)
+        job = Job(rows, loop.create_future(), loop, budget=budget, max_layers=max_layers)
         with self.cond:
             if self.closing:
                 raise ApiError(503, "the server is shutting down", "unavailable", {"Retry-After": "1"})
@@ -133,14 +135,18 @@ class Batcher:
         rows = [r for j in batch for r in j.rows]
         start = time.perf_counter()
         try:
-            if all(j.budget is None for j in batch):
-                preds = self.predict(rows, batch_size=self.max_batch)
-            else:  # one budget per row; None rows run at the server's
-                preds = self.predict(rows, batch_size=self.max_batch, budget=[j.budget for j in batch for _ in j.rows])
+            extra = {}
+            if any(j.budget is not None for j in batch):  # one budget per row; None rows run at the server's
+                extra["budget"] = [j.budget for j in batch for _ in j.rows]
+            if any(j.max_layers is not None for j in batch):  # one cap per row; None: no cap
+                extra["max_layers"] = [j.max_layers for j in batch for _ in j.rows]
+            preds = self.predict(rows, batch_size=self.max_batch, **extra)
             probs = getattr(preds, "probabilities", None)
             if probs is not None and not _all_finite(probs):
                 raise HadSkipError("the model produced non-finite probabilities")
             dicts = preds.to_dicts()
+            self.rows_done += len(dicts)
+            self.layers_done += sum(d.get("num_layers", 0) for d in dicts)
             failure = None
         except Exception as exc:  # any backend failure becomes a 424 for these requests, never a dead worker
             failure = exc

@@ -78,6 +78,12 @@ def parse_predict_body(body: bytes, max_inputs: int) -> list:
 def parse_predict_request(body: bytes, max_inputs: int) -> tuple[list, float | None]:
     """The body of POST /predict -> (inputs, budget or None), or ApiError (422 / 413). The budget (a target
     average of layers through the model's budget dial) is only checked to be a finite number here."""
+    return parse_predict_fields(body, max_inputs)[:2]
+
+
+def parse_predict_fields(body: bytes, max_inputs: int) -> tuple[list, float | None, int | None]:
+    """parse_predict_request plus "max_layers" (a hard per-row cap: a whole number >= 0; the server checks it
+    against the model's layer count)."""
     if not body.strip():
         raise _invalid('empty body: send a JSON object such as {"inputs": "a fine movie"}')
     try:
@@ -95,16 +101,17 @@ def parse_predict_request(body: bytes, max_inputs: int) -> tuple[list, float | N
         raise _invalid(f"the body is not valid JSON: {first[:120]}") from exc
     if not isinstance(obj, dict):
         raise _invalid(f'the body must be a JSON object with an "inputs" field, got {_json_type(obj)}')
-    unknown = sorted(k for k in obj if k not in ("inputs", "budget"))
+    unknown = sorted(k for k in obj if k not in ("inputs", "budget", "max_layers"))
     if unknown:
         names = ", ".join(ascii(k[:40]) for k in unknown[:5])
-        raise _invalid(f'unknown field(s) {names}; the fields are "inputs" and "budget" (optional)')
+        raise _invalid(f'unknown field(s) {names}; the fields are "inputs", "budget" and "max_layers" (optional)')
     if "inputs" not in obj:
         raise _invalid('the body lacks "inputs"')
     budget = _budget(obj.get("budget"))
+    cap = _max_layers(obj.get("max_layers"))
     inputs = obj["inputs"]
     if isinstance(inputs, str):
-        return [_text(inputs, "inputs")], budget
+        return [_text(inputs, "inputs")], budget, cap
     if not isinstance(inputs, list):
         raise _invalid(f'"inputs" must be a string or a list of strings / [text, text_pair] pairs, '
                        f"got {_json_type(inputs)}")
@@ -113,7 +120,7 @@ def parse_predict_request(body: bytes, max_inputs: int) -> tuple[list, float | N
     if len(inputs) > max_inputs:
         raise ApiError(413, f"{len(inputs)} inputs in one request; the limit is {max_inputs} (split the request)",
                        "payload_too_large")
-    return [_item(x, f"inputs[{n}]") for n, x in enumerate(inputs)], budget
+    return [_item(x, f"inputs[{n}]") for n, x in enumerate(inputs)], budget, cap
 
 
 def _depth(body: bytes) -> int:
@@ -158,6 +165,15 @@ def _budget(x: Any) -> float | None:
             return value
     raise _invalid(f'"budget" must be a finite number of layers, got {_json_type(x)}'
                    + (f" {x}" if isinstance(x, float) else ""))
+
+
+def _max_layers(x: Any) -> int | None:
+    if x is None:
+        return None
+    if not isinstance(x, bool) and isinstance(x, int) and x >= 0:
+        return x
+    raise _invalid(f'"max_layers" must be a whole number of layers >= 0, got {_json_type(x)}'
+                   + (f" {x}" if isinstance(x, (int, float)) and not isinstance(x, bool) else ""))
 
 
 def _item(x: Any, where: str):
