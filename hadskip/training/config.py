@@ -127,7 +127,8 @@ class HadSkipConfig(TrainConfig):
     task: str | None = _opt(None, "Task (default: the --teacher's task, else rotten-tomatoes); a registry name "
                                   "(rotten-tomatoes, glue/<name>) or a folder of train/dev/test files.")
     budget: float = _opt(3.0, "Average layers to run, K of L (fractions allowed).")
-    teacher: str | None = _opt(None, "Reuse a finished `hadskip finetune` run as stage I.")
+    teacher: str | None = _opt(None, "Stage I: a finished `hadskip finetune` run, or a fine-tuned transformers "
+                                        "sequence classifier (folder or hub name; needs --task), kept as it is.")
     stage2_epochs: float = _opt(0.5, "Stage II (gate initialisation) epochs.")
     phase_epochs: float = _opt(1.0, "Epochs per homotopic phase of stage III (before the last).")
     final_phase_epochs: float = _opt(2.0, "Epochs of the last phase (k = K).")

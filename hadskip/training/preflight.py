@@ -13,6 +13,7 @@ from pathlib import Path
 from hadskip.errors import HadSkipError
 from hadskip.modeling.backbone import check_max_len, load_config
 from hadskip.modeling.checkpoint import read_model_config, read_teacher, task_source
+from hadskip.modeling.hf_classifier import classifier_config, classifier_location
 from hadskip.training.schedule import homotopy_schedule
 
 
@@ -25,7 +26,10 @@ def check_finetune(cfg, init=None) -> None:
 
 def check_hadskip(cfg) -> None:
     """For `train_hadskip(cfg)`: the teacher (or backbone) is usable, its max_len fits, the budget fits its layers."""
-    if cfg.teacher:
+    if cfg.teacher and classifier_location(cfg.teacher) is not None:  # a transformers classifier
+        config = classifier_config(cfg.teacher)
+        hf_config, num_layers, max_len, name = config.to_dict(), config.num_hidden_layers, cfg.max_len, cfg.teacher
+    elif cfg.teacher:
         teacher = Path(cfg.teacher)
         if Path(cfg.out).resolve() == teacher.resolve():
             raise HadSkipError(f"--out {cfg.out} is the --teacher run: training would overwrite the teacher it "
@@ -51,6 +55,9 @@ def resolve_task(cfg) -> None:
     if not cfg.teacher:
         cfg.task = "rotten-tomatoes"
         return
+    if classifier_location(cfg.teacher) is not None:
+        raise HadSkipError(f"--teacher {cfg.teacher} is a transformers classifier, which records no task: give "
+                           "--task (the task, or folder, it was fine-tuned on)")
     name, options = task_source(read_teacher(Path(cfg.teacher)).task)
     cfg.task = name
     for key in ("text_col", "pair_col", "label_col", "metric"):

@@ -28,6 +28,7 @@ import torch
 from hadskip.errors import HadSkipError
 from hadskip.evaluation.evaluate import evaluate
 from hadskip.modeling.checkpoint import RunInfo, claim_run_dir, load_run, read_teacher, save_run
+from hadskip.modeling.hf_classifier import classifier_location
 from hadskip.modeling.units import Gate
 from hadskip.training import loop
 from hadskip.training.config import HadSkipConfig, TrainConfig
@@ -37,6 +38,7 @@ from hadskip.training.losses import LossWeights, budget_penalty, distillation, t
 from hadskip.training.preflight import check_hadskip, resolve_task
 from hadskip.training.progress import ProgressFile
 from hadskip.training.schedule import budget_miss, homotopy_schedule, phase_epochs
+from hadskip.training.teacher_import import IMPORT_STAGE, import_teacher
 
 
 @dataclass
@@ -81,6 +83,14 @@ class _Stages:
 
 def _stage1(cfg: HadSkipConfig, record: ProgressFile, timings: dict) -> Path:
     """The teacher's run dir: --teacher (checked to be a finetune run), or stage I run now (or resumed)."""
+    if cfg.teacher and classifier_location(cfg.teacher) is not None:  # a transformers classifier: imported once
+        teacher_dir = Path(cfg.out) / "stages" / IMPORT_STAGE
+        if IMPORT_STAGE not in record.done:
+            t = time.time()
+            import_teacher(cfg, teacher_dir)
+            timings["stage1"] = time.time() - t
+            record.mark(IMPORT_STAGE, teacher_dir)
+        return teacher_dir
     if cfg.teacher:
         teacher_dir = Path(cfg.teacher)
         read_teacher(teacher_dir)
@@ -226,7 +236,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     final, _, last_info = load_run(last)
     dev = last_info.metrics  # the last phase was evaluated on dev when it was saved
     test = evaluate(final, prep.test, prep.spec.metric, prep.pad_id, cfg.eval_batch_size)
-    total = time.time() - t0 + (timings["stage1"] if cfg.teacher else 0.0)
+    external = cfg.teacher and teacher_dir == Path(cfg.teacher)  # a finetune run made before this one
+    total = time.time() - t0 + (timings["stage1"] if external else 0.0)
     metrics = {"dev": dev["dev"], "dev_avg_layers": dev["dev_avg_layers"], "test": test.value,
                "test_avg_layers": test.avg_layers, "teacher_test": tinfo.metrics.get("test"),
                "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_seconds": round(total, 1),
