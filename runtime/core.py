@@ -52,8 +52,9 @@ class Predictions(Sequence):
     """Results of `Runtime.predict` in input order: a sequence of Prediction plus whole-array views."""
 
     def __init__(self, label_names: list[str], probabilities: np.ndarray, gates: np.ndarray, tokens: np.ndarray,
-                 truncated: np.ndarray):
+                 truncated: np.ndarray, logits: np.ndarray | None = None):
         self.label_names = list(label_names)
+        self.logits = logits  # (N, C) float32, the head's raw scores (None: not kept)
         self.probabilities = probabilities  # (N, C) float32
         self.gates = gates  # (N, L) bool
         self.tokens = tokens  # (N,) int
@@ -235,6 +236,7 @@ class Runtime:
         n = len(enc.ids)
         lengths = enc.lengths
         probs = np.zeros((n, len(self.labels)), dtype=np.float32)
+        logits = np.zeros((n, len(self.labels)), dtype=np.float32)
         gates = np.zeros((n, self.num_layers), dtype=bool)
         order = np.argsort(lengths, kind="stable")
         for start in range(0, n, batch_size):
@@ -244,8 +246,8 @@ class Runtime:
                                  max_layers=None if caps is None else caps[rows])
             if res.logits.shape[1] != len(self.labels):
                 raise HadSkipError(f"the head gives {res.logits.shape[1]} logits for {len(self.labels)} labels")
-            probs[rows], gates[rows] = softmax(res.logits), res.gates
-        return Predictions(self.labels, probs, gates, lengths, enc.truncated)
+            probs[rows], gates[rows], logits[rows] = softmax(res.logits), res.gates, res.logits
+        return Predictions(self.labels, probs, gates, lengths, enc.truncated, logits)
 
     def close(self) -> None:
         close = getattr(self.backend, "close", None)

@@ -1,6 +1,7 @@
 """`hadskip serve-local`: a model dir behind HTTP on this machine, with micro-batching (extra `serve`).
 
     config.py       ServeConfig (every field a CLI option), is_loopback
+    tei.py          --api tei: text-embeddings-inference's /predict grammar and answers
     request.py      POST /predict's body -> inputs; ApiError (one-line JSON errors); reading a body in bounds
     metrics.py      Prometheus metrics (prometheus_client)
     batcher.py      the worker thread that merges requests into runtime calls

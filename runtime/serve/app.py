@@ -8,6 +8,8 @@
     GET  /info      model facts from the manifest, budget, backend, limits
     GET  /metrics   Prometheus text (prometheus_client)
     GET  /docs      OpenAPI (Swagger UI); /openapi.json
+With --api tei, POST /predict, / and /invocations speak text-embeddings-inference's API instead (tei.py), GET /
+and /ping answer as /health, and /info has TEI's fields.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations (Request, the bearer
@@ -29,10 +31,12 @@ from hadskip.runtime.serve.connections import FramingGuard, HostGuard
 from hadskip.runtime.serve.metrics import Metrics
 from hadskip.errors import HadSkipError
 from hadskip.runtime.serve.request import CLOSE, ApiError, parse_predict_fields, read_body, scrub_paths
+from hadskip.runtime.serve.tei import ERROR_TYPES, TeiRequest, parse_tei_predict
+from hadskip.runtime.serve.tei import answer as tei_answer
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures it: our lines share its format
 
-ENDPOINTS = ("/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
+ENDPOINTS = ("/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json", "/", "/invocations", "/ping")
 
 
 @dataclass
@@ -67,6 +71,34 @@ PREDICT_EXAMPLES = {
     "a pair": {"value": {"inputs": [["the plot was thin", "the acting saved it"]]}},
     "at a budget": {"value": {"inputs": "a fine movie", "budget": 2.5}},
     "at most 2 layers a row": {"value": {"inputs": "a fine movie", "max_layers": 2}},
+}
+
+
+TEI_PREDICT_SCHEMA = {  # text-embeddings-inference's PredictRequest (docs/openapi.json), plus our opt-in extras
+    "type": "object", "required": ["inputs"],
+    "properties": {
+        "inputs": {"oneOf": [
+            {"type": "string", "description": "A single string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2,
+             "description": "A pair of strings"},
+            {"type": "array", "description": "A batch", "items": {"oneOf": [
+                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+                {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}]}}]},
+        "raw_scores": {"type": "boolean", "default": False},
+        "truncate": {"type": "boolean", "default": False, "nullable": True},
+        "truncation_direction": {"type": "string", "enum": ["left", "right"], "default": "right"},
+        "hadskip": {"type": "object", "description": "opt-in: {\"budget\": 2.5, \"max_layers\": 2}",
+                    "properties": {"budget": {"type": "number"}, "max_layers": {"type": "integer", "minimum": 0}}}}}
+TEI_PREDICTION = {"type": "object", "required": ["label", "score"],
+                  "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}
+TEI_RESPONSE_SCHEMA = {"oneOf": [{"type": "array", "items": TEI_PREDICTION},
+                                 {"type": "array", "items": {"type": "array", "items": TEI_PREDICTION}}]}
+TEI_EXAMPLES = {
+    "one text": {"value": {"inputs": "What is Deep Learning?"}},
+    "a pair": {"value": {"inputs": ["the plot was thin", "the acting saved it"]}},
+    "a batch": {"value": {"inputs": [["a fine movie"], ["the plot was thin", "the acting saved it"]]}},
+    "raw scores, truncated": {"value": {"inputs": "a fine movie", "raw_scores": True, "truncate": True}},
+    "at a budget": {"value": {"inputs": "a fine movie", "hadskip": {"budget": 2.5}}},
 }
 
 
@@ -157,9 +189,13 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
             raise ApiError(401, "invalid API key", "unauthorized", {"WWW-Authenticate": "Bearer"})
 
     guarded = [fastapi.Depends(authorize)] if config.api_key is not None else []
+    tei = config.api == "tei"
 
     def error(status: int, message: str, kind: str, headers: dict | None = None) -> JSONResponse:
-        """The JSON error answer; absolute paths (from a runtime message) are cut to their last part."""
+        """The JSON error answer; absolute paths (from a runtime message) are cut to their last part. With
+        --api tei the kinds are TEI's ErrorType names."""
+        if tei:
+            kind = ERROR_TYPES.get(kind, kind)
         return JSONResponse({"error": scrub_paths(message), "error_type": kind}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
@@ -189,24 +225,16 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
 
     problems = {c: {"model": ErrorResponse} for c in (401, 408, 413, 415, 422, 424, 429, 503)}
 
-    @app.post("/predict", dependencies=guarded, responses={200: {"model": PredictResponse}, **problems},
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": PREDICT_SCHEMA, "examples": PREDICT_EXAMPLES}}}})
-    async def predict(request: Request):
-        """Classify one text, a batch, or text pairs: label, probabilities, the layers each input ran, and
-        whether it was truncated to max_seq_len. Results come back in input order."""
+    async def read_json(request: Request) -> bytes:
         if status() != "ok":
             raise unavailable()
-        start = time.perf_counter()
         ctype = request.headers.get("content-type")
         media = (ctype or "").split(";")[0].strip().lower()
         if ctype is not None and media != "application/json" and not media.endswith("+json"):
             raise ApiError(415, "the body must be JSON (Content-Type: application/json)", "unsupported_media_type")
-        body = await read_body(request, config.max_body_bytes, config.body_deadline_s)
-        if len(body) <= 1 << 16:
-            rows, budget, cap = parse_predict_fields(body, config.max_inputs)
-        else:  # parsing a large body takes milliseconds: not on the event loop
-            rows, budget, cap = await asyncio.to_thread(parse_predict_fields, body, config.max_inputs)
+        return await read_body(request, config.max_body_bytes, config.body_deadline_s)
+
+    async def run(rows: list, budget: float | None, cap: int | None) -> JobResult:
         if cap is not None:
             try:
                 state.runtime.check_max_layers(cap)
@@ -219,27 +247,88 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
                 raise ApiError(422, str(exc), "validation") from None
         state.inflight += 1
         try:
-            result: JobResult = await state.batcher.submit(rows, budget, cap)
+            return await state.batcher.submit(rows, budget, cap)
         finally:
             state.inflight -= 1
+
+    def timing(result: JobResult) -> dict:
+        return {"x-queue-ms": f"{result.queue_s * 1000:.3f}", "x-inference-ms": f"{result.inference_s * 1000:.3f}",
+                "x-batch-rows": str(result.batch_rows)}
+
+    async def predict(request: Request):
+        """Classify one text, a batch, or text pairs: label, probabilities, the layers each input ran, and
+        whether it was truncated to max_seq_len. Results come back in input order."""
+        start = time.perf_counter()
+        body = await read_json(request)
+        if len(body) <= 1 << 16:
+            rows, budget, cap = parse_predict_fields(body, config.max_inputs)
+        else:  # parsing a large body takes milliseconds: not on the event loop
+            rows, budget, cap = await asyncio.to_thread(parse_predict_fields, body, config.max_inputs)
+        result = await run(rows, budget, cap)
         state.metrics.request_s.observe(time.perf_counter() - start)
-        return JSONResponse({"predictions": result.predictions}, headers={
-            "x-queue-ms": f"{result.queue_s * 1000:.3f}", "x-inference-ms": f"{result.inference_s * 1000:.3f}",
-            "x-batch-rows": str(result.batch_rows)})
+        return JSONResponse({"predictions": result.predictions}, headers=timing(result))
+
+    async def tei_predict(request: Request):
+        """text-embeddings-inference's /predict: a text, a [text, text_pair] pair, or a batch [[text], [a, b],
+        ...] -> [{"label", "score"}, ...] highest first (a list of those for a batch). "truncate" (default false:
+        an input over max_seq_len is a 422), "truncation_direction", "raw_scores" (logits); unknown fields are
+        ignored; our extras in "hadskip": {"budget", "max_layers"}; the layers run per row in x-hadskip-layers."""
+        start = time.perf_counter()
+        body = await read_json(request)
+        req: TeiRequest = (parse_tei_predict(body, config.max_inputs) if len(body) <= 1 << 16 else
+                           await asyncio.to_thread(parse_tei_predict, body, config.max_inputs))
+        result = await run(req.rows, req.budget, req.max_layers)
+        long = [n for n, p in enumerate(result.predictions) if p.get("truncated")]
+        if long and not req.truncate:  # TEI: without truncate, an input over max_input_length is refused
+            raise ApiError(422, f"inputs[{long[0]}] must have at most {int(state.runtime.max_seq_len)} tokens "
+                                "(send \"truncate\": true to cut it)", "validation")
+        left_model = bool(getattr(getattr(state.runtime, "encoder", None), "left", False))
+        if long and req.left != left_model:
+            raise ApiError(422, f"this model truncates on the {'left' if left_model else 'right'}; "
+                                f"truncation_direction {'left' if req.left else 'right'} is not supported",
+                           "validation")
+        if req.raw_scores and result.logits is None:
+            raise ApiError(422, "raw_scores: this backend does not return logits", "validation")
+        answers = [tei_answer(p, None if result.logits is None else result.logits[n], req.raw_scores)
+                   for n, p in enumerate(result.predictions)]
+        state.metrics.request_s.observe(time.perf_counter() - start)
+        layers = ",".join(str(len(p.get("layers", []))) for p in result.predictions)
+        return JSONResponse(answers if req.batch else answers[0],
+                            headers={**timing(result), "x-hadskip-layers": layers})
+
+    responses = {200: {"model": PredictResponse}, **problems}
+    body_doc = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": PREDICT_SCHEMA, "examples": PREDICT_EXAMPLES}}}}
+    if tei:
+        body_doc = {"requestBody": {"required": True, "content": {"application/json": {
+            "schema": TEI_PREDICT_SCHEMA, "examples": TEI_EXAMPLES}}}}
+        responses = {200: {"content": {"application/json": {"schema": TEI_RESPONSE_SCHEMA}}}, **problems}
+        for path in ("/predict", "/", "/invocations"):
+            app.post(path, dependencies=guarded, responses=responses, openapi_extra=body_doc,
+                     include_in_schema=path == "/predict")(tei_predict)
+    else:
+        app.post("/predict", dependencies=guarded, responses=responses, openapi_extra=body_doc)(predict)
 
     @app.head("/health", include_in_schema=False)
     @app.get("/health", responses={200: {"model": HealthResponse}, 503: {"model": HealthResponse}})
     async def health():
         """200 when the model is loaded and the worker runs; 503 while loading or shutting down (no key needed)."""
         now = status()
+        if tei and now != "ok":  # TEI's body for 503
+            return error(503, "unhealthy", "unavailable")
         return JSONResponse({"status": now}, status_code=200 if now == "ok" else 503)
+
+    if tei:  # TEI answers its health check on GET / and /ping too (SageMaker, Vertex)
+        for path in ("/", "/ping"):
+            app.get(path, include_in_schema=False)(health)
+            app.head(path, include_in_schema=False)(health)
 
     @app.get("/info", dependencies=guarded, responses={401: {"model": ErrorResponse}})
     async def info():
         """The model (manifest facts, labels, budget), the backend and the server's limits."""
         if state.runtime is None:
             raise unavailable()
-        return JSONResponse(_finite(_info(state)))
+        return JSONResponse(_finite(_tei_info(state) if tei else _info(state)))
 
     @app.get("/metrics", dependencies=guarded, responses={200: {"content": {"text/plain": {}}}})
     async def metrics(request: Request):
@@ -291,6 +380,22 @@ def _served_avg_layers(state: ServerState) -> float | None:
     batcher = getattr(state, "batcher", None)
     rows = getattr(batcher, "rows_done", 0)
     return round(batcher.layers_done / rows, 4) if rows else None
+
+
+def _tei_info(state: ServerState) -> dict:
+    """text-embeddings-inference's /info fields (router/src/lib.rs Info; docs/openapi.json) as far as they
+    apply, ours under "hadskip"."""
+    rt, cfg = state.runtime, state.config
+    ours = _info(state)
+    labels = list(rt.labels)
+    return {"model_id": state.model_name, "model_sha": None, "model_dtype": ours.get("precision") or "float32",
+            "served_model_name": state.model_name,
+            "model_type": {"classifier": {"id2label": {str(n): x for n, x in enumerate(labels)},
+                                          "label2id": {x: n for n, x in enumerate(labels)}}},
+            "max_concurrent_requests": cfg.max_queue, "max_input_length": int(rt.max_seq_len),
+            "max_batch_tokens": cfg.max_batch * int(rt.max_seq_len), "max_batch_requests": cfg.max_batch,
+            "max_client_batch_size": cfg.max_inputs, "auto_truncate": False, "tokenization_workers": 1,
+            "version": _version(), "sha": None, "docker_label": None, "hadskip": ours}
 
 
 def _info(state: ServerState) -> dict:

@@ -41,6 +41,7 @@ class JobResult:
     queue_s: float
     inference_s: float
     batch_rows: int
+    logits: list | None = None  # per row, the head's raw scores (when the runtime keeps them)
 
 
 class Batcher:
@@ -174,12 +175,15 @@ class Batcher:
             return
         self.metrics.batch(len(rows), len(batch), elapsed, ok=True, gates=getattr(preds, "gates", None),
                            truncated=sum(d["truncated"] for d in dicts))
+        logits = getattr(preds, "logits", None)
+        logits = None if logits is None else [[float(x) for x in row] for row in logits]
         at = 0
         for job in batch:
             n = len(job.rows)
             queue_s = start - job.enqueued
             self.metrics.queue_s.observe(queue_s)
-            _resolve(job, JobResult(dicts[at:at + n], queue_s, elapsed, len(rows)))
+            _resolve(job, JobResult(dicts[at:at + n], queue_s, elapsed, len(rows),
+                                    None if logits is None else logits[at:at + n]))
             at += n
 
 

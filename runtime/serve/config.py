@@ -36,6 +36,9 @@ class ServeConfig:
     budget: float | None = _opt(None, "Default target average layers through the model's budget dial (`hadskip "
                                       "dial`, then export); a request's \"budget\" field overrides it. Default: the "
                                       "trained gates.")
+    api: str = _opt("hadskip", "The request/answer format: 'hadskip' (POST /predict as documented) or 'tei' "
+                               "(text-embeddings-inference's: POST / /predict /invocations take TEI's input grammar "
+                               "and answer [{label, score}]; GET / /ping /health; TEI's /info and errors).")
     graceful_timeout_s: float = _opt(30.0, "How long a shutdown waits for the requests in flight.")
     access_log: bool = _opt(False, "Log every request (uvicorn's access log).")
     # connections: a client cannot hold the server's sockets or file descriptors
