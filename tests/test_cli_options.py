@@ -134,8 +134,8 @@ def test_backend_help_comes_from_the_registry():
     helps = {p.help for name in ("predict", "bench") for p in _click(name).params if "--backend" in p.opts}
     assert len(helps) == 1
     (text,) = helps
-    for name, line in described.items():
-        assert f"{name}: {line}" in text
+    for name in BACKENDS:  # plug-ins registered from Python after the CLI was built (other tests do) are not in it
+        assert f"{name}: {described[name]}" in text
 
 
 def test_built_in_backends_are_registered_openers_imported_when_opened():
