@@ -205,4 +205,7 @@ def test_cli_error_for_an_unknown_teacher(tmp_path, capsys, monkeypatch):
     code = main(["train", "--teacher", "no-such-user/no-such-model", "--task", str(task), "--out",
                  str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
+    from huggingface_hub.utils import reset_sessions
+
+    reset_sessions()  # the HTTP session made in offline mode is cached: later tests must not inherit it
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --teacher no-such-user/no-such-model")

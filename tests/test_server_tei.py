@@ -117,8 +117,16 @@ def test_tei_routes_and_info(server, rt):
     assert info["hadskip"]["num_layers"] == rt.num_layers
 
 
-def test_inference_client_text_and_pair(server, rt):
+def test_inference_client_text_and_pair(server, rt, monkeypatch):
     hub = pytest.importorskip("huggingface_hub")
+    from huggingface_hub import constants
+    from huggingface_hub.utils import reset_sessions
+
+    # a loopback server, not the hub: another test's offline mode (HF_HUB_OFFLINE, and the offline session it
+    # left cached) must not refuse it
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    reset_sessions()
     client = hub.InferenceClient(base_url=server.url)
     top = client.text_classification("I like you.")
     want = expected(rt, ["I like you."])[0]
