@@ -156,3 +156,17 @@ def tiny_backbone_dir(path: str | Path, arch: str = "bert", seed: int = 0) -> Pa
     hf.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def hub_cache_standin(cache: str | Path, name: str, src: str | Path) -> Path:
+    """Lay the files of folder `src` out in `cache` as the hub cache holds a download of repo `name` (one
+    snapshot, refs/main), so hub loading with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=cache finds it without a
+    network. Returns the snapshot folder."""
+    repo = Path(cache) / ("models--" + name.replace("/", "--"))
+    snap = repo / "snapshots" / "0123456789abcdef"
+    snap.mkdir(parents=True)
+    for f in Path(src).iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    return snap

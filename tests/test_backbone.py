@@ -9,7 +9,7 @@ import pytest
 
 from hadskip.modeling.backbone import build_gated, resolve
 from hadskip.errors import HadSkipError
-from hadskip.testing import tiny_backbone_dir
+from hadskip.testing import hub_cache_standin, tiny_backbone_dir
 
 
 def test_local_folder_bert_and_roberta(tmp_path):
@@ -31,13 +31,7 @@ def test_hub_name_through_the_hub_cache(tmp_path, name, arch):
     because the hub settings are read when transformers is imported."""
     src = tiny_backbone_dir(tmp_path / "src", arch)
     cache = tmp_path / "hub"
-    repo = cache / ("models--" + name.replace("/", "--"))
-    snap = repo / "snapshots" / "0123456789abcdef"
-    snap.mkdir(parents=True)
-    for f in src.iterdir():
-        (snap / f.name).write_bytes(f.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123456789abcdef")
+    hub_cache_standin(cache, name, src)
     code = ("from hadskip.modeling.backbone import build_gated, resolve\n"
             f"assert resolve({name!r}) == {name!r}\n"
             f"m, _ = build_gated({name!r}, num_labels=2)\n"

@@ -18,7 +18,7 @@ from hadskip.cli.main import main
 from hadskip.errors import HadSkipError
 from hadskip.modeling.checkpoint import load_run, read_info
 from hadskip.modeling.hf_classifier import load_hf_classifier
-from hadskip.testing import tiny_backbone_dir, tiny_model, tiny_sentences, tiny_task_dir
+from hadskip.testing import hub_cache_standin, tiny_backbone_dir, tiny_model, tiny_sentences, tiny_task_dir
 from hadskip.training.config import HadSkipConfig
 from hadskip.training.stages import train_hadskip
 
@@ -79,13 +79,7 @@ def test_hub_name_through_the_hub_cache(tmp_path):
     name = "acme/tiny-sentiment"
     src = hf_classifier_dir(tmp_path / "src", "bert", id2label=NAMES)
     cache = tmp_path / "hub"
-    repo = cache / ("models--" + name.replace("/", "--"))
-    snap = repo / "snapshots" / "0123456789abcdef"
-    snap.mkdir(parents=True)
-    for f in src.iterdir():
-        (snap / f.name).write_bytes(f.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123456789abcdef")
+    hub_cache_standin(cache, name, src)
     code = ("import torch\n"
             "from hadskip.modeling.hf_classifier import classifier_location, load_hf_classifier\n"
             "from transformers import AutoModelForSequenceClassification\n"
