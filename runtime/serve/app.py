@@ -17,7 +17,6 @@ and /ping answer as /health, and /info has TEI's fields.
 import asyncio
 import hmac
 import logging
-import math
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -28,6 +27,7 @@ from hadskip.errors import require
 from hadskip.runtime.serve.batcher import Batcher, JobResult
 from hadskip.runtime.serve.config import ServeConfig
 from hadskip.runtime.serve.connections import FramingGuard, HostGuard
+from hadskip.runtime.serve.info import json_safe, info_body, tei_info_body, hadskip_version
 from hadskip.runtime.serve.metrics import Metrics
 from hadskip.errors import HadSkipError
 from hadskip.runtime.serve.request import CLOSE, ApiError, parse_predict_fields, read_body, scrub_paths
@@ -171,7 +171,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         if state.runtime is not None and hasattr(state.runtime, "close"):
             state.runtime.close()
 
-    app = fastapi.FastAPI(title="hadskip", version=_version(), lifespan=lifespan, redoc_url=None,
+    app = fastapi.FastAPI(title="hadskip", version=hadskip_version(), lifespan=lifespan, redoc_url=None,
                           redirect_slashes=False,  # a redirect would build its Location from the client's Host
                           description="Per-input layer skipping for BERT-family classifiers: "
                                       "POST /predict returns the label and the layers each input used.")
@@ -328,7 +328,7 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         """The model (manifest facts, labels, budget), the backend and the server's limits."""
         if state.runtime is None:
             raise unavailable()
-        return JSONResponse(_finite(_tei_info(state) if tei else _info(state)))
+        return JSONResponse(json_safe(tei_info_body(state) if tei else info_body(state)))
 
     @app.get("/metrics", dependencies=guarded, responses={200: {"content": {"text/plain": {}}}})
     async def metrics(request: Request):
@@ -353,74 +353,6 @@ def _gauges(state: ServerState) -> None:
             lambda: state.config.max_queue)
     m.gauge("hadskip_running_rows", "Rows in the runtime call now running.", batcher("busy_rows"))
     m.gauge("hadskip_inflight_requests", "/predict requests waiting for their result.", lambda: state.inflight)
-
-
-def _version() -> str:
-    from hadskip import __version__
-
-    return __version__
-
-
-def _finite(x):
-    """`x` with every non-finite float as None (JSON has no NaN or inf) and every string's absolute paths cut
-    to their last part (a backbone loaded from a local folder is named by its path)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, str):
-        return scrub_paths(x)
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _served_avg_layers(state: ServerState) -> float | None:
-    """The layers the rows answered so far ran on average (None before the first)."""
-    batcher = getattr(state, "batcher", None)
-    rows = getattr(batcher, "rows_done", 0)
-    return round(batcher.layers_done / rows, 4) if rows else None
-
-
-def _tei_info(state: ServerState) -> dict:
-    """text-embeddings-inference's /info fields (router/src/lib.rs Info; docs/openapi.json) as far as they
-    apply, ours under "hadskip"."""
-    rt, cfg = state.runtime, state.config
-    ours = _info(state)
-    labels = list(rt.labels)
-    return {"model_id": state.model_name, "model_sha": None, "model_dtype": ours.get("precision") or "float32",
-            "served_model_name": state.model_name,
-            "model_type": {"classifier": {"id2label": {str(n): x for n, x in enumerate(labels)},
-                                          "label2id": {x: n for n, x in enumerate(labels)}}},
-            "max_concurrent_requests": cfg.max_queue, "max_input_length": int(rt.max_seq_len),
-            "max_batch_tokens": cfg.max_batch * int(rt.max_seq_len), "max_batch_requests": cfg.max_batch,
-            "max_client_batch_size": cfg.max_inputs, "auto_truncate": False, "tokenization_workers": 1,
-            "version": _version(), "sha": None, "docker_label": None, "hadskip": ours}
-
-
-def _info(state: ServerState) -> dict:
-    rt, cfg = state.runtime, state.config
-    info = getattr(rt, "info", None)
-    manifest = getattr(info, "manifest", None)
-    out = {"model": state.model_name, "backend": rt.backend_name, "labels": list(rt.labels),
-           "num_layers": int(rt.num_layers), "max_seq_len": int(rt.max_seq_len),
-           "budget": getattr(info, "budget", None), "limits": cfg.limits(), "auth": cfg.api_key is not None,
-           "version": _version(), "serving_budget": getattr(rt, "budget", None),
-           "trained_avg_layers": getattr(info, "trained_avg_layers", None),
-           "served_avg_layers": _served_avg_layers(state)}
-    dial = getattr(info, "dial", None)
-    if dial is not None:
-        out["dial"] = {"range": list(dial.budget_range), "metric": dial.metric, "split": dial.split,
-                       "points": [{"budget": p.target, "avg_layers": p.avg_layers, "value": p.value}
-                                  for p in dial.points]}
-    if manifest is not None:
-        bb = manifest.backbone
-        out.update(backbone={k: bb.get(k) for k in ("name", "model_type", "hidden_size", "num_heads", "vocab_size")},
-                   task=manifest.task.get("name"), precision=manifest.precision, engine=manifest.engine,
-                   opset=manifest.opset, schema_version=manifest.schema_version, created=manifest.created,
-                   optimization=manifest.optimization.get("layers") if isinstance(manifest.optimization, dict)
-                   else None)
-    return out
 
 
 class _MetricsMiddleware:
