@@ -33,9 +33,9 @@ import numpy as np
 
 from hadskip.errors import HadSkipError
 from hadskip.runtime.core import Runtime
+from hadskip.runtime.dial import budget_gap
 
 ENGINES = ("full", "hadskip", "forced", "random")
-BUDGET_MARGIN = 0.25  # layers; hadskip.training.schedule.BUDGET_MARGIN, the margin train warns at
 
 
 @dataclass
@@ -237,7 +237,7 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
         notes.append(f"real traffic: {len(inputs)} inputs from the file, in batches of the given sizes, each padded "
                      "to its longest row (seq = the mean padded length)")
     for r in rows:
-        if r.engine == "hadskip" and r.k is not None and abs(r.avg_layers - r.k) > BUDGET_MARGIN:
+        if r.engine == "hadskip" and r.k is not None and budget_gap(r.avg_layers, r.k) is not None:
             notes.append(f"hadskip ran {r.avg_layers:.2f} layers on average at batch {r.batch} seq {r.seq}, "
                          f"not its budget {r.k:g}" + ("" if inputs is not None else " (on synthetic tokens; "
                                                       "--input FILE times real texts)"))

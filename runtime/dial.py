@@ -34,6 +34,14 @@ from hadskip.runtime.files import sha256_file
 DIAL_FILE = "dial.json"
 DIAL_FORMAT = 1
 RANGE_SLACK = 0.01  # layers: a budget this close outside the calibrated range maps to the range's end
+BUDGET_MARGIN = 0.25  # layers: an average further than this from its budget missed it (train, eval, bench say so)
+
+
+def budget_gap(avg_layers: float, budget: float, margin: float = BUDGET_MARGIN) -> float | None:
+    """avg_layers - budget when it is beyond `margin` (the budget was missed), else None: the one rule that
+    `hadskip train`, `eval` and `bench` warn by."""
+    gap = float(avg_layers) - float(budget)
+    return gap if abs(gap) > margin else None
 
 
 class DialError(HadSkipError):

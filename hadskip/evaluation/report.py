@@ -18,7 +18,7 @@ from hadskip.evaluation.plots import plot_layer_usage
 from hadskip.modeling.checkpoint import encode_run_split, load_run, load_run_task, read_info
 from hadskip.runtime import Runtime
 from hadskip.runtime.dial import read_dial, resolve_offset
-from hadskip.training.schedule import BUDGET_MARGIN
+from hadskip.runtime.dial import BUDGET_MARGIN, budget_gap
 
 __all__ = ["default_device", "evaluate_path", "plot_layer_usage"]
 
@@ -62,8 +62,8 @@ def _layers_keys(report: dict, trained: dict | None) -> dict:
     recorded) and "budget_missed" (None, or {budget, avg_layers, gap, margin} when this evaluation's average
     layers is further than BUDGET_MARGIN from the budget asked for, else the trained one)."""
     target = report.get("target_budget", report.get("budget"))
-    gap = None if target is None else report["avg_layers"] - float(target)
-    missed = None if gap is None or abs(gap) <= BUDGET_MARGIN else {
+    gap = None if target is None else budget_gap(report["avg_layers"], target)
+    missed = None if gap is None else {
         "budget": float(target), "avg_layers": report["avg_layers"], "gap": round(gap, 4), "margin": BUDGET_MARGIN}
     return {"trained_avg_layers": trained, "budget_missed": missed}
 

@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from hadskip.errors import HadSkipError
 from hadskip.modeling.checkpoint import RunInfo
+from hadskip.runtime.dial import BUDGET_MARGIN, budget_gap
 from hadskip.training.config import HadSkipConfig
 
 
@@ -54,16 +55,13 @@ def stage3_epochs(info: RunInfo, num_layers: int) -> float:
     return float(sum(phase_epochs(num_layers, cfg)))
 
 
-BUDGET_MARGIN = 0.25  # layers: a finished run whose dev average is further than this from its budget missed it
-
-
 def budget_miss(budget: float, dev_avg_layers: float, final_phase_epochs: float,
                 margin: float = BUDGET_MARGIN) -> dict | None:
     """None when the dev average of layers is within `margin` of the budget; else what `hadskip train` reports
     (a warning line, "budget_missed" in its JSON and in run.json's metrics), with the next step: a longer final
     phase (more --final-phase-epochs) or `hadskip dial`, which calibrates the budget exactly on dev."""
-    gap = float(dev_avg_layers) - float(budget)
-    if abs(gap) <= margin:
+    gap = budget_gap(dev_avg_layers, budget, margin)
+    if gap is None:
         return None
     more = gap > 0
     hint = (f"train the last phase longer (--final-phase-epochs above {final_phase_epochs:g}) or run "

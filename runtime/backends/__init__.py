@@ -41,12 +41,16 @@ class BackendOptions:
     verify: bool = True
 
     def __post_init__(self) -> None:
-        for name, low in (("threads", 1), ("device_id", 0), ("max_batch", 1)):
-            v = getattr(self, name)
-            if v is None and name == "threads":
-                continue
-            if not isinstance(v, int) or isinstance(v, bool) or v < low:
-                raise HadSkipError(f"{name} must be an integer >= {low}, got {v!r}")
+        if self.threads is not None:
+            check_count("threads", self.threads, 1)
+        check_count("device_id", self.device_id, 0)
+        check_count("max_batch", self.max_batch, 1)
+
+
+def check_count(name: str, value, low: int) -> None:
+    """A backend option that counts something (threads, a device index, rows): an integer of at least `low`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise HadSkipError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 Opener = Callable[[Path, BackendOptions], "tuple[Any, Any]"]  # -> (Backend, ModelInfo)

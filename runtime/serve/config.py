@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from hadskip.errors import HadSkipError
+from hadskip.runtime.backends import check_count
 
 
 def _opt(default, help: str, **meta):
@@ -73,8 +74,8 @@ class ServeConfig:
         for name in ("header_timeout_s", "keep_alive_s", "body_timeout_s", "body_base_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise HadSkipError(f"{name} must be in (0, 3600] seconds, got {getattr(self, name)}")
-        if self.threads is not None and (isinstance(self.threads, bool) or int(self.threads) < 1):
-            raise HadSkipError(f"threads must be an integer >= 1, got {self.threads}")
+        if self.threads is not None:  # refused at start-up, before the model loads in the background
+            check_count("threads", self.threads, 1)
         if self.max_body_bytes < 64:
             raise HadSkipError(f"max_body_bytes must be >= 64, got {self.max_body_bytes}")
         if not 0 <= self.port <= 65535:
