@@ -152,12 +152,21 @@ def compare(
         help="Baseline training epochs (default: the compared HadSkip run's stage III epochs).")] = None,
     kd: Annotated[str, typer.Option(
         help="Distillation of every method (HadSkip runs given must match): full, logits or none.")] = "full",
+    seeds: Annotated[int, typer.Option(
+        help="Train every method with seeds 0..N-1 (OUT/seed-S each; finished runs are reused) and report mean ± "
+             "SE, paired bootstrap intervals and the route to deploy per budget.")] = 1,
+    variants: Annotated[str, typer.Option(
+        help="HadSkip variants trained beside it, comma-separated: per-layer (each layer runs for K/L of the "
+             "rows).")] = "",
+    train_examples: Annotated[Optional[int], typer.Option(
+        help="Every method trains on the same fixed subset of this many training examples (dev/test whole).")
+                              ] = None,
     max_len: MaxLen = 64,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Full model vs budgeted exit, early exit (entropy and patience) and HadSkip at matched average layers;
-    writes compare.md, compare.json and frontier.png (trains what is missing)."""
+    """Full model vs budgeted exit, cascade, early exit (entropy and patience) and HadSkip at matched average
+    layers; writes compare.md, compare.json, rows.npz and frontier.png (trains what is missing)."""
     from hadskip.evaluation.compare import CompareConfig, to_markdown
     from hadskip.evaluation.compare import compare as run
     from hadskip.errors import HadSkipError
@@ -171,7 +180,9 @@ def compare(
                if v is not None}
     result = run(CompareConfig(task=task, budgets=ks, out=out, backbone=backbone, teacher=teacher,
                                hadskip_runs=runs, dial_from=dial_from, max_len=max_len, hadskip_options=options,
-                               baseline_epochs=baseline_epochs, kd=kd, progress=not quiet))
+                               baseline_epochs=baseline_epochs, kd=kd, progress=not quiet,
+                               seeds=list(range(seeds)) if seeds >= 1 else [], train_examples=train_examples,
+                               variants=[v.strip() for v in variants.split(",") if v.strip()]))
     if as_json:
         typer.echo(json.dumps(result))
     else:

@@ -221,6 +221,44 @@ def test_budget_penalty_value():
     assert float(budget_penalty(torch.ones(4, 6), 0.0)) == pytest.approx(1.0)
 
 
+def test_a_fixed_subset_meets_the_mean_penalty_but_not_the_per_layer_one():
+    """Every row on layers 1 and 2 of 6 (a static route) has mean gate 1/3: no "mean" penalty at s = 1/3, but
+    the per-layer rule wants each layer on a third of the rows; rows split over three disjoint pairs meet both."""
+    static = torch.tensor([[1.0, 1.0, 0, 0, 0, 0]]).repeat(6, 1)
+    assert float(budget_penalty(static, 1 / 3)) == pytest.approx(0.0, abs=1e-12)
+    assert float(budget_penalty(static, 1 / 3, "per-layer")) == pytest.approx((2 * (2 / 3) ** 2 + 4 * (1 / 3) ** 2) / 6)
+    spread = torch.tensor([[1.0, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]]).repeat(2, 1)
+    assert float(budget_penalty(spread, 1 / 3, "per-layer")) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown gate penalty"):
+        budget_penalty(static, 0.5, "median")
+
+
+def test_the_per_layer_penalty_splits_rows_that_a_gate_can_tell_apart():
+    """One linear gate per layer over a 1-d feature that separates two groups of rows, trained through ReinMax on
+    the penalty alone at s = 1/2: with "per-layer" each layer ends up open for about half the rows, so the
+    routes differ between rows; "mean" is met by opening some layers for all and closing others."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)  # (B, 1)
+    for rule in ("per-layer", "mean"):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(4, 2) * 0.1)  # per layer: open-logit = w0 * x + w1, closed = 0
+        opt = torch.optim.SGD([w], lr=5.0)
+        with torch.no_grad():
+            w[:, 1] = torch.tensor([3.0, 3.0, -3.0, -3.0])  # two layers always open, two always closed
+        for _ in range(600):
+            open_logit = x * w[:, 0] + w[:, 1]  # (B, L)
+            logits = torch.stack([torch.zeros_like(open_logit), open_logit], dim=-1)
+            g = reinmax(logits, 1.0, gen)[..., 1]
+            opt.zero_grad()
+            budget_penalty(g, 0.5, rule).backward()
+            opt.step()
+        rates = (x * w[:, 0] + w[:, 1] > 0).float().mean(0).detach()  # (L,) share of rows each layer opens for
+        if rule == "per-layer":
+            assert ((rates - 0.5).abs() < 0.2).all(), rates
+        else:
+            assert float(rates.mean()) == pytest.approx(0.5, abs=0.15) and float((rates - 0.5).abs().min()) > 0.3
+
+
 @pytest.mark.parametrize("start, target", [(2.0, 0.3), (-2.0, 0.9)])
 def test_budget_penalty_moves_the_mean_gate_to_its_target(start, target):
     """Gate logits (per layer, shared by 64 rows) trained on the penalty alone, through ReinMax samples: the

@@ -49,15 +49,19 @@ def load_task(
     seed: int = 0,
     max_examples: int | None = None,
     split_seed: int = 0,
+    train_examples: int | None = None,
 ) -> TaskData:
     """Load a task by registry name ("rotten-tomatoes", "glue/sst2", ...) or from a folder of files.
 
     text_col/pair_col/label_col name a folder's columns (defaults text, text_pair if present, label).
     metric overrides the task's metric. max_examples keeps at most that many examples of each split (a random
     subset drawn with `seed`, kept in file order). split_seed picks the split (see the module docstring).
+    train_examples keeps at most that many training examples, dev and test whole: one subset for every `seed`
+    (runs that differ only in their seed train on the same rows and are scored on the same splits).
     """
-    if max_examples is not None and max_examples < 1:
-        raise HadSkipError(f"max_examples must be at least 1, not {max_examples}")
+    for name, n in (("max_examples", max_examples), ("train_examples", train_examples)):
+        if n is not None and n < 1:
+            raise HadSkipError(f"{name} must be at least 1, not {n}")
     if task in TASKS:
         given = [n for n, v in (("text_col", text_col), ("pair_col", pair_col), ("label_col", label_col)) if v]
         if given:
@@ -80,6 +84,9 @@ def load_task(
             if len(split) > max_examples:
                 keep = np.sort(np.random.default_rng([seed, i]).choice(len(split), max_examples, replace=False))
                 setattr(data, name, split.subset(keep))
+    if train_examples is not None and len(data.train) > train_examples:
+        keep = np.sort(np.random.default_rng([split_seed, 7]).choice(len(data.train), train_examples, replace=False))
+        data.train = data.train.subset(keep)
     return data
 
 

@@ -12,6 +12,7 @@ STYLE = {  # method -> (label, matplotlib format)
     "patience-exit": ("patience exit (PABEE)", "^:"),
     "hadskip-dial": ("HadSkip dial (one model)", "-"),
     "hadskip": ("HadSkip (a model per budget)", "o"),
+    "cascade": ("cascade (K-layer model, then the full model)", "d-."),
 }
 
 
@@ -23,7 +24,8 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, (label, fmt) in STYLE.items():
+    others = {m: (m, "v-") for m in result["curves"] if m not in STYLE}  # HadSkip variants
+    for method, (label, fmt) in {**STYLE, **others}.items():
         pts = result["curves"].get(method) or []
         if not pts:
             continue

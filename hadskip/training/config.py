@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from hadskip.errors import HadSkipError, check_finite
 
+GATE_PENALTIES = ("mean", "per-layer")  # hadskip.training.losses.budget_penalty's rules
+
 
 @dataclass
 class LossWeights:
@@ -102,6 +104,8 @@ class TrainConfig(OptimConfig):
     epochs: float = _opt(3.0, "Fine-tuning epochs (fractions allowed); for `hadskip train`, stage I's when there is "
                               "no --teacher.")
     max_examples: int | None = _opt(None, "Cap every split (quick runs).")
+    train_examples: int | None = _opt(None, "Train on a fixed random subset of this many examples (the same "
+                                            "for every --seed); dev and test stay whole.")
     eval_batch_size: int = _opt(64, "Batch size of the dev/test evaluations.")
     text_col: str | None = _opt(None, "Text column of a folder task (default: text).")
     pair_col: str | None = _opt(None, "Second-text column of a folder task (default: text_pair).")
@@ -116,6 +120,10 @@ class TrainConfig(OptimConfig):
             raise HadSkipError("need max_len >= 8, batch_size >= 1")
         super().__post_init__()
         check_finite("--epochs", self.epochs, low=0, low_open=True)
+        for name in ("max_examples", "train_examples"):
+            n = getattr(self, name)
+            if n is not None and n < 1:
+                raise HadSkipError(f"--{name.replace('_', '-')} must be at least 1, got {n}")
 
 
 @dataclass(kw_only=True)
@@ -144,6 +152,9 @@ class HadSkipConfig(TrainConfig):
     hard_tail: float = _opt(0.0, "Share of the last phase trained on the gates' own (inference) decisions, gates "
                                  "frozen.")
     kd: str = _opt("full", "Distillation: full, logits (prediction-KD only) or none.")  # a KdMode value
+    gate_penalty: str = _opt("mean", "Budget penalty: mean (the paper's: the mean gate, met by any fixed subset) "
+                                     "or per-layer (every layer runs for a share K/L of each batch's rows, so "
+                                     "routes must depend on the input).")
     weights: LossWeights = field(default_factory=LossWeights)
     resume: bool = _opt(False, "Continue after the last finished stage/phase.")
 
@@ -159,6 +170,8 @@ class HadSkipConfig(TrainConfig):
         if self.homotopy_start is not None:
             check_finite("--homotopy-start", self.homotopy_start)
         KdMode.parse(self.kd)
+        if self.gate_penalty not in GATE_PENALTIES:
+            raise HadSkipError(f"--gate-penalty must be one of {', '.join(GATE_PENALTIES)}, got {self.gate_penalty!r}")
         if self.estimator not in ("reinmax", "ste"):
             raise HadSkipError(f"--estimator must be reinmax or ste, got {self.estimator!r}")
         if not 0.0 <= self.hard_tail < 1.0:

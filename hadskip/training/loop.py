@@ -111,7 +111,8 @@ def run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, des
 
 def load_data(cfg: TrainConfig):
     return load_task(cfg.task, text_col=cfg.text_col, pair_col=cfg.pair_col, label_col=cfg.label_col,
-                     metric=cfg.metric, seed=cfg.seed, max_examples=cfg.max_examples)
+                     metric=cfg.metric, seed=cfg.seed, max_examples=cfg.max_examples,
+                     train_examples=cfg.train_examples)
 
 
 class Prepared:

@@ -2,6 +2,7 @@
 
 Stage III loss = task + a1*KL(logits) + a2*MSE(hidden, per layer) + a3*MSE(attention, per layer)
                  + a4*MSE(embeddings) + beta*(mean g - s)^2          (weights default to 1, paper App. E)
+(--gate-penalty per-layer replaces the last term by the mean over layers of (layer l's rate over the batch - s)^2.)
 Hidden and embedding MSEs average over attended tokens only; attention MSE over attended query/key pairs.
 In training ("sample" gates) every layer runs on every row: hidden KD compares the mixed state g*f + (1-g)*h (what
 the student passes on), attention KD each layer's own attention, also on rows whose gate closed (sampled gates
@@ -18,18 +19,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hadskip.training.config import LossWeights
+from hadskip.training.config import GATE_PENALTIES, LossWeights
 
-__all__ = ["LossWeights", "budget_penalty", "distillation", "kd_logits", "masked_mse", "task_loss"]
+__all__ = ["GATE_PENALTIES", "LossWeights", "budget_penalty", "distillation", "kd_logits", "masked_mse", "task_loss"]
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def budget_penalty(gates: torch.Tensor, target: float) -> torch.Tensor:
-    """(mean over batch and layers of g - s)^2.  gates (B, L), s = K / L."""
-    return (gates.mean() - target) ** 2
+def budget_penalty(gates: torch.Tensor, target: float, rule: str = "mean") -> torch.Tensor:
+    """gates (B, L), s = K / L.
+    "mean"       (mean over batch and layers of g - s)^2: the paper's; any fixed subset of K layers meets it.
+    "per-layer"  mean over layers of (layer l's execution rate over the batch - s)^2 (ConvNet-AIG's per-layer
+                 targets): every layer must run for a share s of the rows, so no fixed subset meets it and a
+                 route has to depend on the input. Its gradient on one gate has the same scale as "mean"'s."""
+    if rule == "mean":
+        return (gates.mean() - target) ** 2
+    if rule == "per-layer":
+        return ((gates.mean(dim=0) - target) ** 2).mean()
+    raise ValueError(f"unknown gate penalty {rule!r}; one of {GATE_PENALTIES}")
 
 
 def kd_logits(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from hadskip.errors import HadSkipError
 
 # settings that do not change what a finished phase contains (so --resume may change them)
 _RESUMABLE = ("out", "resume", "force", "progress", "eval_batch_size")
+
+
+def _defaults(cfg) -> dict:
+    return {f.name: f.default for f in fields(cfg) if f.default is not MISSING and f.name not in _RESUMABLE}
 
 
 class ProgressFile:
@@ -22,9 +26,10 @@ class ProgressFile:
         self.done: dict[str, str] = {}
         if resume and self.file.is_file():
             saved = json.loads(self.file.read_text())
-            if saved.get("settings") != self.settings:
-                changed = sorted(k for k in set(self.settings) | set(saved.get("settings", {}))
-                                 if self.settings.get(k) != saved.get("settings", {}).get(k))
+            # a setting added after the run was written is read as its default (what that run trained with)
+            had = {**_defaults(cfg), **saved.get("settings", {})}
+            if had != {**_defaults(cfg), **self.settings}:
+                changed = sorted(k for k in set(self.settings) | set(had) if self.settings.get(k) != had.get(k))
                 raise HadSkipError(f"--resume: {out} was trained with other settings ({', '.join(changed)}); "
                                    "use the same options, or a new --out without --resume")
             self.done = saved["done"]

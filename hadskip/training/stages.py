@@ -106,14 +106,14 @@ def _stage1(cfg: HadSkipConfig, record: ProgressFile, timings: dict) -> Path:
     return teacher_dir
 
 
-def _gate_step(student, weights: LossWeights, target: float, batch, teacher=None) -> dict:
+def _gate_step(student, weights: LossWeights, target: float, batch, teacher=None, rule: str = "mean") -> dict:
     """Stage II: task loss + budget penalty of the sampled gates (the backbone is frozen); with a teacher
     (--stage2-kd) also the distillation terms of stage III."""
     if teacher is not None:
-        return _joint_step(student, teacher, weights, target, batch)
+        return _joint_step(student, teacher, weights, target, batch, rule=rule)
     o = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="sample")
     return {"task": task_loss(o.logits, batch["labels"]),
-            "budget": weights.budget * budget_penalty(o.gates, target),
+            "budget": weights.budget * budget_penalty(o.gates, target, rule),
             "_mean_gate": o.gates.mean()}
 
 
@@ -127,7 +127,8 @@ def _stage2(st: _Stages, teacher=None) -> Path:
     opt = adamw([(list(student.gate_parameters()), cfg.gate_lr)], 0.0)
     dl = train_loader(acc, st.prep, cfg, cfg.seed + 2)
     student_p, opt = acc.prepare(student, opt)
-    step = partial(_gate_step, student_p, st.weights, cfg.budget / st.num_layers, teacher=teacher)
+    step = partial(_gate_step, student_p, st.weights, cfg.budget / st.num_layers, teacher=teacher,
+                   rule=cfg.gate_penalty)
     parts = loop.run_steps(acc, student_p, dl, opt, num_steps(len(dl), cfg.stage2_epochs), cfg.warmup, step,
                            "stage II (gates)", cfg.progress)
     dev = eval_split(acc, student_p, st.prep.dev, st.prep, cfg, gates="route")
@@ -135,14 +136,15 @@ def _stage2(st: _Stages, teacher=None) -> Path:
     return st.save("stage2", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers})
 
 
-def _joint_step(student, teacher, weights: LossWeights, target: float, batch, gates: str = "sample") -> dict:
+def _joint_step(student, teacher, weights: LossWeights, target: float, batch, gates: str = "sample",
+                rule: str = "mean") -> dict:
     """Stage III: task + distillation from the frozen teacher + budget penalty at the phase's target.
     gates="hard": the gates' own decisions, as at inference (no gradient reaches the gates; the penalty is
     only logged)."""
     need_inner = bool(weights.kd_hidden or weights.kd_attention or weights.kd_embedding)
     ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     s = student(ids, mask, tt, gates=gates, output_hidden=need_inner, output_attentions=bool(weights.kd_attention))
-    penalty = weights.budget * budget_penalty(s.gates, target)
+    penalty = weights.budget * budget_penalty(s.gates, target, rule)
     parts = {"task": weights.task * task_loss(s.logits, batch["labels"]),
              ("budget" if gates == "sample" else "_budget"): penalty}
     if weights.kd_logits or need_inner:
@@ -172,11 +174,13 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
         raise HadSkipError("--hard-tail runs in one process only (the gates get no gradient in its steps)")
     desc = f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})"
     parts = loop.run_steps(acc, student_p, dl, opt, total - hard, cfg.warmup,
-                           partial(_joint_step, student_p, teacher, st.weights, k / L), desc, cfg.progress,
+                           partial(_joint_step, student_p, teacher, st.weights, k / L, rule=cfg.gate_penalty),
+                           desc, cfg.progress,
                            total=total)
     if hard:
         hard_parts = loop.run_steps(acc, student_p, dl, opt, hard, cfg.warmup,
-                                    partial(_joint_step, student_p, teacher, st.weights, k / L, gates="hard"),
+                                    partial(_joint_step, student_p, teacher, st.weights, k / L, gates="hard",
+                                            rule=cfg.gate_penalty),
                                     desc + " hard gates", cfg.progress, offset=total - hard, total=total,
                                     first_epoch=1000)
         parts.update({f"hard_{n}": v for n, v in hard_parts.items()})

@@ -31,6 +31,7 @@ class BaselineConfig(OptimConfig):
     new_lr: float = 1e-3  # modules the teacher lacks (exit heads): HadSkip's gate learning rate for its gates
     eval_batch_size: int = 64
     max_examples: int | None = None
+    train_examples: int | None = None  # as HadSkip's run at the compared budget
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -61,7 +62,8 @@ def setup(cfg: BaselineConfig) -> Setup:
     task, options = task_source(info.task)
     optim = {f.name: getattr(cfg, f.name) for f in fields(OptimConfig)}
     tc = TrainConfig(backbone=teacher.config.backbone, task=task, out=cfg.out, max_len=info.max_len,
-                     epochs=cfg.epochs, max_examples=cfg.max_examples, eval_batch_size=cfg.eval_batch_size,
+                     epochs=cfg.epochs, max_examples=cfg.max_examples, train_examples=cfg.train_examples,
+                     eval_batch_size=cfg.eval_batch_size,
                      progress=cfg.progress, **optim, **options)
     acc = loop.accelerator(cfg.seed)
     prep = loop.Prepared(tc, tokenizer)

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from hadskip.errors import HadSkipError
 from hadskip.training.config import KdMode
 
-METHODS = ("full", "budgeted-exit", "early-exit", "patience-exit", "hadskip", "hadskip-dial")
-BASELINES = ("budgeted-exit", "early-exit", "patience-exit")
+METHODS = ("full", "budgeted-exit", "cascade", "early-exit", "patience-exit", "hadskip", "hadskip-dial")
+BASELINES = ("budgeted-exit", "cascade", "early-exit", "patience-exit")
+# HadSkip variants compare can train beside the paper's method: name -> the HadSkipConfig settings that make it
+VARIANTS = {"per-layer": {"gate_penalty": "per-layer"}}
 
 
 @dataclass
@@ -25,6 +27,9 @@ class CompareConfig:
     hadskip_options: dict = field(default_factory=dict)  # HadSkipConfig fields for runs trained here
     baseline_epochs: float | None = None  # default: the compared HadSkip run's stage III epochs
     kd: str = "full"  # distillation of every method trained here (and of every --hadskip run): full, logits, none
+    variants: list[str] = field(default_factory=list)  # VARIANTS trained beside HadSkip, rows "hadskip-NAME"
+    seeds: list[int] = field(default_factory=lambda: [0])  # more than one: OUT/seed-S per seed, then the statistics
+    train_examples: int | None = None  # every method trains on this fixed subset of the training split
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -38,5 +43,14 @@ class CompareConfig:
         if extra:
             raise HadSkipError(f"--hadskip given for budget(s) {extra} that are not in --budgets {self.budgets}")
         KdMode.parse(self.kd)
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise HadSkipError(f"unknown --variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise HadSkipError(f"--seeds needs distinct seeds >= 0, got {self.seeds}")
+        if len(self.seeds) > 1 and (self.hadskip_runs or self.dial_from):
+            raise HadSkipError("--hadskip and --dial-from name one seed's runs: give them without --seeds")
+        if self.train_examples is not None and self.train_examples < 1:
+            raise HadSkipError(f"--train-examples must be at least 1, got {self.train_examples}")
         if self.baseline_epochs is not None and not self.baseline_epochs > 0:
             raise HadSkipError(f"--baseline-epochs must be > 0, got {self.baseline_epochs}")

@@ -20,14 +20,21 @@ def margins(rows: list[dict], budgets: list[float]) -> dict:
 
 
 def to_markdown(result: dict) -> str:
+    if "pairs" in result:  # the statistics over seeds
+        from hadskip.evaluation.compare.seeds import to_markdown as seeds_markdown
+
+        return seeds_markdown(result)
     full = result["rows"][0]["value"]
     m = result["metric"]
-    lines = [f"| method | budget | test {m} | % of full | test avg layers | dev {m} | dev avg layers |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| method | budget | test {m} | % of full | test avg layers | dev {m} | dev avg layers | "
+             "path entropy (bits) | top path share |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         pct = f"{100 * r['value'] / full:.1f}%" if full else "-"
         dev = f"{r['dev_value']:.4f} | {r['dev_avg_layers']:.2f}" if "dev_value" in r else "- | -"
-        lines.append(f"| {r['method']} | {r['budget']:g} | {r['value']:.4f} | {pct} | {r['avg_layers']:.2f} | {dev} |")
+        path = (f" | {r['path_entropy_bits']:.2f} | {r['top_path_share']:.2f}" if "path_entropy_bits" in r
+                else " | - | -")
+        lines.append(f"| {r['method']} | {r['budget']:g} | {r['value']:.4f} | {pct} | {r['avg_layers']:.2f} | {dev}"
+                     f"{path} |")
     notes = [f"- budget {k}: hadskip − best baseline ({v['best_baseline']}) = {100 * v['hadskip_minus_best']:+.2f} "
              f"points" + (f"; dial {100 * v['dial_minus_best']:+.2f}" if v.get("dial_minus_best") is not None else "")
              for k, v in result.get("margins", {}).items()]

@@ -46,8 +46,10 @@ def exit_rows(edir: Path, budgets: list[float], target: dict[float, float]) -> d
     for k in budgets:
         thr = rules.threshold_for(ent["dev"], target[k])
         (dl, dv), (tl, tv) = at_threshold("dev", thr), at_threshold("test", thr)
+        op = rules.at_exits(probs["test"], rules.exit_layers(ent["test"], thr))
         row_e = {"method": "early-exit", "budget": k, "value": tv, "avg_layers": tl, "dev_value": dv,
-                 "dev_avg_layers": dl, "threshold": thr, "run": str(edir)}
+                 "dev_avg_layers": dl, "threshold": thr, "run": str(edir),
+                 "_record": {"preds": op.preds, "layers": op.layers}}
         p, a = rules.mix(patience["dev"], target[k])
         (dl, dv), (tl, tv) = rules.mixed(patience["dev"], p, a), rules.mixed(patience["test"], p, a)
         row_p = {"method": "patience-exit", "budget": k, "value": tv, "avg_layers": tl, "dev_value": dv,
@@ -76,8 +78,9 @@ def dial_rows(run: Path, budgets: list[float], target: dict[float, float], L: in
     for k in budgets:
         p = by_target.get(target[k]) or min(dial.points, key=lambda q: abs(q.target - target[k]))
         tl, tv = on_test(p.offset)
+        layers, preds = test.at(p.offset, len(test_labels))
         rows[k] = {"method": "hadskip-dial", "budget": k, "value": tv, "avg_layers": tl, "dev_value": p.value,
                    "dev_avg_layers": p.avg_layers, "gate_offset": p.offset, "run": str(run),
-                   "trained_budget": info.budget}
+                   "trained_budget": info.budget, "_record": {"preds": preds, "layers": layers}}
     curve = sorted({on_test(p.offset) for p in dial.curve})
     return {"rows": rows, "curve": [list(x) for x in curve]}

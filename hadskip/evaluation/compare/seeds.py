@@ -1,0 +1,141 @@
+"""`hadskip compare --seeds N`: the comparison once per seed (every method trained from the same teacher with that
+seed, in OUT/seed-S; finished runs are reused, so a study is built up run by run across sessions), then per
+method and budget the mean and standard error over seeds, paired bootstrap intervals on test (stats.py), and
+the route to deploy at each budget, chosen on dev.
+
+Pairs reported at each budget: every route minus budgeted exit (the static baseline), and every gated route
+(HadSkip, its dial, its variants) minus the best non-gated route (budgeted exit, cascade, early exit: the one
+with the highest mean dev metric).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from hadskip.errors import HadSkipError
+from hadskip.evaluation.compare.records import load_records
+from hadskip.evaluation.compare.reuse import teacher
+from hadskip.evaluation.compare.stats import mean_se, paired_bootstrap
+
+STATIC = "budgeted-exit"
+NON_GATED = ("budgeted-exit", "cascade", "early-exit")
+NOT_DEPLOYED = ("full", "patience-exit")  # patience is a randomised mixture between two patiences
+
+
+def is_gated(method: str) -> bool:
+    return method.startswith("hadskip")
+
+
+def compare_seeds(cfg) -> dict:
+    """Run `compare` for each of cfg.seeds (OUT/seed-S) and write the statistics to OUT; returns them."""
+    from hadskip.evaluation.compare.run import compare
+
+    if cfg.dial_from:
+        raise HadSkipError("--dial-from names one seed's run: give it without --seeds")
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    teacher_dir, _ = teacher(cfg, root)
+    per_seed = []
+    for i, s in enumerate(cfg.seeds):
+        if cfg.progress:
+            print(f"seed {s} ({i + 1}/{len(cfg.seeds)}): {root / f'seed-{s}'}", file=sys.stderr, flush=True)
+        per_seed.append(compare(replace(cfg, out=str(root / f"seed-{s}"), seeds=[s], teacher=str(teacher_dir))))
+    result = aggregate(per_seed, [root / f"seed-{s}" for s in cfg.seeds])
+    (root / "compare.json").write_text(json.dumps(result, indent=2))
+    (root / "compare.md").write_text(to_markdown(result))
+    from hadskip.evaluation.frontier import plot_frontier
+
+    result["plot"] = str(plot_frontier(result, root / "frontier.png"))
+    (root / "compare.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dict:
+    """The statistics over seeds of per-seed compare.json dicts, with their OUT/seed-S dirs (rows.npz)."""
+    first = per_seed[0]
+    metric, num_labels = first["metric"], _num_labels(first)
+    loaded = [load_records(d) for d in dirs]
+    labels = loaded[0][0]
+    if any(len(lab) != len(labels) or not np.array_equal(lab, labels) for lab, _ in loaded):
+        raise HadSkipError("the seeds were scored on different test rows: compare them only on one task and split")
+    keys = sorted({(r["method"], r["budget"]) for r in first["rows"]}, key=lambda x: (x[1], x[0]))
+    rows = []
+    for method, budget in keys:
+        found = [next((r for r in res["rows"] if r["method"] == method and r["budget"] == budget), None)
+                 for res in per_seed]
+        if any(r is None for r in found):
+            continue
+        row = {"method": method, "budget": budget, "seeds": len(found)}
+        for key in ("value", "avg_layers", "dev_value", "dev_avg_layers", "path_entropy_bits", "top_path_share"):
+            vals = [r[key] for r in found if r.get(key) is not None]
+            if len(vals) == len(found):
+                row[key], row[f"{key}_se"] = mean_se(vals)
+        rows.append(row)
+    budgets = sorted({b for m, b in keys if m != "full"})
+    pairs, deploy = [], {}
+    for k in budgets:
+        at = {r["method"]: r for r in rows if r["budget"] == k}
+
+        def preds(method: str, k: float = k) -> np.ndarray | None:
+            recs = [rec.get((method, k)) for _, rec in loaded]
+            return None if any(r is None for r in recs) else np.stack([r["preds"] for r in recs])
+
+        candidates = [m for m in at if m not in NOT_DEPLOYED and "dev_value" in at[m]]
+        non_gated = [m for m in NON_GATED if m in candidates]
+        best_other = max(non_gated, key=lambda m: at[m]["dev_value"]) if non_gated else None
+        for m in candidates:
+            against = [STATIC] if m != STATIC else []
+            if is_gated(m) and best_other and best_other != STATIC:
+                against.append(best_other)
+            for b in against:
+                pa, pb = preds(m), preds(b)
+                if pa is None or pb is None:
+                    continue
+                ci = paired_bootstrap(pa, pb, labels, metric, num_labels, n_boot)
+                pairs.append({"budget": k, "route": m, "minus": b, **ci,
+                              "layers": at[m]["avg_layers"], "minus_layers": at[b]["avg_layers"]})
+        if candidates:
+            pick = max(candidates, key=lambda m: at[m]["dev_value"])
+            deploy[f"{k:g}"] = {"route": pick, "dev_value": at[pick]["dev_value"], "value": at[pick]["value"],
+                                "avg_layers": at[pick]["avg_layers"], "best_non_gated": best_other}
+    curves = {m: sorted([r["avg_layers"], r["value"]] for r in rows if r["method"] == m)
+              for m in {r["method"] for r in rows}}
+    return {"task": first["task"], "metric": metric, "split": "test", "num_layers": first["num_layers"],
+            "seeds": [res.get("seed") for res in per_seed], "rows": rows, "pairs": pairs, "deploy": deploy,
+            "curves": curves, "variants": first.get("variants", []), "train_examples": first.get("train_examples"),
+            "epochs": first.get("epochs"), "exit_model_epochs": first.get("exit_model_epochs"), "kd": first.get("kd"),
+            "runs": {"seeds": [str(d) for d in dirs]}, "n_boot": n_boot}
+
+
+def _num_labels(result: dict) -> int:
+    return int(result.get("num_labels") or 2)
+
+
+def to_markdown(result: dict) -> str:
+    m, n = result["metric"], len(result["seeds"])
+    lines = [f"Task {result['task']}, seeds {', '.join(map(str, result['seeds']))}: test {m}, mean ± standard error "
+             f"over {n} seeds (every dynamic rule calibrated on dev to HadSkip's dev average layers)", "",
+             f"| method | budget | test {m} | test avg layers | dev {m} | path entropy (bits) | top path share |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        ent = f"{r['path_entropy_bits']:.2f}" if "path_entropy_bits" in r else "-"
+        top = f"{r['top_path_share']:.2f}" if "top_path_share" in r else "-"
+        dev = f"{r['dev_value']:.4f}" if "dev_value" in r else "-"
+        lines.append(f"| {r['method']} | {r['budget']:g} | {r['value']:.4f} ± {r['value_se']:.4f} | "
+                     f"{r['avg_layers']:.2f} | {dev} | {ent} | {top} |")
+    lines += ["", f"Paired differences on test (points; 95% bootstrap interval over test rows, {result['n_boot']} "
+                  "resamples, seed-averaged):", "", "| budget | route | minus | difference | interval |",
+              "|---|---|---|---|---|"]
+    for p in result["pairs"]:
+        lines.append(f"| {p['budget']:g} | {p['route']} | {p['minus']} | {100 * p['diff']:+.2f} | "
+                     f"[{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] |")
+    lines += ["", "Route to deploy per budget (highest mean dev metric):", ""]
+    for k, d in result["deploy"].items():
+        lines.append(f"- budget {k}: **{d['route']}** (dev {d['dev_value']:.4f}, test {d['value']:.4f} at "
+                     f"{d['avg_layers']:.2f} layers; best non-gated route: {d['best_non_gated']})")
+    return "\n".join(lines) + "\n"
