@@ -2,6 +2,7 @@
 bootstrap, `--seeds` (per-seed runs reused, statistics over seeds), `--variants`, `--train-examples`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,15 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
         budgeted = next(r["run"] for r in one["rows"] if r["method"] == "budgeted-exit")
         base = json.loads((out / f"seed-{s}" / budgeted / "run.json").read_text())
         assert base["extra"]["config"]["seed"] == s and base["extra"]["config"]["train_examples"] == 56
+        # dev curves: each run's last point is the dev metric it finished with
+        curves = one["dev_curves"]
+        assert curves[Path(budgeted).name][-1][1] == pytest.approx(base["metrics"]["dev"])
+        assert curves["hadskip@1.5"][-1][2] == pytest.approx(json.loads(
+            (out / f"seed-{s}" / "hadskip-1.5" / "run.json").read_text())["metrics"]["dev"])
+        assert [p[0] for p in curves["hadskip-per-layer@1.5"]] == sorted(p[0] for p in curves["hadskip-per-layer@1.5"])
+        exits = next(v for n, v in curves.items() if n.startswith("early-exit"))
+        assert len(exits[-1][1]) == 3  # every exit of the 3-layer model
+        assert (out / f"seed-{s}" / "dev_curves.png").is_file()
     rows = {r["method"]: r for r in res["rows"]}
     assert {"budgeted-exit", "cascade", "early-exit", "hadskip", "hadskip-dial", "hadskip-per-layer"} <= set(rows)
     per_seed = [json.loads((out / f"seed-{s}" / "compare.json").read_text()) for s in (0, 1)]

@@ -307,7 +307,7 @@ def stages(tmp_path_factory):
         spy["fresh_gates"].append({k: v.detach().clone() for k, v in m.gates.state_dict().items()})
         return m
 
-    def step_spy(student, teacher, weights, target, batch):
+    def step_spy(student, teacher, weights, target, batch, **kw):
         state = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
         spy["first"] = spy["first"] or state
         spy["last"] = state
@@ -316,7 +316,7 @@ def stages(tmp_path_factory):
         spy["training"].append(teacher.training)
         spy["shared"].append(bool({p.data_ptr() for p in teacher.parameters()}
                                   & {p.data_ptr() for p in student.parameters()}))
-        return joint_step(student, teacher, weights, target, batch)
+        return joint_step(student, teacher, weights, target, batch, **kw)
 
     out = root / "hadskip"
     cfg = train.HadSkipConfig(backbone=str(backbone), task=str(task), out=str(out), teacher=str(teacher_dir),

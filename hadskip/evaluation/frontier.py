@@ -42,3 +42,33 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_dev_curves(curves: dict, path: str | Path) -> Path:
+    """dev_curves.png: the dev metric of every run of one comparison over its training epochs (HadSkip: stage III
+    epochs; the multi-exit model: each exit), to show whether each method had converged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in sorted(curves.items()):
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        if isinstance(pts[0][1], list):  # the multi-exit model: one line per exit
+            for i in range(len(pts[0][1])):
+                ax.plot(xs, [p[1][i] for p in pts], ":", linewidth=1, label=f"{name} exit {i + 1}")
+        else:
+            ax.plot(xs, [p[-2] if len(p) == 4 else p[1] for p in pts], "o-", markersize=3, label=name)
+    ax.set_xlabel("training epochs (HadSkip: stage III)")
+    ax.set_ylabel("dev metric")
+    ax.set_title("dev curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -73,9 +73,10 @@ def adamw(groups: list[tuple[list, float]], weight_decay: float):
 
 
 def run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, desc: str, progress: bool,
-              offset: int = 0, total: int | None = None, first_epoch: int = 0):
+              offset: int = 0, total: int | None = None, first_epoch: int = 0, on_pass=None):
     """`steps` optimisation steps over `dl` (re-iterated per epoch) with linear warmup/decay.
-    `step_fn(batch)` returns loss parts; parts named "_x" are only logged (as "x"). Returns their means."""
+    `step_fn(batch)` returns loss parts; parts named "_x" are only logged (as "x"). Returns their means.
+    on_pass(steps done): called after each full pass over `dl` and after the last step (a dev curve)."""
     # linear warmup then linear decay over `total` steps, of which this call runs [offset, offset + steps)
     total = total or steps
     warm = max(1, int(total * warmup))
@@ -105,7 +106,13 @@ def run_steps(acc, model, dl, optimizer, steps: int, warmup: float, step_fn, des
             else:
                 if done == 0:
                     raise HadSkipError("an epoch yielded no training batch")
+                if on_pass is not None and done < steps:
+                    on_pass(done)
+                    model.train()
             epoch += 1
+    if on_pass is not None:
+        on_pass(done)
+        model.train()
     return {k: v / max(1, done) for k, v in sums.items()}
 
 

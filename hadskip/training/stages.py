@@ -18,6 +18,8 @@ Not included: mixed precision flags (accelerate's own config applies), gradient 
 
 from __future__ import annotations
 
+import json
+
 import time
 from dataclasses import asdict, dataclass, fields
 from functools import partial
@@ -173,10 +175,16 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
     if hard and acc.num_processes > 1:  # DDP would stop at the gates that get no gradient on hard decisions
         raise HadSkipError("--hard-tail runs in one process only (the gates get no gradient in its steps)")
     desc = f"stage III k={k:g}/{L} ({j + 1}/{len(schedule)})"
+
+    def on_pass(done: int) -> None:  # the dev curve inside a phase (its end is logged below)
+        if done < total - hard:
+            d = eval_split(acc, student_p, st.prep.dev, st.prep, cfg, gates="route")
+            st.log(stage="stage3-pass", k=k, phase_epochs=round(done / len(dl), 4), dev=d.value,
+                   dev_avg_layers=d.avg_layers)
+
     parts = loop.run_steps(acc, student_p, dl, opt, total - hard, cfg.warmup,
                            partial(_joint_step, student_p, teacher, st.weights, k / L, rule=cfg.gate_penalty),
-                           desc, cfg.progress,
-                           total=total)
+                           desc, cfg.progress, total=total, on_pass=on_pass)
     if hard:
         hard_parts = loop.run_steps(acc, student_p, dl, opt, hard, cfg.warmup,
                                     partial(_joint_step, student_p, teacher, st.weights, k / L, gates="hard",
@@ -187,6 +195,22 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
     dev = eval_split(acc, student_p, st.prep.dev, st.prep, cfg, gates="route")
     st.log(stage="stage3", k=k, **parts, dev=dev.value, dev_avg_layers=dev.avg_layers)
     return st.save(f"stage3-k{k:g}", student_p, {"dev": dev.value, "dev_avg_layers": dev.avg_layers, "k": k})
+
+
+def dev_curve(log_file: Path, schedule: list[float], epochs: list[float]) -> list[list[float]]:
+    """Stage III's dev curve from OUT/log.jsonl: [[stage III epochs so far, k, dev metric, dev avg layers], ...]
+    (a phase's passes and its end; a phase redone after a kill counts once, its last records)."""
+    start = {k: sum(epochs[:j]) for j, k in enumerate(schedule)}
+    points: dict[tuple[float, float], list[float]] = {}
+    for line in log_file.read_text().splitlines() if log_file.is_file() else []:
+        r = json.loads(line)
+        if r.get("stage") not in ("stage3", "stage3-pass") or r.get("k") not in start:
+            continue
+        k = r["k"]
+        done = epochs[schedule.index(k)] if r["stage"] == "stage3" else r["phase_epochs"]
+        at = round(start[k] + done, 4)
+        points[(at, k)] = [at, k, r["dev"], r["dev_avg_layers"]]
+    return [points[key] for key in sorted(points)]
 
 
 def train_hadskip(cfg: HadSkipConfig) -> dict:
@@ -245,7 +269,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     metrics = {"dev": dev["dev"], "dev_avg_layers": dev["dev_avg_layers"], "test": test.value,
                "test_avg_layers": test.avg_layers, "teacher_test": tinfo.metrics.get("test"),
                "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_seconds": round(total, 1),
-               "budget_missed": budget_miss(cfg.budget, dev["dev_avg_layers"], cfg.final_phase_epochs)}
+               "budget_missed": budget_miss(cfg.budget, dev["dev_avg_layers"], cfg.final_phase_epochs),
+               "dev_curve": dev_curve(out / "log.jsonl", schedule, phase_epochs(st.num_layers, cfg))}
     if acc.is_main_process:
         save_run(out, final, tokenizer, RunInfo(task=prep.task_dict(), max_len=cfg.max_len, kind="hadskip",
                                                  budget=cfg.budget, metrics=metrics,

@@ -69,12 +69,17 @@ def train_budgeted_exit(cfg: BaselineConfig, k: int) -> dict:
     mapping = layer_map(k, L)
     student = truncate(st.teacher, k).cpu().train()
     weights = cfg.weights()
-    model, parts, seconds = train(st, student, lambda m, b: _step(m, st.teacher, weights, mapping, b),
-                                  f"budgeted exit K={k}")
     prep = st.prep
+
+    def dev_fn(m) -> float:
+        return evaluate(m, prep.dev, prep.spec.metric, prep.pad_id, cfg.eval_batch_size, gates="off").value
+
+    model, parts, seconds, curve = train(st, student, lambda m, b: _step(m, st.teacher, weights, mapping, b),
+                                         f"budgeted exit K={k}", dev_fn=dev_fn)
     dev = evaluate(model, prep.dev, prep.spec.metric, prep.pad_id, cfg.eval_batch_size, gates="off")
     test = evaluate(model, prep.test, prep.spec.metric, prep.pad_id, cfg.eval_batch_size, gates="off")
     metrics = {"dev": dev.value, "test": test.value, "seconds": round(seconds, 1), "k": k, "epochs": cfg.epochs,
+               "dev_curve": curve,
                **{f"loss_{n}": round(v, 5) for n, v in parts.items()}}
     save(st, model, "budgeted-exit", metrics, {"layer_map": mapping})
     return metrics

@@ -73,10 +73,11 @@ def setup(cfg: BaselineConfig) -> Setup:
     return Setup(cfg, acc, teacher, tokenizer, prep, tc)
 
 
-def train(st: Setup, model, step_fn, desc: str, new: list | None = None) -> tuple[torch.nn.Module, dict, float]:
+def train(st: Setup, model, step_fn, desc: str, new: list | None = None, dev_fn=None) -> tuple:
     """cfg.epochs of `step_fn(model_prepared, batch)` over the training split: the parameters in `new` (modules
     the teacher lacks) at cfg.new_lr, every other parameter of `model` at cfg.lr.
-    Returns (the unwrapped model, mean loss parts, seconds)."""
+    dev_fn(unwrapped model) -> dev score(s), taken after each epoch and at the end (the dev curve).
+    Returns (the unwrapped model, mean loss parts, seconds, dev curve [[epochs, score], ...])."""
     cfg, acc = st.cfg, st.acc
     t0 = time.time()
     for name, p in model.named_parameters():  # the gates a plain model carries get no gradient: frozen (DDP)
@@ -86,11 +87,17 @@ def train(st: Setup, model, step_fn, desc: str, new: list | None = None) -> tupl
     opt = loop.adamw([(old, cfg.lr), (list(new or []), cfg.new_lr)], cfg.weight_decay)
     dl = loop.train_loader(acc, st.prep, st.train_cfg, cfg.seed + 20)
     model_p, opt = acc.prepare(model, opt)
+    curve: list = []
+
+    def on_pass(done: int) -> None:
+        curve.append([round(done / len(dl), 4), dev_fn(acc.unwrap_model(model_p))])
+
     parts = loop.run_steps(acc, model_p, dl, opt, loop.num_steps(len(dl), cfg.epochs), cfg.warmup,
-                           lambda batch: step_fn(model_p, batch), desc, cfg.progress)
+                           lambda batch: step_fn(model_p, batch), desc, cfg.progress,
+                           on_pass=on_pass if dev_fn is not None else None)
     model = acc.unwrap_model(model_p)
     acc.free_memory()
-    return model, parts, time.time() - t0
+    return model, parts, time.time() - t0, curve
 
 
 def save(st: Setup, model, kind: str, metrics: dict, extra: dict | None = None) -> Path:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from hadskip.data.batches import loader
+from hadskip.data.metrics import compute_metric
 from hadskip.errors import HadSkipError
 from hadskip.evaluation.baselines.common import BaselineConfig, save, setup, train
 from hadskip.evaluation.evaluate import default_device
@@ -80,10 +81,17 @@ def train_exit_model(cfg: BaselineConfig) -> dict:
     st = setup(cfg)
     model = MultiExit(copy.deepcopy(st.teacher).cpu()).train()
     weights = cfg.weights()
-    model, parts, seconds = train(st, model, lambda m, b: _step(m, st.teacher, weights, b), "early exit (joint)",
-                                  new=list(model.exits.parameters()))
+    prep = st.prep
+
+    def dev_fn(m) -> list[float]:  # the dev metric of each exit
+        probs = exit_probs(m, prep.dev, prep.pad_id, cfg.eval_batch_size)
+        return [round(float(compute_metric(prep.spec.metric, probs[:, i].argmax(-1), prep.dev.labels,
+                                           prep.spec.num_labels)), 5) for i in range(probs.shape[1])]
+
+    model, parts, seconds, curve = train(st, model, lambda m, b: _step(m, st.teacher, weights, b),
+                                         "early exit (joint)", new=list(model.exits.parameters()), dev_fn=dev_fn)
     model = model.cpu()
-    metrics = {"seconds": round(seconds, 1), "epochs": cfg.epochs,
+    metrics = {"seconds": round(seconds, 1), "epochs": cfg.epochs, "dev_curve": curve,
                **{f"loss_{n}": round(v, 5) for n, v in parts.items()}}
     out = save(st, model.encoder, "early-exit", metrics)
     if st.acc.is_main_process:

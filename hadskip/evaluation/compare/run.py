@@ -39,7 +39,7 @@ from hadskip.evaluation.compare.records import Outputs, path_codes, path_diversi
 from hadskip.evaluation.compare.render import margins, to_markdown
 from hadskip.evaluation.compare.reuse import check_hadskip_run, finished, reuse_or_check, teacher
 from hadskip.evaluation.compare.rows import dial_rows, exit_rows, row
-from hadskip.evaluation.frontier import plot_frontier
+from hadskip.evaluation.frontier import plot_dev_curves, plot_frontier
 from hadskip.modeling.checkpoint import read_info, task_source
 from hadskip.training.config import HadSkipConfig, OptimConfig
 from hadskip.training.schedule import stage3_epochs
@@ -264,9 +264,22 @@ def compare(cfg: CompareConfig) -> dict:
               "runs": {"teacher": str(teacher_dir), "out": str(root), "early-exit": str(edir)},
               "seconds": {**clock.parts, "total": round(time.time() - clock.t0, 1)},
               "peak_rss_mb": {**clock.peak, "process": _peak_mb()}}
+    result["dev_curves"] = _dev_curves(runs, variant_runs, trained, edir)
     save_records(root, labels["test"], records)
     (root / "compare.json").write_text(json.dumps(result, indent=2))
     (root / "compare.md").write_text(to_markdown(result))
     result["plot"] = str(plot_frontier(result, root / "frontier.png"))
+    result["dev_curves_plot"] = str(plot_dev_curves(result["dev_curves"], root / "dev_curves.png"))
     (root / "compare.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _dev_curves(runs: dict, variant_runs: dict, budgeted: dict, edir: Path) -> dict:
+    """Every trained run's dev curve (does dev still improve at the end of the schedule?): HadSkip runs
+    [[stage III epochs, k, dev, dev layers], ...], budgeted exit [[epochs, dev], ...], the multi-exit model
+    [[epochs, [dev of each exit]], ...]; runs trained before the curves were recorded have none."""
+    curves = {f"hadskip@{k:g}": read_info(r).metrics.get("dev_curve") for k, r in runs.items()}
+    curves.update({f"hadskip-{v}@{k:g}": read_info(r).metrics.get("dev_curve") for (v, k), r in variant_runs.items()})
+    curves.update({Path(d).name: read_info(d).metrics.get("dev_curve") for d in budgeted})
+    curves[edir.name] = read_info(edir).metrics.get("dev_curve")
+    return curves
