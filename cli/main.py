@@ -25,12 +25,12 @@ from hadskip.errors import HadSkipError, MissingExtraError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "transformers", "accelerate", "safetensors"),
     "export": ("torch", "transformers", "onnx"),
-    "serve": ("fastapi", "uvicorn"),
+    "serve": ("fastapi", "uvicorn", "fastapi_offline"),
 }
 # Optional packages imported deeper than a command's own extra check, and the extra that installs each.
 OPTIONAL = {"torch": "train", "transformers": "train", "accelerate": "train", "safetensors": "train",
             "datasets": "train", "matplotlib": "train", "onnx": "export", "optimum": "export",
-            "fastapi": "serve", "uvicorn": "serve", "tensorrt": "trt"}
+            "fastapi": "serve", "uvicorn": "serve", "fastapi_offline": "serve", "tensorrt": "trt"}
 
 
 class Command(NamedTuple):

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ROOT / "runtime"
 FORBIDDEN = {"torch", "transformers", "safetensors", "accelerate", "datasets", "optimum", "onnx"}
-SERVE_ONLY = {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client"}
+SERVE_ONLY = {"fastapi", "fastapi_offline", "uvicorn", "starlette", "pydantic", "prometheus_client"}
 CORE_ALLOWED = {"errors", "runtime"}  # hadskip.<these> may be imported from the runtime
 DYNAMIC = {"import_module", "__import__", "find_spec", "require"}
 

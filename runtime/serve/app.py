@@ -7,7 +7,7 @@
     GET|HEAD /health  200 {"status": "ok"} | 503 {"status": "loading" | "shutting down" | ...}  (never needs the key)
     GET  /info      model facts from the manifest, budget, backend, limits
     GET  /metrics   Prometheus text (prometheus_client)
-    GET  /docs      OpenAPI (Swagger UI); /openapi.json
+    GET  /docs      OpenAPI (Swagger UI), /redoc (ReDoc); their scripts from /docs-static/ (no CDN); /openapi.json
 With --api tei, POST /predict, / and /invocations speak text-embeddings-inference's API instead (tei.py), GET /
 and /ping answer as /health, and /info has TEI's fields.
 """
@@ -36,7 +36,9 @@ from hadskip.runtime.serve.tei import answer as tei_answer
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures it: our lines share its format
 
-ENDPOINTS = ("/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json", "/", "/invocations", "/ping")
+DOCS_STATIC = "/docs-static"  # the Swagger UI and ReDoc files (fastapi-offline's), counted as one endpoint
+ENDPOINTS = ("/predict", "/health", "/info", "/metrics", "/docs", "/redoc", DOCS_STATIC, "/openapi.json", "/",
+             "/invocations", "/ping")
 
 
 @dataclass
@@ -171,10 +173,13 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         if state.runtime is not None and hasattr(state.runtime, "close"):
             state.runtime.close()
 
-    app = fastapi.FastAPI(title="hadskip", version=hadskip_version(), lifespan=lifespan, redoc_url=None,
-                          redirect_slashes=False,  # a redirect would build its Location from the client's Host
-                          description="Per-input layer skipping for BERT-family classifiers: "
-                                      "POST /predict returns the label and the layers each input used.")
+    # /docs and /redoc load Swagger UI and ReDoc from this server (fastapi-offline ships them), not from a CDN
+    offline = require("fastapi_offline", "serve", "hadskip serve-local")
+    app = offline.FastAPIOffline(title="hadskip", version=hadskip_version(), lifespan=lifespan,
+                                 static_url=DOCS_STATIC,
+                                 redirect_slashes=False,  # a redirect would build its Location from the client's Host
+                                 description="Per-input layer skipping for BERT-family classifiers: "
+                                             "POST /predict returns the label and the layers each input used.")
     app.state.hadskip = state
 
     bearer = HTTPBearer(auto_error=False, description="the key given to --api-key")
@@ -375,4 +380,5 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             path = scope.get("path", "")
+            path = DOCS_STATIC if path.startswith(DOCS_STATIC + "/") else path
             self.state.metrics.http(path if path in ENDPOINTS else "other", status[0])

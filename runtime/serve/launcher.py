@@ -119,6 +119,7 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     """Load `model_dir` and serve it until SIGINT/SIGTERM, which finishes in-flight requests first."""
     require("uvicorn", "serve", "hadskip serve-local")
     require("fastapi", "serve", "hadskip serve-local")
+    require("fastapi_offline", "serve", "hadskip serve-local")
     from hadskip.runtime.core import Runtime
     from hadskip.runtime.dial import resolve_offset
     from hadskip.runtime.manifest import load_manifest, manifest_dial
