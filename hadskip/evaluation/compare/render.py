@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hadskip.evaluation.compare.plan import BASELINES
+from hadskip.evaluation.compare.seeds import to_markdown as seeds_markdown
 
 def margins(rows: list[dict], budgets: list[float]) -> dict:
     """Per budget: hadskip's test metric minus the best baseline's, and which baseline that is."""
@@ -21,8 +22,6 @@ def margins(rows: list[dict], budgets: list[float]) -> dict:
 
 def to_markdown(result: dict) -> str:
     if "pairs" in result:  # the statistics over seeds
-        from hadskip.evaluation.compare.seeds import to_markdown as seeds_markdown
-
         return seeds_markdown(result)
     full = result["rows"][0]["value"]
     m = result["metric"]

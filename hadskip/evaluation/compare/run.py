@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from dataclasses import fields as dataclass_fields
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,8 @@ from hadskip.evaluation.compare.cascade import curve as cascade_curve
 from hadskip.evaluation.compare.plan import VARIANTS, CompareConfig
 from hadskip.evaluation.compare.records import Outputs, path_codes, path_diversity, record, run_outputs, save_records
 from hadskip.evaluation.compare.render import margins, to_markdown
+from hadskip.evaluation.compare.seeds import aggregate
+from hadskip.evaluation.compare.seeds import to_markdown as seeds_markdown
 from hadskip.evaluation.compare.reuse import check_hadskip_run, finished, reuse_or_check, teacher
 from hadskip.evaluation.compare.rows import dial_rows, exit_rows, row
 from hadskip.evaluation.frontier import plot_dev_curves, plot_frontier
@@ -94,8 +98,6 @@ def compare(cfg: CompareConfig) -> dict:
     frontier.png. With several --seeds, each seed's comparison goes to OUT/seed-S and OUT gets the statistics
     (hadskip.evaluation.compare.seeds). Returns the compare.json dict."""
     if len(cfg.seeds) > 1:
-        from hadskip.evaluation.compare.seeds import compare_seeds
-
         return compare_seeds(cfg)
     clock = _Clock()
     root = Path(cfg.out)
@@ -283,3 +285,27 @@ def _dev_curves(runs: dict, variant_runs: dict, budgeted: dict, edir: Path) -> d
     curves.update({Path(d).name: read_info(d).metrics.get("dev_curve") for d in budgeted})
     curves[edir.name] = read_info(edir).metrics.get("dev_curve")
     return curves
+
+
+def compare_seeds(cfg: CompareConfig) -> dict:
+    """`compare` once per seed of cfg.seeds (every method trained from the same teacher with that seed, in
+    OUT/seed-S; finished runs are reused, so a study is built up run by run across sessions), then the
+    statistics over seeds (seeds.py) in OUT. Returns them."""
+    if cfg.dial_from:
+        raise HadSkipError("--dial-from names one seed's run: give it without --seeds")
+    root = Path(cfg.out)
+    root.mkdir(parents=True, exist_ok=True)
+    teacher_dir, _ = teacher(cfg, root)
+    per_seed, result = [], {}
+    for i, s in enumerate(cfg.seeds):
+        if cfg.progress:
+            print(f"seed {s} ({i + 1}/{len(cfg.seeds)}): {root / f'seed-{s}'}", file=sys.stderr, flush=True)
+        per_seed.append(compare(replace(cfg, out=str(root / f"seed-{s}"), seeds=[s], teacher=str(teacher_dir))))
+        # the statistics of the seeds finished so far (a study stopped here still reports them)
+        result = aggregate(per_seed, [root / f"seed-{t}" for t in cfg.seeds[:i + 1]])
+        result["seeds_planned"] = list(cfg.seeds)
+        (root / "compare.json").write_text(json.dumps(result, indent=2))
+        (root / "compare.md").write_text(seeds_markdown(result))
+        result["plot"] = str(plot_frontier(result, root / "frontier.png"))
+        (root / "compare.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,7 +1,6 @@
-"""`hadskip compare --seeds N`: the comparison once per seed (every method trained from the same teacher with that
-seed, in OUT/seed-S; finished runs are reused, so a study is built up run by run across sessions), then per
-method and budget the mean and standard error over seeds, paired bootstrap intervals on test (stats.py), and
-the route to deploy at each budget, chosen on dev.
+"""The statistics of `hadskip compare --seeds N` (run.compare_seeds runs the comparison once per seed, in
+OUT/seed-S): per method and budget the mean and standard error over seeds, paired bootstrap intervals on test
+(stats.py), and the route to deploy at each budget, chosen on dev.
 
 Pairs reported at each budget: every route minus budgeted exit (the static baseline), and every gated route
 (HadSkip, its dial, its variants) minus the best non-gated route (budgeted exit, cascade, early exit: the one
@@ -10,16 +9,12 @@ with the highest mean dev metric).
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from hadskip.errors import HadSkipError
 from hadskip.evaluation.compare.records import load_records
-from hadskip.evaluation.compare.reuse import teacher
 from hadskip.evaluation.compare.stats import mean_se, paired_bootstrap
 
 STATIC = "budgeted-exit"
@@ -29,30 +24,6 @@ NOT_DEPLOYED = ("full", "patience-exit")  # patience is a randomised mixture bet
 
 def is_gated(method: str) -> bool:
     return method.startswith("hadskip")
-
-
-def compare_seeds(cfg) -> dict:
-    """Run `compare` for each of cfg.seeds (OUT/seed-S) and write the statistics to OUT; returns them."""
-    from hadskip.evaluation.compare.run import compare
-
-    if cfg.dial_from:
-        raise HadSkipError("--dial-from names one seed's run: give it without --seeds")
-    root = Path(cfg.out)
-    root.mkdir(parents=True, exist_ok=True)
-    teacher_dir, _ = teacher(cfg, root)
-    per_seed = []
-    for i, s in enumerate(cfg.seeds):
-        if cfg.progress:
-            print(f"seed {s} ({i + 1}/{len(cfg.seeds)}): {root / f'seed-{s}'}", file=sys.stderr, flush=True)
-        per_seed.append(compare(replace(cfg, out=str(root / f"seed-{s}"), seeds=[s], teacher=str(teacher_dir))))
-    result = aggregate(per_seed, [root / f"seed-{s}" for s in cfg.seeds])
-    (root / "compare.json").write_text(json.dumps(result, indent=2))
-    (root / "compare.md").write_text(to_markdown(result))
-    from hadskip.evaluation.frontier import plot_frontier
-
-    result["plot"] = str(plot_frontier(result, root / "frontier.png"))
-    (root / "compare.json").write_text(json.dumps(result, indent=2))
-    return result
 
 
 def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dict:
