@@ -131,6 +131,16 @@ def _open_subject(model_dir: Path, backend: str, threads: int | None, load_optio
     return _Subject(model_dir, rt, baseline, source, precision)
 
 
+def _run_of(manifest) -> tuple[str, str]:
+    """(name, weights sha256) of the run a model dir was exported from: export.run; a manifest written before
+    it has export.run_dir (an absolute build path) instead."""
+    export = manifest.export or {}
+    run = export.get("run")
+    if isinstance(run, dict):
+        return str(run.get("name")), str(run.get("weights_sha256"))
+    return str(export.get("run_dir")), ""
+
+
 def run_bench(model_dir: str | Path | Sequence[str | Path], batches=(1, 8, 32), seqs=(64, 128), repeats: int = 20,
               warmup: int = 2, backend: str = "ort-cpu", threads: int | None = None, ks: list[int] | None = None,
               seed: int = 0, progress: Callable[[str], None] | None = None, inputs: Sequence | None = None,
@@ -212,9 +222,9 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
                 not m.units.get("baseline") else f"the baseline runs on onnxruntime, not {be.name}"
             where = f" ({sub.path})" if len(subjects) > 1 else ""
             notes.append(f"full{where} = our chained graphs with every gate forced open: {why}")
-    runs = {str((sub.rt.info.manifest.export or {}).get("run_dir")) for sub in subjects if sub.rt.info.manifest}
+    runs = {_run_of(sub.rt.info.manifest) for sub in subjects if sub.rt.info.manifest}
     if len(runs) > 1:
-        notes.append(f"the model dirs come from different runs ({', '.join(sorted(runs))})")
+        notes.append(f"the model dirs come from different runs ({', '.join(sorted(name for name, _ in runs))})")
     optimization = dict(manifest.optimization) if manifest is not None else {}
     vocabs = [int(sub.rt.info.manifest.backbone.get("vocab_size") or 1000) if sub.rt.info.manifest is not None else
               int(sub.rt.backend.model.config.hf_config.get("vocab_size", 1000)) for sub in subjects]
