@@ -113,17 +113,17 @@ class hub_errors:
         offline = bool(getattr(constants, "HF_HUB_OFFLINE", False))
         if isinstance(exc, e.OfflineModeIsEnabled) or (offline and self.writing):
             return f"HF_HUB_OFFLINE is set: {self.at} cannot be reached (unset HF_HUB_OFFLINE to use the network)"
+        local = "" if self.writing else f" (and there is no local folder {self.repo_id})"
         if isinstance(exc, e.LocalEntryNotFoundError):
             if offline:
                 return (f"{self.at} is not in the hub cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
-                        "fetch it once with the network on, or unset HF_HUB_OFFLINE")
-            return f"cannot reach the hub ({constants.ENDPOINT}) and {self.at} is not in the hub cache"
+                        f"fetch it once with the network on, or unset HF_HUB_OFFLINE{local}")
+            return f"cannot reach the hub ({constants.ENDPOINT}) and {self.at} is not in the hub cache{local}"
         if isinstance(exc, e.GatedRepoError):
             return f"hub repo {self.repo_id} is gated: ask for access on the hub, then {login}"
         if isinstance(exc, e.RepositoryNotFoundError):
-            tail = "" if self.writing else f"; and there is no local folder {self.repo_id}"
             return (f"hub repo {self.repo_id} was not found, or is private and this token cannot see it "
-                    f"({login}){tail}")
+                    f"({login}){local}")
         if isinstance(exc, e.RevisionNotFoundError):
             return f"hub repo {self.repo_id} has no revision {self.revision} (a branch, tag or commit)"
         if isinstance(exc, e.EntryNotFoundError):

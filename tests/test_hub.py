@@ -520,3 +520,25 @@ def test_serve_local_serves_a_repo_id_under_its_name(model_dir, tmp_path):
     want = Runtime.load(model_dir).predict(["a good movie"])[0]
     (pred,) = got["predictions"]
     assert pred["label"] == want.label and pred["probs"] == pytest.approx(want.probs)
+
+
+def test_the_card_takes_the_compare_table_of_the_run_it_was_exported_from(tmp_path_factory, tmp_path):
+    """push --run RUN: the compare.json of RUN's compare folder (its rows name RUN) reaches the card; a run
+    with other weights is refused (the manifest's export.run sha256)."""
+    from hadskip.errors import HadSkipError
+    from hadskip.runtime.card import model_card
+    from hadskip.runtime.manifest import load_manifest
+    from hadskip.runtime.push import find_compare
+
+    run, model = cached_model(tmp_path_factory, "bert", 0)
+    out = tmp_path / "compare"
+    shutil.copytree(run, out / "hadskip-2")
+    result = {"task": "tiny", "metric": "accuracy", "rows": [
+        {"method": "hadskip", "budget": 2, "value": 0.75, "avg_layers": 2.0, "run": str(out / "hadskip-2")}]}
+    (out / "compare.json").write_text(json.dumps(result))
+    manifest = load_manifest(model)
+    compare, where = find_compare(model, manifest, out / "hadskip-2")
+    assert where == str(out / "compare.json")
+    assert "| hadskip | 2 | 0.75 | 2 | - | - |" in model_card(manifest, "me/x", compare)
+    with pytest.raises(HadSkipError, match="is not the run .* was exported from"):
+        find_compare(model, manifest, cached_model(tmp_path_factory, "bert", 1)[0])
