@@ -15,7 +15,7 @@ MODELS ?= models
 # torch first, pinned: on our machines this version is a CPU build already on disk (no multi-GB download)
 install:
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[train,export,serve,dev,triton]"
+	$(PIP) install -q -e ".[train,export,serve,dev,triton,hub]"
 
 demo: install bench
 	@echo "accuracy table: $(RUNS)/compare/compare.md   speed table: $(RUNS)/bench.txt"

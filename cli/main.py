@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 
 import typer
 
-from hadskip.cli import data, export, run, serve, train, triton
+from hadskip.cli import data, export, hub, run, serve, train, triton
 from hadskip.errors import HadSkipError, MissingExtraError
 
 # The packages of each extra that its commands import (checked before the command runs).
@@ -26,11 +26,13 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("torch", "transformers", "accelerate", "safetensors"),
     "export": ("torch", "transformers", "onnx"),
     "serve": ("fastapi", "uvicorn", "fastapi_offline"),
+    "hub": ("huggingface_hub",),
 }
 # Optional packages imported deeper than a command's own extra check, and the extra that installs each.
 OPTIONAL = {"torch": "train", "transformers": "train", "accelerate": "train", "safetensors": "train",
             "datasets": "train", "matplotlib": "train", "onnx": "export", "optimum": "export",
-            "fastapi": "serve", "uvicorn": "serve", "fastapi_offline": "serve", "tensorrt": "trt"}
+            "fastapi": "serve", "uvicorn": "serve", "fastapi_offline": "serve", "tensorrt": "trt",
+            "huggingface_hub": "hub"}
 
 
 class Command(NamedTuple):
@@ -50,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("bench", run.bench, None),
     Command("serve-local", serve.serve_local, "serve"),
     Command("triton-repo", triton.triton_repo, None),
+    Command("push", hub.push, "hub"),
 )
 GROUPS = (("data", data.data_app),)
 

@@ -22,6 +22,9 @@ import typer
 Budget = Annotated[Optional[float], typer.Option(
     help="Target average layers through the model's budget dial (`hadskip dial`; a model dir has it once "
          "exported); default: the trained gates.")]
+Revision = Annotated[Optional[str], typer.Option(
+    help="With a Hugging Face hub repo id (user/name) for the model: the branch, tag or commit to fetch (default: "
+         "main). A local folder of that name wins over the hub.")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs and progress go to "
                                                    "stderr).")]
 

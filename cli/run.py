@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from hadskip.cli.options import Backend, Budget, Json
+from hadskip.cli.options import Backend, Budget, Json, Revision
 
-Model = Annotated[str, typer.Argument(help="Model dir written by `hadskip export` (a run dir for --backend torch).")]
+Model = Annotated[str, typer.Argument(help="Model dir written by `hadskip export` (a run dir for --backend torch), "
+                                           "or a Hugging Face hub repo id (user/name) holding one.")]
 Threads = Annotated[Optional[int], typer.Option(min=1, max=1024,
                                                 help="Intra-op threads per onnxruntime session (default: ORT's).")]
 DeviceId = Annotated[int, typer.Option(min=0, max=1024, help="GPU index for ort-cuda / trt.")]
@@ -39,8 +40,8 @@ def _ints(value: str, name: str, low: int = 1, high: int | None = None) -> list[
 
 
 def _load_options(backend: str, threads: Optional[int], device_id: int, device: Optional[str],
-                  budget: Optional[float] = None) -> dict:
-    opts: dict = {"threads": threads, "budget": budget}
+                  budget: Optional[float] = None, revision: Optional[str] = None) -> dict:
+    opts: dict = {"threads": threads, "budget": budget, "revision": revision}
     if backend in ("ort-cuda", "trt"):
         opts["device_id"] = device_id
     if backend == "torch":
@@ -65,13 +66,15 @@ def predict(
     device: Device = None,
     budget: Budget = None,
     max_layers: MaxLayers = None,
+    revision: Revision = None,
     quiet: Quiet = False,
 ) -> None:
     """Classify texts: one JSON line per input with label, probabilities and the layers it used."""
     from hadskip.runtime.jsonl import predict_file
 
     summary = predict_file(model, input, output, backend=backend, batch_size=batch_size, fmt=fmt,
-                           max_layers=max_layers, **_load_options(backend, threads, device_id, device, budget))
+                           max_layers=max_layers,
+                           **_load_options(backend, threads, device_id, device, budget, revision))
     if not quiet:
         empty = f", {summary['empty']} empty (error entries)" if summary["empty"] else ""
         at = "" if summary["budget"] is None else f" (budget {summary['budget']:g})"
@@ -81,7 +84,8 @@ def predict(
 
 def bench(
     model: Annotated[list[str], typer.Argument(help="Model dir(s) written by `hadskip export` (a run dir for "
-                                               "--backend torch); several (e.g. the fp32 and the int8 export of "
+                                               "--backend torch) or hub repo ids (user/name); several "
+                                               "(e.g. the fp32 and the int8 export of "
                                                "one run) are timed side by side in the same rounds.")],
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,8,32",
     seq: Annotated[str, typer.Option(help="Sequence lengths (exact, synthetic tokens), comma-separated.")] = "64,128",
@@ -98,6 +102,7 @@ def bench(
     device_id: DeviceId = 0,
     device: Device = None,
     budget: Budget = None,
+    revision: Revision = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -113,7 +118,7 @@ def bench(
                        seqs=_ints(seq, "--seq"), repeats=repeats,
                        inputs=None if input is None else read_input_file(input),
                        warmup=warmup, backend=backend, ks=_ints(k, "--k", low=0) if k else None, progress=progress,
-                       **_load_options(backend, threads, device_id, device, budget))
+                       **_load_options(backend, threads, device_id, device, budget, revision))
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return

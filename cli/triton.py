@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from hadskip.cli.options import Revision
+
 
 class TritonBackend(str, Enum):
     ort_cpu = "ort-cpu"
@@ -29,7 +31,8 @@ def _ints(value: Optional[str], name: str) -> Optional[tuple[int, ...]]:
 
 
 def triton_repo(
-    model: Annotated[Path, typer.Argument(help="Model dir written by `hadskip export`.")],
+    model: Annotated[str, typer.Argument(help="Model dir written by `hadskip export`, or a Hugging Face hub repo "
+                                              "id (user/name) holding one.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model repository to write into (REPO/NAME).")],
     name: Annotated[str, typer.Option(help="Model name in Triton (/v2/models/NAME).")] = "hadskip",
     backend: Annotated[TritonBackend, typer.Option(help="Runtime backend inside each instance: ort-cpu "
@@ -51,6 +54,7 @@ def triton_repo(
                                                            "conda-pack .tar.gz) where hadskip is installed.")
                           ] = None,
     max_text_bytes: Annotated[int, typer.Option(help="A longer TEXT / TEXT_PAIR fails its request.")] = 1 << 20,
+    revision: Revision = None,
     force: Annotated[bool, typer.Option("--force", help="Replace REPO/NAME if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (model folder and settings).")
                        ] = False,
@@ -65,7 +69,7 @@ def triton_repo(
                               max_batch=max_batch, preferred_batch=_ints(preferred_batch, "--preferred-batch"),
                               max_queue_delay_us=max_queue_delay_us, threads=threads, copy=not reference,
                               python_env=python_env, max_text_bytes=max_text_bytes)
-    target = write_repo(model, out, config, force=force)
+    target = write_repo(model, out, config, force=force, revision=revision)
     if as_json:
         typer.echo(json.dumps({"repo": str(Path(out).resolve()), "model": str(target.resolve()),
                                "config": asdict(config)}))

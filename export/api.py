@@ -18,12 +18,13 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from hadskip.export.install import SignalGuard, check_target, install, temp_dirs
 from hadskip.export.labels import parse_label_names, resolve_labels
+from hadskip.export.portable import portable_name, portable_task, run_ref
 from hadskip.export.progress import ExportProgress
 from hadskip.export.quantize import Int8Config, TextSetup, check_on_dev, check_request, quantize_units
 from hadskip.export.spec import RULE, ExportError, settle
@@ -264,31 +265,34 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
         rels = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         files = file_table(tmp, rels)
         manifest = Manifest(
-            backbone={"name": cfg.backbone, "model_type": cfg.model_type, "num_layers": cfg.num_layers,
+            backbone={"name": portable_name(cfg.backbone), "model_type": cfg.model_type, "num_layers": cfg.num_layers,
                       "hidden_size": cfg.hidden_size, "num_heads": cfg.num_heads,
                       "intermediate_size": hf.get("intermediate_size"), "vocab_size": int(hf["vocab_size"]),
                       "pad_token_id": pad_id, "type_vocab_size": type_vocab_size, "token_types": token_types,
                       "max_position_embeddings": hf.get("max_position_embeddings"), "gate_hidden": cfg.gate_hidden},
-            task=dict(info.task), labels=labels, max_seq_len=max_seq_len, precision=precision,
+            task=portable_task(info.task), labels=labels, max_seq_len=max_seq_len, precision=precision,
             engine=final_engine, opset=opset, units=units, files=files, budget=info.budget,
             validation=validation, optimization=optimization,
             tools=_tool_versions(*(("optimum-onnx", "optimum") if with_baseline else ()),
                                  *(("tensorrt",) if engines else ())),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             tokenization=tokenization, io_types=_io_types(tmp, units), dial=dial.to_dict() if dial else None,
-            export={"run_dir": str(run_dir.resolve()), "run_kind": info.kind, "engine_requested": engine,
+            export={"run": run_ref(run_dir), "run_kind": info.kind, "engine_requested": engine,
                     "fp16": fp16, "optimize": optimize, "max_batch": max_batch, "quantize": quantize,
                     "fuse_gates": fuse_gates, "labels_from": labels_from,
                     "trained_avg_layers": trained_avg_layers(info.metrics),
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
                     "atol": {s.name: s.atol for s in specs}, "rtol": {s.name: s.rtol for s in specs},
                     "tolerance_rule": RULE,
-                    "baseline": {k: baseline[k] for k in ("model", "teacher_run", "note")} if baseline else None},
+                    "baseline": {k: baseline[k] for k in ("model", "teacher_run", "teacher_weights_sha256", "note")}
+                    if baseline else None},
         )
         write_manifest(tmp, manifest)
         if quant is not None:
             bar.step(f"int8 vs fp32 on {int8.split}")
-            manifest.quantization = {**quant, "dev": check_on_dev(tmp, scratch / "fp32", manifest, int8)}
+            # the check loads the run's task (a folder task: from its path, which the manifest does not hold)
+            checked = check_on_dev(tmp, scratch / "fp32", replace(manifest, task=dict(info.task)), int8)
+            manifest.quantization = {**quant, "dev": checked}
             write_manifest(tmp, manifest)
         bar.finish()
         total = sum(m["bytes"] for m in files.values()) + (tmp / MANIFEST).stat().st_size

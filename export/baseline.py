@@ -5,7 +5,8 @@ the run's fine-tuned teacher when the run is a `finetune` run itself, or records
 extra.teacher, written by `hadskip train`) and that run dir is still there and matches (same backbone shape,
 labels and vocabulary); otherwise the run's own model with every gate open (the HadSkip student's weights,
 all layers run). `teacher_source` decides; the manifest records the answer under export.baseline
-{"model": "teacher" | "student-all-gates-open", "teacher_run", "note"}.
+{"model": "teacher" | "student-all-gates-open", "teacher_run" (the teacher run's folder name),
+"teacher_weights_sha256", "note"}.
 
 Our Head is exactly the classifier of transformers' sequence-classification models on the first token
 (which modules, and the activation, come from the family: hadskip.modeling.families `classifier`, `head_activation`):
@@ -27,6 +28,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from hadskip.export.portable import portable_name, run_ref
 from hadskip.export.spec import ExportError
 
 
@@ -128,37 +130,52 @@ def _mismatch(model, teacher, tokenizer, teacher_tokenizer) -> str:
     return ""
 
 
+def _teacher(d: Path, note: str) -> dict:
+    ref = run_ref(d)
+    return {"model": "teacher", "teacher_run": ref["name"], "teacher_weights_sha256": ref["weights_sha256"],
+            "note": note}
+
+
+def _student(note: str) -> dict:
+    return {"model": STUDENT, "teacher_run": None, "teacher_weights_sha256": None, "note": note}
+
+
 def teacher_source(run_dir: Path, model, tokenizer, info):
-    """(GatedEncoder to export as the baseline, {"model", "teacher_run", "note"}) for the run at `run_dir`."""
+    """(GatedEncoder to export as the baseline, {"model", "teacher_run", "teacher_weights_sha256", "note"}) for
+    the run at `run_dir`. The teacher run is recorded by its folder's name and weights' sha256 (a manifest holds
+    no build paths: hadskip.export.portable); the warning of an unusable recorded teacher names its path."""
     from hadskip.modeling.checkpoint import load_run, read_info
     from hadskip.errors import HadSkipError
 
     if info.is_teacher:
-        return model, {"model": "teacher", "teacher_run": str(run_dir.resolve()), "note": "the run is the teacher"}
+        return model, _teacher(run_dir, "the run is the teacher")
     recorded = (info.extra or {}).get("teacher")
     if not recorded:
-        return model, {"model": STUDENT, "teacher_run": None,
-                       "note": f"the {info.kind!r} run records no teacher: the run's model with every gate open"}
+        return model, _student(f"the {info.kind!r} run records no teacher: the run's model with every gate open")
+    shown = portable_name(str(recorded))
     why = f"the recorded teacher {recorded} was not found"
+    note = f"the recorded teacher {shown} was not found"
     for d in _recorded_dirs(run_dir, info, str(recorded)):
         if not (d / "run.json").is_file():
             continue
         try:
             if not read_info(d).is_teacher:
-                why = f"the recorded teacher {d} is not a finetune run"
+                why, note = (f"the recorded teacher {x} is not a finetune run" for x in (d, d.name))
                 continue
             teacher, teacher_tok, _ = load_run(d)
         except (HadSkipError, OSError, ValueError) as exc:
-            why = f"the recorded teacher {d} cannot be loaded ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+            first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            why = f"the recorded teacher {d} cannot be loaded ({first})"
+            note = f"the recorded teacher {d.name} cannot be loaded"
             continue
         bad = _mismatch(model, teacher, tokenizer, teacher_tok)
         if bad:
-            why = f"the recorded teacher {d} does not match the run: {bad}"
+            why, note = (f"the recorded teacher {x} does not match the run: {bad}" for x in (d, d.name))
             continue
-        return teacher, {"model": "teacher", "teacher_run": str(d.resolve()), "note": "the run's recorded teacher"}
-    note = f"{why}: the run's model with every gate open"
-    warnings.warn(f"baseline: {note}", stacklevel=2)  # a recorded teacher was expected; say so, not only in JSON
-    return model, {"model": STUDENT, "teacher_run": None, "note": note}
+        return teacher, _teacher(d, "the run's recorded teacher")
+    tail = ": the run's model with every gate open"
+    warnings.warn(f"baseline: {why}{tail}", stacklevel=2)  # a recorded teacher was expected; say so, not only in JSON
+    return model, _student(note + tail)
 
 
 def build_baseline(model, tokenizer, labels, tmp: Path, scratch: Path, specs, cases, opset: int, optimize: bool,

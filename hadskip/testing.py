@@ -158,15 +158,28 @@ def tiny_backbone_dir(path: str | Path, arch: str = "bert", seed: int = 0) -> Pa
     return path
 
 
-def hub_cache_standin(cache: str | Path, name: str, src: str | Path) -> Path:
-    """Lay the files of folder `src` out in `cache` as the hub cache holds a download of repo `name` (one
-    snapshot, refs/main), so hub loading with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=cache finds it without a
-    network. Returns the snapshot folder."""
+def hub_cache_standin(cache: str | Path, name: str, src: str | Path,
+                      commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """Lay the files of folder `src` (its subfolders too) out in `cache` as the hub cache holds a download of
+    repo `name` at `commit` (refs/main): each file a blob under blobs/ (named by its sha256) and a relative
+    symlink to it in snapshots/COMMIT/, so hub loading with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=cache finds it
+    without a network and sees the links a real download makes. Returns the snapshot folder."""
+    import hashlib
+    import os
+
     repo = Path(cache) / ("models--" + name.replace("/", "--"))
-    snap = repo / "snapshots" / "0123456789abcdef"
+    snap = repo / "snapshots" / commit
     snap.mkdir(parents=True)
-    for f in Path(src).iterdir():
-        (snap / f.name).write_bytes(f.read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123456789abcdef")
+    (repo / "blobs").mkdir(exist_ok=True)
+    for f in sorted(Path(src).rglob("*")):
+        if not f.is_file():
+            continue
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snap / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
     return snap

@@ -34,6 +34,7 @@ import numpy as np
 from hadskip.errors import HadSkipError
 from hadskip.runtime.core import Runtime
 from hadskip.runtime.dial import budget_gap
+from hadskip.runtime.hub import resolve_model
 
 ENGINES = ("full", "hadskip", "forced", "random")
 
@@ -131,18 +132,30 @@ def _open_subject(model_dir: Path, backend: str, threads: int | None, load_optio
     return _Subject(model_dir, rt, baseline, source, precision)
 
 
+def _run_of(manifest) -> tuple[str, str]:
+    """(name, weights sha256) of the run a model dir was exported from: export.run; a manifest written before
+    it has export.run_dir (an absolute build path) instead."""
+    export = manifest.export or {}
+    run = export.get("run")
+    if isinstance(run, dict):
+        return str(run.get("name")), str(run.get("weights_sha256"))
+    return str(export.get("run_dir")), ""
+
+
 def run_bench(model_dir: str | Path | Sequence[str | Path], batches=(1, 8, 32), seqs=(64, 128), repeats: int = 20,
               warmup: int = 2, backend: str = "ort-cpu", threads: int | None = None, ks: list[int] | None = None,
               seed: int = 0, progress: Callable[[str], None] | None = None, inputs: Sequence | None = None,
-              **load_options) -> BenchReport:
+              revision: str | None = None, **load_options) -> BenchReport:
     """Benchmark a model dir, or several side by side (e.g. the fp32 and the int8 export of one run: every
     engine of every dir runs in the same interleaved rounds); see the module docstring. `ks`: the forced K
     values (default 0..L). Rows carry `precision` and `model`; ratio_to_full is to the same dir's full model,
     speedup_vs_full is the throughput over every dir's full model (keyed by precision). `inputs`: texts (or
-    (text, text_pair) tuples) to time instead of synthetic tokens; `seqs` is then unused."""
+    (text, text_pair) tuples) to time instead of synthetic tokens; `seqs` is then unused. A model dir may be a
+    hub repo id (fetched at `revision`; hadskip.runtime.hub)."""
     if repeats < 1 or warmup < 0:
         raise HadSkipError("repeats must be >= 1 and warmup >= 0")
-    dirs = [Path(model_dir)] if isinstance(model_dir, (str, Path)) else [Path(d) for d in model_dir]
+    names = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+    dirs = [resolve_model(d, revision) for d in names]  # a hub repo id: its snapshot (runtime/hub.py)
     if not dirs:
         raise HadSkipError("no model dir to benchmark")
     if len(set(d.resolve() for d in dirs)) != len(dirs):
@@ -212,9 +225,9 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
                 not m.units.get("baseline") else f"the baseline runs on onnxruntime, not {be.name}"
             where = f" ({sub.path})" if len(subjects) > 1 else ""
             notes.append(f"full{where} = our chained graphs with every gate forced open: {why}")
-    runs = {str((sub.rt.info.manifest.export or {}).get("run_dir")) for sub in subjects if sub.rt.info.manifest}
+    runs = {_run_of(sub.rt.info.manifest) for sub in subjects if sub.rt.info.manifest}
     if len(runs) > 1:
-        notes.append(f"the model dirs come from different runs ({', '.join(sorted(runs))})")
+        notes.append(f"the model dirs come from different runs ({', '.join(sorted(name for name, _ in runs))})")
     optimization = dict(manifest.optimization) if manifest is not None else {}
     vocabs = [int(sub.rt.info.manifest.backbone.get("vocab_size") or 1000) if sub.rt.info.manifest is not None else
               int(sub.rt.backend.model.config.hf_config.get("vocab_size", 1000)) for sub in subjects]

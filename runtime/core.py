@@ -22,6 +22,7 @@ import numpy as np
 from hadskip.errors import HadSkipError
 from hadskip.runtime.backends import OPTIMIZATIONS, BackendOptions, find_opener
 from hadskip.runtime.dial import DialError, resolve_offset
+from hadskip.runtime.hub import resolve_model
 from hadskip.runtime.manifest import MANIFEST, ManifestError
 from hadskip.runtime.model_info import ModelInfo, info_from_manifest, precision_note  # noqa: F401 (re-exported)
 from hadskip.runtime.router import Backend, BatchResult, route
@@ -119,8 +120,10 @@ class Runtime:
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "ort-cpu", *, threads: int | None = None,
              device_id: int = 0, device: str | None = None, max_batch: int = 32, cuda_graphs: str = "auto",
-             optimization: str = "all", verify: bool = True, budget: float | None = None) -> Runtime:
-        """Load a model dir on `backend`.
+             optimization: str = "all", verify: bool = True, budget: float | None = None,
+             revision: str | None = None) -> Runtime:
+        """Load a model dir on `backend`: a local folder, or a Hugging Face hub repo id ("user/name", fetched into
+        the HF cache at `revision`, None: main; a local folder of that name wins; runtime/hub.py).
 
         threads: intra-op threads per ORT session (None: onnxruntime's default); for the torch backend,
         torch's (process-wide) intra-op thread count; trt has no host threads to set. device_id: the GPU for
@@ -134,9 +137,9 @@ class Runtime:
         The torch backend also takes a run dir (hadskip.modeling.checkpoint) instead of a model dir. `backend` is
         looked up in one registry (hadskip.runtime.backends: the built-ins, registered and entry-point plug-ins).
         """
-        path = Path(model_dir)
         if optimization not in OPTIMIZATIONS:
             raise HadSkipError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATIONS)}")
+        path = resolve_model(model_dir, revision)
         options = BackendOptions(threads=threads, device_id=device_id, device=device, max_batch=max_batch,
                                  cuda_graphs=cuda_graphs, optimization=optimization, verify=verify)
         be, info = find_opener(backend)(path, options)

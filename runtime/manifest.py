@@ -208,11 +208,17 @@ def manifest_dial(manifest: Manifest, f: Path | str = MANIFEST):
 
 
 def check_inside(real_root: Path, path: Path) -> None:
-    """Refuse `path` when it (through a symlink anywhere on the way) resolves outside the model dir."""
+    """Refuse `path` when it (through a symlink anywhere on the way) resolves outside the model dir. A model dir
+    that is a snapshot of the Hugging Face hub cache (HF_HUB_CACHE/models--OWNER--NAME/snapshots/COMMIT, see
+    runtime/hub.py) holds links into that repo's blobs folder: those resolve inside the repo's cache folder."""
     try:
         target = path.resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise ManifestError(f"{path} cannot be resolved ({exc})") from exc
+    if real_root.parent.name == "snapshots" and real_root.parent.parent.name.startswith("models--"):
+        blobs = real_root.parent.parent / "blobs"
+        if blobs in target.parents:
+            return
     if target != real_root and real_root not in target.parents:
         raise ManifestError(f"{path} resolves to {target}, outside the model dir {real_root}; "
                             "refusing to follow the link (copy the file into the model dir instead)")

@@ -15,7 +15,7 @@ of dicts; a `top_k` given to `pipeline(...)` rather than to the call wraps a sin
 list, as transformers does. Deviations: a (text, text_pair) tuple is a pair, as in `Runtime.predict`; a negative
 top_k or a bool is refused; scores are always the softmax over the labels (no `function_to_apply`); there are no
 tokenizer keyword arguments (truncation is the model dir's max_seq_len); iterables other than a list are read
-into a list first (transformers streams them); a hub name is refused for now (pass a local model dir).
+into a list first (transformers streams them). A hub repo id loads through hadskip.runtime.hub (`hub` extra).
 Empty text is classified as transformers does (only the special tokens), not refused.
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from hadskip.errors import HadSkipError
 from hadskip.runtime.core import Runtime
+from hadskip.runtime.hub import resolve_model
 from hadskip.runtime.text import TextInput
 
 TASKS = ("text-classification", "sentiment-analysis")
@@ -120,25 +121,21 @@ class TextClassificationPipeline:
 
 
 def pipeline(task_or_model: str | Path, model: str | Path | None = None, *, backend: str = "ort-cpu",
-             budget: float | None = None, batch_size: int = 32, top_k=_UNSET,
+             budget: float | None = None, batch_size: int = 32, top_k=_UNSET, revision: str | None = None,
              **load_options) -> TextClassificationPipeline:
     """`pipeline(model_dir)` or `pipeline("text-classification", model=model_dir)`: a TextClassificationPipeline
-    on `backend`. budget: the default target average of layers (the model's dial); load_options go to
-    Runtime.load (threads, device_id, device, verify, ...). A hub name is refused for now (one line)."""
+    on `backend`. `model`: a model dir, or a Hugging Face hub repo id ("user/name", at `revision`; a local folder
+    of that name wins; see hadskip.runtime.hub). budget: the default target average of layers (the model's
+    dial); load_options go to Runtime.load (threads, device_id, device, verify, ...)."""
     if model is None:
         model = task_or_model
     elif str(task_or_model) not in TASKS:
         raise HadSkipError(f"hadskip.pipeline does {' / '.join(TASKS)} only, not {task_or_model!r}")
     if batch_size < 1:
         raise HadSkipError(f"batch_size must be >= 1, got {batch_size}")
-    path = Path(model).expanduser()
+    path = resolve_model(model, revision)  # a local dir, else a hub repo id (runtime/hub.py)
     if not path.exists():
-        name = str(model)
-        if name.count("/") == 1 and not name.startswith((".", "/", "~")) and all(name.split("/")):
-            raise HadSkipError(f"{name} is not a local model dir, and loading from the Hugging Face hub is not "
-                               "supported yet: download it first (huggingface-cli download "
-                               f"{name} --local-dir DIR) and pass DIR")
-        raise HadSkipError(f"model dir {name} does not exist")
+        raise HadSkipError(f"model dir {model} does not exist")
     top = _UNSET if top_k is _UNSET else _top_k(top_k)
     rt = Runtime.load(path, backend=backend, budget=budget, **load_options)
     return TextClassificationPipeline(rt, batch_size=batch_size, top_k=top)

@@ -74,6 +74,17 @@ def _gpt2(e: Env) -> str:
 
 # (id, argv from the env, regex the one error line must match)
 CASES = [
+    # --- push (tests/test_hub.py has the round trips through a hub stand-in) ---
+    ("push-no-model", lambda e: ["push", str(e.root / "nope"), "me/model"], r"model dir .* does not exist"),
+    ("push-run-dir", lambda e: ["push", str(e.run), "me/model"], r"manifest\.json is missing"),
+    ("push-bad-repo-id", lambda e: ["push", str(e.model), "me/../x"], r"is not a hub repo id"),
+    ("push-bad-card", lambda e: ["push", str(e.model), "me/model", "--card", str(e.root / "nope.md")],
+     r"--card .*choose auto, generated, none"),
+    ("push-run-not-its-run", lambda e: ["push", str(e.model), "me/model", "--run", str(e.root / "nope")],
+     r"--run .* is not a hadskip run dir"),
+    ("predict-bad-hub-id", lambda e: ["predict", "me/a--b", "-i", e.txt], r"is not a hub repo id"),
+    ("predict-revision-of-a-local-dir", lambda e: ["predict", str(e.model), "-i", e.txt, "--revision", "v1"],
+     r"--revision v1 applies to a hub repo id"),
     # --- predict: files ---
     ("predict-no-model", lambda e: ["predict", str(e.root / "nope"), "-i", e.txt], r"model dir .* does not exist"),
     ("predict-model-is-file", lambda e: ["predict", e.txt, "-i", e.txt], r"(not a folder|does not exist|manifest)"),

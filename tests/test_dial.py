@@ -321,7 +321,8 @@ def test_cli_dial_then_budget_flags(env, tmp_path):
     assert rep["target_budget"] == 2.0 and rep["gate_offset"] == point.offset
     assert rep["avg_layers"] == pytest.approx(point.avg_layers) and rep["value"] == pytest.approx(point.value)
     model = export_dir(run, tmp_path / "model")
-    res = CliRunner().invoke(app, ["eval", str(model), "--split", "dev", "--budget", "2", "--json", "--no-plots"])
+    res = CliRunner().invoke(app, ["eval", str(model), "--split", "dev", "--budget", "2", "--json", "--no-plots",
+                                   "--task", str(env["task"])])  # a model dir records a folder task by name only
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["avg_layers"] == pytest.approx(point.avg_layers, abs=0.011)
     txt = tmp_path / "in.txt"

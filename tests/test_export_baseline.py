@@ -12,7 +12,7 @@ import torch
 
 from hadskip.modeling.checkpoint import load_run
 from hadskip.export import export_model
-from hadskip.runtime.manifest import load_manifest
+from hadskip.runtime.manifest import load_manifest, sha256_file
 from hadskip.testing import tiny_run, tiny_sentences
 
 from test_export import encode, run, session  # tests/ is on sys.path under pytest
@@ -66,7 +66,8 @@ def test_the_recorded_teacher_is_exported_from_another_working_dir(tmp_path, mon
     monkeypatch.chdir(tmp_path / "elsewhere")  # "runs/ft" does not exist from here
     export_model(student, tmp_path / "model", with_baseline=True, max_batch=4, progress=False)
     m = load_manifest(tmp_path / "model")
-    assert m.export["baseline"] == {"model": "teacher", "teacher_run": str(teacher.resolve()),
+    assert m.export["baseline"] == {"model": "teacher", "teacher_run": "ft",  # by name: no build paths
+                                    "teacher_weights_sha256": sha256_file(teacher / "model.safetensors"),
                                     "note": "the run's recorded teacher"}
 
     model, tokenizer, info = load_run(student)

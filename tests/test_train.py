@@ -427,9 +427,10 @@ def test_eval_export_and_info_report_the_layers_run(env, tmp_path, capsys):
     assert report["trained_avg_layers"] == trained
     assert report["budget_missed"]["budget"] == 1.0 and report["budget_missed"]["avg_layers"] == report["avg_layers"]
     export_model(out, tmp_path / "model", max_batch=8, progress=False)
-    assert main(["eval", str(tmp_path / "model"), "--split", "dev"]) == 0
+    # a model dir records a folder task by name only (no build paths): --task names the folder
+    assert main(["eval", str(tmp_path / "model"), "--split", "dev", "--task", str(env["task"])]) == 0
     assert "warning:" in capsys.readouterr().err
-    report = evaluate_path(str(tmp_path / "model"), split="dev", plots_dir=None)
+    report = evaluate_path(str(tmp_path / "model"), split="dev", task=str(env["task"]), plots_dir=None)
     assert report["trained_avg_layers"] == pytest.approx(trained) and report["budget_missed"]["budget"] == 1.0
     rt = Runtime.load(tmp_path / "model")
     assert rt.info.trained_avg_layers == pytest.approx(trained)

@@ -86,6 +86,10 @@ def task_source(task: dict) -> tuple[str, dict]:
     under task["source"]; older ones only have the registry name."""
     src = dict(task.get("source") or {"task": task.get("name")})
     name = src.pop("task")
+    folder = src.pop("folder", None)  # a model dir's folder task: by name only (hadskip.export.portable)
+    if name is None:
+        raise HadSkipError(f"the model was trained on the task folder {folder or task.get('name')!r}, which a model "
+                           "dir records by name only: pass --task FOLDER (the folder with its train/dev/test files)")
     return name, {k: v for k, v in src.items() if v is not None}
 
 

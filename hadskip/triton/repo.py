@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hadskip.errors import HadSkipError
-from hadskip.runtime.manifest import MANIFEST, load_manifest
+from hadskip.runtime.hub import resolve_model
+from hadskip.runtime.manifest import MANIFEST, check_inside, load_manifest
 
 BACKENDS = ("ort-cpu", "ort-cuda", "trt")
 GPU_BACKENDS = ("ort-cuda", "trt")
@@ -144,13 +145,14 @@ def config_pbtxt(config: TritonRepoConfig, num_labels: int, num_layers: int, mod
 
 
 def write_repo(model_dir: str | Path, out: str | Path, config: TritonRepoConfig | None = None,
-               force: bool = False) -> Path:
-    """Write REPO/NAME for `model_dir` (checked: manifest and every sha256) and return that folder.
+               force: bool = False, revision: str | None = None) -> Path:
+    """Write REPO/NAME for `model_dir` (checked: manifest and every sha256) and return that folder. `model_dir`
+    may be a hub repo id (fetched at `revision` into the HF cache: hadskip.runtime.hub).
 
     An existing REPO/NAME is an error unless `force`, which replaces it; other models in REPO are kept.
     """
     config = config or TritonRepoConfig()
-    src = Path(model_dir).resolve()
+    src = resolve_model(model_dir, revision).resolve()
     manifest = load_manifest(src, verify=True)
     if config.backend == "trt" and not manifest.units.get("engines"):
         raise HadSkipError(f"{src} has no TensorRT engines for backend trt: export it with --engine trt")
@@ -245,8 +247,7 @@ def _one_line(label: str) -> str:
 
 def _copy_model(src: Path, dst: Path, relpaths: list[str]) -> None:
     for rel in relpaths:
-        path = (src / rel).resolve()
-        if src not in path.parents:
-            raise HadSkipError(f"{src / MANIFEST} lists {rel!r}, which is outside the model dir")
+        path = src / rel
+        check_inside(src, path)  # the manifest's own rule (a hub-cache snapshot links into its blobs)
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, dst / rel)

@@ -115,8 +115,10 @@ def _reason(exc: BaseException) -> str:
     return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).splitlines()[0]
 
 
-def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None] | None = None) -> None:
-    """Load `model_dir` and serve it until SIGINT/SIGTERM, which finishes in-flight requests first."""
+def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None] | None = None,
+          revision: str | None = None) -> None:
+    """Load `model_dir` (or a hub repo id, fetched at `revision`: hadskip.runtime.hub) and serve it until
+    SIGINT/SIGTERM, which finishes in-flight requests first."""
     require("uvicorn", "serve", "hadskip serve-local")
     require("fastapi", "serve", "hadskip serve-local")
     require("fastapi_offline", "serve", "hadskip serve-local")
@@ -126,8 +128,12 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     from hadskip.runtime.serve import logs
     from hadskip.runtime.serve.app import create_app
 
+    from hadskip.runtime.hub import resolve_model
+
     warn = warn or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    model_dir = Path(model_dir)
+    given = str(model_dir)
+    model_dir = resolve_model(model_dir, revision)
+    name = given if not Path(given).expanduser().exists() else model_dir.name  # a hub repo id names itself
     if config.backend != "torch":
         manifest = load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks
         resolve_offset(manifest_dial(manifest), config.budget, str(model_dir))  # the sha256s; a bad --budget too
@@ -152,7 +158,7 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
 
     try:
         logs.install()
-        app = create_app(config, load, model_name=model_dir.name, on_fatal=fatal)
+        app = create_app(config, load, model_name=name, on_fatal=fatal)
         server = make_server(app, config, fd_limit=raise_fd_limit())
         server.run(sockets=[sock])
     finally:
