@@ -161,6 +161,9 @@ def compare(
     train_examples: Annotated[Optional[int], typer.Option(
         help="Every method trains on the same fixed subset of this many training examples (dev/test whole).")
                               ] = None,
+    oracle: Annotated[bool, typer.Option(
+        help="Also train an any-subset backbone and report the best fixed K-subset and the per-row oracle over "
+             "K-subsets (how much routing could add at all).")] = False,
     max_len: MaxLen = 64,
     as_json: Json = False,
     quiet: Quiet = False,
@@ -182,7 +185,7 @@ def compare(
                                hadskip_runs=runs, dial_from=dial_from, max_len=max_len, hadskip_options=options,
                                baseline_epochs=baseline_epochs, kd=kd, progress=not quiet,
                                seeds=list(range(seeds)) if seeds >= 1 else [], train_examples=train_examples,
-                               variants=[v.strip() for v in variants.split(",") if v.strip()]))
+                               variants=[v.strip() for v in variants.split(",") if v.strip()], oracle=oracle))
     if as_json:
         typer.echo(json.dumps(result))
     else:

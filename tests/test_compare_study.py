@@ -56,6 +56,19 @@ def test_the_cascade_picks_its_first_model_on_dev():
 # --------------------------------------------------------------------------------------------- records, statistics
 
 
+def test_random_subsets_cover_every_size_and_layer():
+    from hadskip.evaluation.baselines.anysubset import random_subsets
+
+    m = random_subsets(4000, 6, torch.Generator().manual_seed(0))
+    sizes = m.sum(1)
+    assert set(sizes.int().tolist()) == set(range(1, 7))
+    assert abs(float((sizes == 1).float().mean()) - 1 / 6) < 0.03  # sizes uniform in 1..L
+    assert (m.mean(0) - 3.5 / 6).abs().max() < 0.04  # every layer equally likely
+    two = m[sizes == 2]
+    pairs = {tuple(r.nonzero().flatten().tolist()) for r in two}
+    assert len(pairs) == 15  # every 2-subset of 6 layers occurs
+
+
 def test_path_diversity_counts_routes():
     gates = np.array([[1, 0, 1], [1, 0, 1], [0, 1, 1], [1, 0, 1]])
     codes = path_codes(gates)
@@ -119,7 +132,7 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
     out = env["root"] / "study"
     cfg = CompareConfig(None, [1.5], out=str(out), teacher=str(env["teacher"]), backbone=str(env["backbone"]),
                         max_len=32, baseline_epochs=0.5, progress=False, seeds=[0, 1], variants=["per-layer"],
-                        train_examples=56,
+                        train_examples=56, oracle=True,
                         hadskip_options=dict(stage2_epochs=2, phase_epochs=1, final_phase_epochs=2, gate_lr=0.01,
                                              batch_size=16))
     res = compare(cfg)
@@ -149,6 +162,9 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
     assert rows["hadskip"]["value"] == pytest.approx(np.mean(values))
     assert rows["hadskip"]["value_se"] == pytest.approx(abs(values[0] - values[1]) / 2)
     assert 0 <= rows["hadskip-per-layer"]["top_path_share"] <= 1
+    # the headroom: the per-row oracle over K-subsets is never below the best fixed subset, and neither is deployed
+    assert rows["oracle"]["value"] >= rows["best-subset"]["value"]
+    assert res["deploy"]["1.5"]["route"] not in ("oracle", "best-subset", "full")
     pairs = {(p["route"], p["minus"]) for p in res["pairs"]}
     assert ("hadskip", "budgeted-exit") in pairs and ("cascade", "budgeted-exit") in pairs
     assert all(p["low"] <= p["diff"] <= p["high"] for p in res["pairs"])

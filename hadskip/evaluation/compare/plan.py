@@ -30,6 +30,7 @@ class CompareConfig:
     variants: list[str] = field(default_factory=list)  # VARIANTS trained beside HadSkip, rows "hadskip-NAME"
     seeds: list[int] = field(default_factory=lambda: [0])  # more than one: OUT/seed-S per seed, then the statistics
     train_examples: int | None = None  # every method trains on this fixed subset of the training split
+    oracle: bool = False  # train an any-subset backbone: rows best-subset and oracle (baselines/anysubset.py)
     progress: bool = True
 
     def __post_init__(self) -> None:

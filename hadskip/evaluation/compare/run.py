@@ -9,6 +9,8 @@
     cascade         a budgeted-exit model of k <= K layers first, the full model for its least confident rows
                     (cascade.py; every such k is trained, as long as budgeted exit at K)
     hadskip-NAME    a HadSkip variant (plan.VARIANTS, --variants) trained for budget K, through its own dial
+    best-subset     (--oracle) the best fixed K-subset of an any-subset-trained backbone, chosen on dev
+    oracle          (--oracle) each test row on its best K-subset of that backbone: the headroom of routing
 
 Matching: the compared average layers at budget K is the HadSkip run's average on dev; every dynamic rule (the
 entropy threshold, the patience mixture, the dial offset) is calibrated on dev to it, and test is reported.
@@ -34,6 +36,7 @@ from hadskip.data.metrics import compute_metric
 
 from hadskip.errors import HadSkipError
 from hadskip.evaluation.baselines import BaselineConfig, train_budgeted_exit, train_exit_model
+from hadskip.evaluation.baselines.anysubset import headroom, train_any_subset
 from hadskip.evaluation.compare.cascade import Stage, calibrated
 from hadskip.evaluation.compare.cascade import curve as cascade_curve
 from hadskip.evaluation.compare.plan import VARIANTS, CompareConfig
@@ -211,6 +214,22 @@ def compare(cfg: CompareConfig) -> dict:
     exits = exit_rows(edir, cfg.budgets, target)
     clock.lap("early-exit", t)
 
+    # --- the oracle headroom: an any-subset backbone, its best fixed subset and its per-row oracle ---
+    oracle: dict[float, dict] = {}
+    if cfg.oracle:
+        t = time.time()
+        adir = root / f"any-subset-e{ep_exit:g}"
+        wanted = base_cfg(adir, ep_exit, k_long)
+        if not reuse_or_check(adir, "any-subset", wanted):
+            train_any_subset(wanted)
+        by_k: dict[int, dict] = {}
+        for k in cfg.budgets:
+            kk = int(np.floor(target[k] + 0.5))
+            if 1 <= kk < L:
+                by_k.setdefault(kk, headroom(adir, kk))
+                oracle[k] = {**by_k[kk], "run": str(adir)}
+        clock.lap("oracle", t)
+
     # --- the dial of one HadSkip run ---
     t = time.time()
     dial_run = Path(cfg.dial_from) if cfg.dial_from else runs[cfg.budgets[len(cfg.budgets) // 2]]
@@ -242,6 +261,15 @@ def compare(cfg: CompareConfig) -> dict:
         codes = path_codes(run_outputs(dial_run, "test", gate_offset=r["gate_offset"]).gates)
         rows.append({**r, **path_diversity(codes, L)})
         records[("hadskip-dial", k)] = record(rec["preds"], rec["layers"], codes)
+        if k in oracle:
+            o = oracle[k]
+            rows.append({"method": "best-subset", "budget": k, "value": o["best_subset_test"], "avg_layers": o["k"],
+                         "dev_value": o["best_subset_dev"], "dev_avg_layers": o["k"], "subset": o["best_subset"],
+                         "run": o["run"]})
+            rows.append({"method": "oracle", "budget": k, "value": o["oracle_test"], "avg_layers": o["k"],
+                         "subsets": o["subsets"], "rows_where_subsets_disagree": o["rows_where_subsets_disagree"],
+                         "run": o["run"]})
+            records[("best-subset", k)] = record(o["best_subset_preds"], np.full(len(labels["test"]), o["k"]))
         for v in cfg.variants:
             r, rec = _dial_row(f"hadskip-{v}", variant_runs[(v, k)], k, target[k], L)
             rows.append(r)

@@ -19,7 +19,8 @@ from hadskip.evaluation.compare.stats import mean_se, paired_bootstrap
 
 STATIC = "budgeted-exit"
 NON_GATED = ("budgeted-exit", "cascade", "early-exit")
-NOT_DEPLOYED = ("full", "patience-exit")  # patience is a randomised mixture between two patiences
+# patience is a randomised mixture between two patiences; best-subset and oracle only measure the headroom
+NOT_DEPLOYED = ("full", "patience-exit", "best-subset", "oracle")
 
 
 def is_gated(method: str) -> bool:
