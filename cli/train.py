@@ -157,7 +157,7 @@ def compare(
              "SE, paired bootstrap intervals and the route to deploy per budget.")] = 1,
     variants: Annotated[str, typer.Option(
         help="HadSkip variants trained beside it, comma-separated: per-layer (each layer runs for K/L of the "
-             "rows).")] = "",
+             "rows), attn-gate (attention-pooled gate input), per-layer-attn (both).")] = "",
     train_examples: Annotated[Optional[int], typer.Option(
         help="Every method trains on the same fixed subset of this many training examples (dev/test whole).")
                               ] = None,

@@ -131,7 +131,8 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
 
     out = env["root"] / "study"
     cfg = CompareConfig(None, [1.5], out=str(out), teacher=str(env["teacher"]), backbone=str(env["backbone"]),
-                        max_len=32, baseline_epochs=0.5, progress=False, seeds=[0, 1], variants=["per-layer"],
+                        max_len=32, baseline_epochs=0.5, progress=False, seeds=[0, 1],
+                        variants=["per-layer", "attn-gate"],
                         train_examples=56, oracle=True,
                         hadskip_options=dict(stage2_epochs=2, phase_epochs=1, final_phase_epochs=2, gate_lr=0.01,
                                              batch_size=16))
@@ -162,6 +163,10 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
     assert rows["hadskip"]["value"] == pytest.approx(np.mean(values))
     assert rows["hadskip"]["value_se"] == pytest.approx(abs(values[0] - values[1]) / 2)
     assert 0 <= rows["hadskip-per-layer"]["top_path_share"] <= 1
+    attn = json.loads((out / "seed-1" / "hadskip-attn-gate-1.5" / "run.json").read_text())
+    assert attn["extra"]["config"]["gate_pool"] == "attention"
+    assert json.loads((out / "seed-1" / "hadskip-attn-gate-1.5" / "model_config.json").read_text())[
+        "gate_pool"] == "attention"
     # the headroom: the per-row oracle over K-subsets is never below the best fixed subset, and neither is deployed
     assert rows["oracle"]["value"] >= rows["best-subset"]["value"]
     assert res["deploy"]["1.5"]["route"] not in ("oracle", "best-subset", "full")

@@ -43,6 +43,7 @@ class ModelConfig:
     estimator: str = "reinmax"  # "reinmax" | "ste"
     tau: float = 1.0  # ReinMax temperature
     gate_open_bias: float = 2.0  # initial logit1 - logit0 of every gate (gates start mostly open)
+    gate_pool: str = "mean"  # what a gate reads of its input: units.GATE_POOLS
     hf_config: dict = field(default_factory=dict)  # the backbone's transformers config, as a dict
 
     def __post_init__(self) -> None:
@@ -85,7 +86,8 @@ class GatedEncoder(nn.Module):
         if len(self.layers) != config.num_layers:
             raise ValueError(f"backbone has {len(self.layers)} layers, config says {config.num_layers}")
         self.gates = nn.ModuleList(
-            Gate(config.hidden_size, config.gate_hidden, config.gate_open_bias) for _ in self.layers
+            Gate(config.hidden_size, config.gate_hidden, config.gate_open_bias, config.gate_pool)
+            for _ in self.layers
         )
         self.head = fam.make_head(config, hf_model)  # Head, or the family's (ModernBERT's holds its final norm)
 

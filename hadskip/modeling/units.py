@@ -76,23 +76,39 @@ class Layer(nn.Module):
         return (h, att) if output_attentions else h  # (B, T, H) [, (B, heads, T, T)]
 
 
-class Gate(nn.Module):
-    """Gate i: masked mean of h_{i-1} -> Linear -> GELU -> Linear -> 2 logits (closed, open).
+GATE_POOLS = ("mean", "attention")
 
-    Masked mean rather than [CLS]: the [CLS] row of the embedding output is the same for every input,
-    so a CLS-only first gate could not depend on the input.
+
+class Gate(nn.Module):
+    """Gate i: a summary of h_{i-1} -> Linear -> GELU -> Linear -> 2 logits (closed, open).
+
+    pool "mean": the masked mean of the tokens (the paper's kind of gate input). Masked mean rather than [CLS]:
+    the [CLS] row of the embedding output is the same for every input, so a CLS-only first gate could not depend
+    on the input. pool "attention": the masked mean beside an attention-pooled summary (a learned score per
+    token, softmax over the attended tokens; SmartBERT's richer gate input), so a gate can look at the tokens
+    that matter for its decision.
     """
 
-    def __init__(self, hidden_size: int, gate_hidden: int, open_bias: float = 2.0):
+    def __init__(self, hidden_size: int, gate_hidden: int, open_bias: float = 2.0, pool: str = "mean"):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, gate_hidden)
+        if pool not in GATE_POOLS:
+            raise ValueError(f"gate pool must be one of {GATE_POOLS}, got {pool!r}")
+        self.pool = pool
+        self.score = nn.Linear(hidden_size, 1) if pool == "attention" else None
+        self.fc1 = nn.Linear(hidden_size * (2 if pool == "attention" else 1), gate_hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(gate_hidden, 2)
         with torch.no_grad():
             self.fc2.bias.copy_(torch.tensor([0.0, open_bias]))
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(masked_mean(hidden, attention_mask))))  # (B, 2)
+        x = masked_mean(hidden, attention_mask)  # (B, H)
+        if self.score is not None:
+            s = self.score(hidden).squeeze(-1)  # (B, T)
+            s = s.masked_fill(attention_mask == 0, torch.finfo(s.dtype).min)
+            w = torch.softmax(s, dim=-1).unsqueeze(-1)  # (B, T, 1)
+            x = torch.cat([x, (w * hidden).sum(dim=1)], dim=-1)  # (B, 2H)
+        return self.fc2(self.act(self.fc1(x)))  # (B, 2)
 
 
 ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU}

@@ -144,6 +144,8 @@ class HadSkipConfig(TrainConfig):
     estimator: str = _opt("reinmax", "Gate gradient estimator: reinmax or ste.")
     tau: float = _opt(1.0, "ReinMax temperature.")
     gate_hidden: int = _opt(64, "Hidden width of each gate's MLP.")
+    gate_pool: str = _opt("mean", "What a gate reads: mean (the masked mean of the tokens) or attention (that and "
+                                  "an attention-pooled summary: a richer, input-dependent gate input).")
     gate_init: bool = _opt(True, "Ablation: skip stage II.", flag="--no-gate-init")
     homotopy: bool = _opt(True, "Ablation: stage III at K only.", flag="--no-homotopy")
     homotopy_start: float | None = _opt(None, "First k of stage III's homotopy (default: L). Total stage III epochs "
@@ -170,6 +172,8 @@ class HadSkipConfig(TrainConfig):
         if self.homotopy_start is not None:
             check_finite("--homotopy-start", self.homotopy_start)
         KdMode.parse(self.kd)
+        if self.gate_pool not in ("mean", "attention"):  # hadskip.modeling.units.GATE_POOLS
+            raise HadSkipError(f"--gate-pool must be mean or attention, got {self.gate_pool!r}")
         if self.gate_penalty not in GATE_PENALTIES:
             raise HadSkipError(f"--gate-penalty must be one of {', '.join(GATE_PENALTIES)}, got {self.gate_penalty!r}")
         if self.estimator not in ("reinmax", "ste"):

@@ -65,10 +65,10 @@ class _Stages:
     def fresh_student(self):
         """The teacher with fresh gates of the requested size (seeded)."""
         m = self.student_from(self.teacher_dir)
-        m.config.gate_hidden = self.cfg.gate_hidden
+        m.config.gate_hidden, m.config.gate_pool = self.cfg.gate_hidden, self.cfg.gate_pool
         torch.manual_seed(self.cfg.seed)
-        m.gates = torch.nn.ModuleList(Gate(m.config.hidden_size, self.cfg.gate_hidden, m.config.gate_open_bias)
-                                      for _ in range(self.num_layers))
+        m.gates = torch.nn.ModuleList(Gate(m.config.hidden_size, self.cfg.gate_hidden, m.config.gate_open_bias,
+                                           self.cfg.gate_pool) for _ in range(self.num_layers))
         return m
 
     def save(self, name: str, model, metrics: dict) -> Path:

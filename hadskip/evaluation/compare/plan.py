@@ -10,7 +10,8 @@ from hadskip.training.config import KdMode
 METHODS = ("full", "budgeted-exit", "cascade", "early-exit", "patience-exit", "hadskip", "hadskip-dial")
 BASELINES = ("budgeted-exit", "cascade", "early-exit", "patience-exit")
 # HadSkip variants compare can train beside the paper's method: name -> the HadSkipConfig settings that make it
-VARIANTS = {"per-layer": {"gate_penalty": "per-layer"}}
+VARIANTS = {"per-layer": {"gate_penalty": "per-layer"}, "attn-gate": {"gate_pool": "attention"},
+            "per-layer-attn": {"gate_penalty": "per-layer", "gate_pool": "attention"}}
 
 
 @dataclass
