@@ -119,7 +119,8 @@ class Runtime:
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "ort-cpu", *, threads: int | None = None,
              device_id: int = 0, device: str | None = None, max_batch: int = 32, cuda_graphs: str = "auto",
-             optimization: str = "all", verify: bool = True, budget: float | None = None) -> Runtime:
+             optimization: str = "all", verify: bool = True, budget: float | None = None,
+             dtype: str = "fp32") -> Runtime:
         """Load a model dir on `backend`.
 
         threads: intra-op threads per ORT session (None: onnxruntime's default); for the torch backend,
@@ -128,6 +129,8 @@ class Runtime:
         max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt and torch
         on CUDA ("auto": CUDA graphs per shape for small calls; "on"; "off").
         optimization: ORT graph optimisation level (disable|basic|extended|all). verify: check sha256s.
+        dtype: the torch backend's precision, "fp32", "fp16" (CUDA) or "bf16"; an exported model dir has its own
+        (hadskip export --fp16), so another backend refuses anything but fp32.
         budget: the target average of layers `predict` runs at by default, through the model's budget dial
         (None: the trained gates as they are, offset 0); a model without a dial, or a budget outside its
         calibrated range, is a HadSkipError.
@@ -138,7 +141,10 @@ class Runtime:
         if optimization not in OPTIMIZATIONS:
             raise HadSkipError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATIONS)}")
         options = BackendOptions(threads=threads, device_id=device_id, device=device, max_batch=max_batch,
-                                 cuda_graphs=cuda_graphs, optimization=optimization, verify=verify)
+                                 cuda_graphs=cuda_graphs, optimization=optimization, verify=verify, dtype=dtype)
+        if dtype != "fp32" and backend != "torch":
+            raise HadSkipError(f"dtype {dtype} is for the torch backend; {backend} runs the model dir's own precision "
+                               "(hadskip export --fp16 writes fp16 graphs)")
         be, info = find_opener(backend)(path, options)
         info.source = info.source or str(path)
         try:
