@@ -154,6 +154,47 @@ class State:
                 "execs": len(self.execs), "modules": len(self.modules), "programs": len(self.programs)}
 
 
+def build_host_kernel(folder) -> ctypes.CDLL:
+    """The gate kernel's source (hadskip.modeling.cuda_conditional) built for the host with the system C++
+    compiler: hadskip_gate_open, hadskip_gate_rows, hadskip_gate (argtypes set) and `values`, where the host
+    cudaGraphSetConditional stores. RuntimeError without a compiler. No -ffast-math: the GPU build keeps IEEE
+    comparisons too (-ftz=false, -fmad=false)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from hadskip.modeling import cuda_conditional as cc
+
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++, c++, clang++) to build the gate kernel for the host")
+    src, lib = Path(folder) / "hadskip_gate.cpp", Path(folder) / "libhadskip_gate.so"
+    src.write_text(cc.kernel_source(cc.HOST_PREAMBLE))
+    subprocess.run([cxx, "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    so = ctypes.CDLL(str(lib))
+    so.hadskip_gate_open.argtypes = [ctypes.c_float, ctypes.c_float, ctypes.c_double]
+    so.hadskip_gate_open.restype = ctypes.c_int
+    so.hadskip_gate_rows.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int]
+    so.hadskip_gate_rows.restype = ctypes.c_uint
+    so.hadskip_gate.argtypes = list(cc.KERNEL_ARGTYPES)
+    so.hadskip_gate.restype = None
+    so.values = (ctypes.c_uint * 4096).in_dll(so, "hadskip_conditional_value")
+    return so
+
+
+class UnitCapture:
+    """The stand-in's unit capture (what hadskip.modeling.cuda_conditional.TorchCapture is on a GPU): a unit
+    "graph" is its function, replayed when the stand-in launches a graph holding it."""
+
+    def __init__(self, register: Callable[[Callable[[], None]], int]):
+        self.register = register
+        self.captured: list = []
+
+    def __call__(self, fn) -> int:
+        self.captured.append(fn)
+        return self.register(fn)
+
+
 def make_cuda(kernels: dict[str, Callable] | None = None, *, fail: int | str | None = None,
               driver_version: int = 13000, runtime_version: int = 13000, conditional_values=None
               ) -> types.SimpleNamespace:
@@ -418,7 +459,13 @@ def make_cuda(kernels: dict[str, Callable] | None = None, *, fail: int | str | N
         return uid
 
     return types.SimpleNamespace(driver=driver, runtime=runtime, nvrtc=nvrtc, version="13.5.0", state=st,
-                                 sources=sources, register_unit=register_unit)
+                                 sources=sources, register_unit=register_unit,
+                                 capture=lambda: UnitCapture(register_unit))
+
+
+def host_cuda(lib: ctypes.CDLL, **kwargs) -> types.SimpleNamespace:
+    """make_cuda executing the host build of the gate kernel (build_host_kernel)."""
+    return make_cuda({"hadskip_gate": lib.hadskip_gate}, conditional_values=lib.values, **kwargs)
 
 
 _VALUE_CALLS = {"cuDriverGetVersion", "cuCtxGetCurrent", "cuGraphCreate", "cuGraphAddChildGraphNode",

@@ -12,10 +12,8 @@ The test marked gpu runs the real thing (scripts/gpu_check.sh)."""
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -37,21 +35,7 @@ def host_lib(tmp_path_factory):
     """The kernel source built for the host: hadskip_gate_open, hadskip_gate_rows, hadskip_gate."""
     if CXX is None:
         pytest.skip("no C++ compiler")
-    d = tmp_path_factory.mktemp("kernel")
-    src = d / "gate.cpp"
-    src.write_text(cc.kernel_source(cc.HOST_PREAMBLE))
-    lib = d / "libgate.so"
-    # no -ffast-math: the GPU build keeps IEEE comparisons too (-ftz=false, -fmad=false)
-    subprocess.run([CXX, "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
-    so = ctypes.CDLL(str(lib))
-    so.hadskip_gate_open.argtypes = [ctypes.c_float, ctypes.c_float, ctypes.c_double]
-    so.hadskip_gate_open.restype = ctypes.c_int
-    so.hadskip_gate_rows.argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 6 + [ctypes.c_int]
-    so.hadskip_gate_rows.restype = ctypes.c_uint
-    so.hadskip_gate.argtypes = list(cc.KERNEL_ARGTYPES)
-    so.hadskip_gate.restype = None
-    so.values = (ctypes.c_uint * 4096).in_dll(so, "hadskip_conditional_value")
-    return so
+    return cuda_standin.build_host_kernel(tmp_path_factory.mktemp("kernel"))
 
 
 def _edge_logits(rng) -> tuple[np.ndarray, np.ndarray]:
@@ -182,26 +166,13 @@ def test_compaction_selects_exactly_the_open_rows_and_scatters_back_only_them(ho
 
 # -- the builder against the stand-in ---------------------------------------------------------------------
 
-class StandinCapture:
-    """The unit capture of the stand-in: a unit "graph" is its function, replayed by the stand-in's launch."""
-
-    def __init__(self, cuda):
-        self.cuda = cuda
-        self.captured: list = []
-
-    def __call__(self, fn) -> int:
-        self.captured.append(fn)
-        return self.cuda.register_unit(fn)
-
-
 def _standin(host_lib, **kwargs):
-    return cuda_standin.make_cuda({"hadskip_gate": host_lib.hadskip_gate}, conditional_values=host_lib.values,
-                                  **kwargs)
+    return cuda_standin.host_cuda(host_lib, **kwargs)
 
 
 def _device_gates(model, cuda, mode="dense", **kwargs) -> cc.DeviceGates:
     units = TorchBackend(model, "cpu", cuda_graphs="off").units()
-    return cc.DeviceGates(units, "cpu", mode, api=cuda, capture=lambda: StandinCapture(cuda), arch=(9, 0),
+    return cc.DeviceGates(units, "cpu", mode, api=cuda, capture=cuda.capture, arch=(9, 0),
                           stream=lambda: 0, **kwargs)
 
 
@@ -261,12 +232,14 @@ def test_the_outer_graph_is_wired_from_the_units(host_lib, model, mode):
     assert gates.run(ids, mask, tt) is None and gates.run(ids, mask, tt) is not None
     st, L = cuda.state, model.num_layers
     names = [c[0] for c in st.calls]
-    # the kernel: compiled once for the device's architecture, the program released, the module loaded
-    assert names[:7] == ["nvrtcCreateProgram", "nvrtcCompileProgram", "nvrtcGetCUBINSize", "nvrtcGetCUBIN",
-                         "nvrtcDestroyProgram", "cuModuleLoadData", "cuModuleGetFunction"]
+    # the context torch made current, then the kernel: compiled once for the device's architecture, the program
+    # released, the module loaded; then the graph
+    assert names[:10] == ["cuInit", "cuCtxGetCurrent", "nvrtcCreateProgram", "nvrtcCompileProgram",
+                          "nvrtcGetCUBINSize", "nvrtcGetCUBIN", "nvrtcDestroyProgram", "cuModuleLoadData",
+                          "cuModuleGetFunction", "cuGraphCreate"]
     (source,) = cuda.sources.values()
     assert source.decode() == cc.KERNEL_SOURCE and cc.RULE_SOURCE in cc.KERNEL_SOURCE
-    assert b"--gpu-architecture=sm_90" in st.calls[1][1][2]
+    assert b"--gpu-architecture=sm_90" in st.calls[names.index("nvrtcCompileProgram")][1][2]
     outer = [g for g in st.graphs.values() if g.owner is None]
     assert len(outer) == 1
     nodes = outer[0].nodes

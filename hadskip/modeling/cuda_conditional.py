@@ -568,12 +568,14 @@ class DeviceGates:
             if key not in self.seen:
                 self.seen.add(key)
                 return None
-            shape = _Shape(self.units, self.device, b, t, mode, self.compaction)
+            shape = None
             try:
                 with torch.inference_mode():
+                    shape = _Shape(self.units, self.device, b, t, mode, self.compaction)  # torch makes the context
+                    ctx = self._context()  # current on this thread, which the driver calls below need
                     if self.kernel is None:
                         self.kernel = GateKernel(self.api, self.arch)
-                    shape.build(self.api, self.kernel.func, self._context(), self.capture())
+                    shape.build(self.api, self.kernel.func, ctx, self.capture())
             except Exception as exc:  # noqa: BLE001 - any build failure means: this shape takes the host path
                 self._give_up(key, shape, "not built", exc)
                 return None
@@ -595,9 +597,10 @@ class DeviceGates:
         self.launches += 1
         return out
 
-    def _give_up(self, key: tuple, shape: _Shape, what: str, exc: BaseException) -> None:
+    def _give_up(self, key: tuple, shape: _Shape | None, what: str, exc: BaseException) -> None:
         """A shape whose graph failed: released, remembered, and said in one line; the host path runs it."""
-        shape.close()
+        if shape is not None:
+            shape.close()
         if self.device.type == "cuda":
             try:  # leave no error pending on the device
                 torch.cuda.synchronize(self.device)
