@@ -16,6 +16,8 @@ Threads = Annotated[Optional[int], typer.Option(min=1, max=1024,
 DeviceId = Annotated[int, typer.Option(min=0, max=1024, help="GPU index for ort-cuda / trt.")]
 Device = Annotated[Optional[str], typer.Option(help="torch backend device: cpu, cuda, cuda:1 (default: CUDA if any).")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress lines on stderr.")]
+Dtype = Annotated[str, typer.Option(help="torch backend precision: fp32, fp16 (CUDA) or bf16; gates and head stay "
+                                         "fp32 (an exported model dir has its own: hadskip export --fp16).")]
 MaxLayers = Annotated[Optional[int], typer.Option(
     help="A hard cap: no input runs more than this many layers (0..L; default: none), next to the average "
          "--budget.")]
@@ -40,8 +42,10 @@ def _ints(value: str, name: str, low: int = 1, high: int | None = None) -> list[
 
 
 def _load_options(backend: str, threads: Optional[int], device_id: int, device: Optional[str],
-                  budget: Optional[float] = None, revision: Optional[str] = None) -> dict:
+                  budget: Optional[float] = None, revision: Optional[str] = None, dtype: str = "fp32") -> dict:
     opts: dict = {"threads": threads, "budget": budget, "revision": revision}
+    if dtype != "fp32":
+        opts["dtype"] = dtype  # Runtime.load refuses it for a backend other than torch
     if backend in ("ort-cuda", "trt"):
         opts["device_id"] = device_id
     if backend == "torch":
@@ -67,6 +71,7 @@ def predict(
     budget: Budget = None,
     max_layers: MaxLayers = None,
     revision: Revision = None,
+    dtype: Dtype = "fp32",
     quiet: Quiet = False,
 ) -> None:
     """Classify texts: one JSON line per input with label, probabilities and the layers it used."""
@@ -74,7 +79,7 @@ def predict(
 
     summary = predict_file(model, input, output, backend=backend, batch_size=batch_size, fmt=fmt,
                            max_layers=max_layers,
-                           **_load_options(backend, threads, device_id, device, budget, revision))
+                           **_load_options(backend, threads, device_id, device, budget, revision, dtype))
     if not quiet:
         empty = f", {summary['empty']} empty (error entries)" if summary["empty"] else ""
         at = "" if summary["budget"] is None else f" (budget {summary['budget']:g})"
@@ -103,6 +108,7 @@ def bench(
     device: Device = None,
     budget: Budget = None,
     revision: Revision = None,
+    dtype: Dtype = "fp32",
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -118,7 +124,7 @@ def bench(
                        seqs=_ints(seq, "--seq"), repeats=repeats,
                        inputs=None if input is None else read_input_file(input),
                        warmup=warmup, backend=backend, ks=_ints(k, "--k", low=0) if k else None, progress=progress,
-                       **_load_options(backend, threads, device_id, device, budget, revision))
+                       **_load_options(backend, threads, device_id, device, budget, revision, dtype))
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
         return

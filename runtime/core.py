@@ -121,7 +121,7 @@ class Runtime:
     def load(cls, model_dir: str | Path, backend: str = "ort-cpu", *, threads: int | None = None,
              device_id: int = 0, device: str | None = None, max_batch: int = 32, cuda_graphs: str = "auto",
              optimization: str = "all", verify: bool = True, budget: float | None = None,
-             revision: str | None = None) -> Runtime:
+             revision: str | None = None, dtype: str = "fp32") -> Runtime:
         """Load a model dir on `backend`: a local folder, or a Hugging Face hub repo id ("user/name", fetched into
         the HF cache at `revision`, None: main; a local folder of that name wins; runtime/hub.py).
 
@@ -131,6 +131,8 @@ class Runtime:
         max_batch: rows the GPU buffers are first sized for (they grow on demand). cuda_graphs: trt and torch
         on CUDA ("auto": CUDA graphs per shape for small calls; "on"; "off").
         optimization: ORT graph optimisation level (disable|basic|extended|all). verify: check sha256s.
+        dtype: the torch backend's precision, "fp32", "fp16" (CUDA) or "bf16"; an exported model dir has its own
+        (hadskip export --fp16), so another backend refuses anything but fp32.
         budget: the target average of layers `predict` runs at by default, through the model's budget dial
         (None: the trained gates as they are, offset 0); a model without a dial, or a budget outside its
         calibrated range, is a HadSkipError.
@@ -141,7 +143,10 @@ class Runtime:
             raise HadSkipError(f"unknown optimization {optimization!r}; choose one of {', '.join(OPTIMIZATIONS)}")
         path = resolve_model(model_dir, revision)
         options = BackendOptions(threads=threads, device_id=device_id, device=device, max_batch=max_batch,
-                                 cuda_graphs=cuda_graphs, optimization=optimization, verify=verify)
+                                 cuda_graphs=cuda_graphs, optimization=optimization, verify=verify, dtype=dtype)
+        if dtype != "fp32" and backend != "torch":
+            raise HadSkipError(f"dtype {dtype} is for the torch backend; {backend} runs the model dir's own precision "
+                               "(hadskip export --fp16 writes fp16 graphs)")
         be, info = find_opener(backend)(path, options)
         info.source = info.source or str(path)
         try:

@@ -102,7 +102,10 @@ def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, t
           max_layers: int | np.ndarray | None = None) -> BatchResult:
     """Run one batch through `backend`, each row on its own path. `forced` (B, L) 0/1 replaces the gates;
     otherwise gate i is `gate_open(backend.run_gate(i, ...), gate_offset)`, gate_offset a float or (B,).
-    `max_layers` (an int or (B,) ints; None: no cap): a row never runs more layers (cap_gates)."""
+    `max_layers` (an int or (B,) ints; None: no cap): a row never runs more layers (cap_gates).
+    A backend with `run_routed(ids, mask, tt, gate_offset, max_layers)` may run the whole (trimmed) batch itself,
+    applying this rule and cap on its device (hadskip.modeling.cuda_conditional, pinned by
+    tests/test_cuda_conditional.py); it returns (logits, gates), or None to have this loop run it."""
     ids = np.asarray(input_ids, dtype=np.int64)
     lengths = row_lengths(attention_mask)
     t = max(1, int(lengths.max(initial=0)))  # trim the batch to its longest row
@@ -123,6 +126,11 @@ def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, t
             raise HadSkipError(f"max_layers must be a number or one per row ({b},), got shape {max_layers.shape}")
         if max_layers.dtype.kind not in "iu" or (max_layers < 0).any():
             raise HadSkipError("max_layers must be whole numbers of layers >= 0")
+    routed = getattr(backend, "run_routed", None)  # a backend that decides the gates on its device (torch on CUDA)
+    if forced is None and routed is not None:
+        done = routed(ids, mask, tt, gate_offset, max_layers)  # the same rule and cap, or None: the loop below
+        if done is not None:
+            return BatchResult(np.asarray(done[0], dtype=np.float32), np.asarray(done[1], dtype=bool))
     gates = np.zeros((b, n_layers), dtype=bool)
     used = np.zeros(b, dtype=np.int64)
 

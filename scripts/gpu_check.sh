@@ -5,12 +5,15 @@
 #             wheels under .whl/ (if any) go to a private site dir first
 #   versions  what is installed, what will be skipped and why
 #   pytest    the GPU tests and the CPU checks of the GPU code (transformers 5 shapes, TensorRT stand-in, ...)
+#   gates     bench/gpu_routing.py (issue 20): gates decided on the GPU in one graph per batch; parity vs ort-cpu,
+#             then MiniLM-L6 / BERT-base / BERT-large shapes, fp32 and fp16, batch 1 and 32, seq 128: routed vs
+#             forced-same-layers vs the full HF model as one CUDA graph (needs cuda-bindings 13.x: .whl/)
 #   backends  bench/gpu_bench.py per backend: torch (CUDA graphs), torch-eager, ort-cuda, trt (fp16): parity with
 #             PyTorch, then the routed runtime vs the full model at batch 1 and 32, seq 128, and the ratio to ideal
 #   summary   one table, printed last
 # Every step has a time limit inside one overall budget (HADSKIP_GPU_CHECK_BUDGET, default 330 s) and fails
 # soft: the script goes on. Results go to $OUT (or the folder given as $1, else a temp dir) as they are made:
-# gpu_check.log, junit.xml, parity-<backend>.json, bench-<backend>.json, summary.json.
+# gpu_check.log, junit.xml, parity-<backend>.json, bench-<backend>.json, routing.json, summary.json.
 # HADSKIP_GPU_CHECK_DRY=1 runs it without a GPU: install, every step's skip path, and a CPU rehearsal of the
 # parity/bench/summary code on a tiny model (its numbers are labelled and mean nothing about GPUs).
 set -uo pipefail
@@ -105,6 +108,19 @@ else
   STEPS+=("install|FAILED|$((SECONDS - t0))"); failed=1
 fi
 
+# cuda-bindings loads libnvrtc through cuda-pathfinder; where a wheel (torch's nvidia-cuda-nvrtc) holds it, put that
+# folder on the loader's path too, so the system search finds it whatever pathfinder's search covers
+nvrtc_dir=$("$PY" - <<'EOF' 2>/dev/null
+import glob, os, site, sys
+roots = [p for p in sys.path if p.endswith("site-packages")] + list(getattr(site, "getsitepackages", lambda: [])())
+hits = sorted({os.path.dirname(f) for r in roots for f in glob.glob(os.path.join(r, "nvidia", "**", "libnvrtc.so*"),
+                                                                     recursive=True)})
+print(hits[-1] if hits else "")
+EOF
+)
+[ -n "$nvrtc_dir" ] && export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  && echo "libnvrtc: $nvrtc_dir (on LD_LIBRARY_PATH)"
+
 step "versions, and what will be skipped"
 limited 60 "versions" "$PY" - "$DRY" <<'EOF'
 import importlib.util
@@ -122,7 +138,7 @@ def version(dist):
 
 print(f"python {platform.python_version()} on {platform.machine()}")
 for dist in ("torch", "transformers", "tokenizers", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "tensorrt",
-             "pytest", "pytest-timeout", "optimum-onnx", "safetensors"):
+             "pytest", "pytest-timeout", "optimum-onnx", "safetensors", "cuda-bindings", "cuda-pathfinder"):
     print(f"  {dist:16s} {version(dist) or '-'}")
 if importlib.util.find_spec("torch"):
     import torch
@@ -144,6 +160,12 @@ from gpu_bench import BACKENDS, available  # noqa: E402
 for b in BACKENDS:
     why = available(b)
     print(f"  {b:12s} {'WILL RUN' if why is None else 'WILL SKIP: ' + why}")
+if importlib.util.find_spec("torch"):
+    from hadskip.modeling.cuda_conditional import why_not
+
+    for mode in ("dense", "compact"):
+        why = why_not(torch.device("cuda"), mode)
+        print(f"  gates on GPU, {mode:7s} {'WILL RUN' if why is None else 'host path: ' + why}")
 if sys.argv[1:] and sys.argv[1]:
     print("dry run: a CPU rehearsal of the parity/bench/summary code runs after the backends")
 EOF
@@ -154,7 +176,12 @@ timeout_opt=()
 # named files only: collecting the whole suite would import what this machine lacks (fastapi, datasets, ...)
 limited 150 "pytest" "$PY" -m pytest -p no:cacheprovider -q -rs "${timeout_opt[@]}" --junitxml="$RESULTS/junit.xml" \
   tests/test_runtime_gpu.py tests/test_export_trt.py tests/test_layer_call.py tests/test_torch_graphs.py \
-  tests/test_trt_api.py tests/test_cudart_search.py tests/test_gpu_options.py tests/test_gpu_bench.py
+  tests/test_trt_api.py tests/test_cudart_search.py tests/test_gpu_options.py tests/test_gpu_bench.py \
+  tests/test_cuda_conditional.py tests/test_torch_dtype.py
+
+# issue 20 first: gates decided on the GPU; soft (a shape that fails writes its row and the next one runs)
+step "gates decided on the GPU: parity, then routed vs forced vs the full model (bench/gpu_routing.py)"
+limited 170 "device gates" "$PY" bench/gpu_routing.py --work "$WORK/routing" --out "$RESULTS"
 
 # backend steps: name, time limit (s). More steps (e.g. a Triton server check) go in this list or after it,
 # each as one `limited SECONDS NAME CMD...` line writing its own files under $RESULTS.
@@ -179,6 +206,9 @@ if [ -n "$DRY" ]; then
   step "CPU rehearsal of the backend step (tiny model; checks the code path, not the GPU)"
   limited 120 "cpu rehearsal" "$PY" bench/gpu_bench.py --work "$WORK" --out "$RESULTS" --backend torch \
     --device cpu --shape tiny --batch 1,4 --seq 16 --repeats 3
+  step "CPU rehearsal of the device-gates step (cuda-bindings played by tests/cuda_standin.py, the kernel built by g++)"
+  limited 120 "gates rehearsal" "$PY" bench/gpu_routing.py --work "$WORK/routing-cpu" --out "$RESULTS" --rehearsal \
+    --batch 1,4 --seq 16 --repeats 3
 fi
 
 step "done in $((SECONDS - start))s: $([ $failed -eq 0 ] && echo 'no step failed' || echo 'FAILURES above')"
@@ -187,6 +217,7 @@ echo "results in $RESULTS: $(cd "$RESULTS" && ls | tr '\n' ' ')"
 echo
 echo "=== summary"
 "$PY" bench/gpu_bench.py --summary "$RESULTS" || echo "(no summary table: see the log above)"
+"$PY" bench/gpu_routing.py --table "$RESULTS" || true
 exec 1>&3 2>&4 3>&- 4>&-
 wait "$tee_pid" 2>/dev/null
 exit $failed

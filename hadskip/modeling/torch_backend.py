@@ -8,8 +8,13 @@ The reference backend, and the GPU path on machines without onnxruntime-gpu or t
 from a run dir (hadskip.modeling.checkpoint.load_run) or from MODEL/torch/{model.safetensors, model_config.json}
 when the exporter wrote them. Needs the `train` extra (torch, transformers); importing this module does not.
 On CUDA, unit calls of up to GRAPH_TOKENS tokens go through CUDA graphs per shape (hadskip.modeling.cuda_graphs)
-unless cuda_graphs="off": at batch 1 launches, not kernels, set the time of a small layer.
-Not included: fp16/bf16 autocast (the torch backend computes in fp32, like the exported graphs).
+unless cuda_graphs="off": at batch 1 launches, not kernels, set the time of a small layer. There, a routed batch
+(no forced pattern) is one CUDA graph whose gates are decided on the device (hadskip.modeling.cuda_conditional,
+`device_gates`), when cuda-bindings 13.x and a CUDA >= 12.4 driver are there; else one line says why, and the
+router's host loop runs it.
+dtype "fp16" / "bf16": embeddings and layers in that precision (LayerNorm and softmax accumulate in fp32 inside
+torch's kernels), gates and head in fp32 on the fp32-cast hidden state; TIE_MARGIN says how close to its offset
+a gate margin may be where a decision can differ from fp32. fp16 needs a CUDA device; bf16 runs on CPU too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from hadskip.errors import HadSkipError, require
+
+DTYPES = ("fp32", "fp16", "bf16")
+DEVICE_GATES = ("auto", "dense", "compact", "off")  # auto: dense (the GPU check measures both; docs/gpu.md)
+# |fp32 gate margin - offset| within which a half-precision backend's gate decision may differ from fp32's
+# (tests/test_torch_dtype.py measures bf16 on CPU; fp16 has 3 more mantissa bits)
+TIE_MARGIN = {"fp32": 0.0, "fp16": 0.05, "bf16": 0.25}
 
 
 def load_units(path: str | Path):
@@ -69,7 +80,8 @@ def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
         info = info_from_manifest(path, load_manifest(path, verify=options.verify))
     if not info.tokenizer_file.is_file():
         raise HadSkipError(f"{info.tokenizer_file} is missing (a fast tokenizer is needed)")
-    return TorchBackend(model, options.device, cuda_graphs=options.cuda_graphs), info
+    return TorchBackend(model, options.device, cuda_graphs=options.cuda_graphs,
+                        dtype=getattr(options, "dtype", "fp32")), info
 
 
 class TorchBackend:
@@ -77,9 +89,15 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model, device: str | None = None, cuda_graphs: str = "auto", graphs=None):
+    def __init__(self, model, device: str | None = None, cuda_graphs: str = "auto", graphs=None, dtype: str = "fp32",
+                 device_gates: str = "auto", gate_graphs=None):
         """cuda_graphs: "auto" (CUDA graphs for calls of at most GRAPH_TOKENS tokens on CUDA), "on" (any size),
-        "off". `graphs`: a hadskip.modeling.cuda_graphs.UnitGraphs-like object to use instead (tests)."""
+        "off". `graphs`: a hadskip.modeling.cuda_graphs.UnitGraphs-like object to use instead (tests).
+        dtype: "fp32", "fp16" or "bf16" (the model's embeddings and layers are converted in place).
+        device_gates: on CUDA with graphs, how a routed batch of more than one row runs in one graph with its gates
+        decided on the device ("auto" = "dense": every row, kept where open; "compact": the open rows gathered
+        into row-count buckets; "off": the router's host loop); `gate_graphs`: a
+        hadskip.modeling.cuda_conditional.DeviceGates-like object to use instead (tests)."""
         import torch
 
         self.torch = torch
@@ -87,10 +105,25 @@ class TorchBackend:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise HadSkipError(f"device {device!r} requested but torch sees no CUDA GPU")
+        if dtype not in DTYPES:
+            raise HadSkipError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if dtype == "fp16" and not device.startswith("cuda"):
+            raise HadSkipError("dtype fp16 needs a CUDA device (on the CPU, use bf16)")
+        if device_gates not in DEVICE_GATES:
+            raise HadSkipError(f"device_gates must be one of {', '.join(DEVICE_GATES)}, got {device_gates!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.dtype = dtype
+        self.hidden_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        if dtype != "fp32":
+            for part in (self.model.embeddings, self.model.shared, *self.model.layers):
+                part.to(self.hidden_dtype)
+            self._gates = [_InFp32(g) for g in self.model.gates]
+            self._head = _InFp32(self.model.head)
+        else:
+            self._gates, self._head = list(self.model.gates), self.model.head
         self.num_layers = model.num_layers
-        self.name = f"torch-{self.device.type}"
+        self.name = f"torch-{self.device.type}" + ("" if dtype == "fp32" else f"-{dtype}")
         self._mask: tuple[np.ndarray, object] | None = None
         if cuda_graphs not in ("auto", "on", "off"):
             raise HadSkipError(f"cuda_graphs must be auto, on or off, got {cuda_graphs!r}")
@@ -99,6 +132,29 @@ class TorchBackend:
             from hadskip.modeling.cuda_graphs import GRAPH_TOKENS, UnitGraphs
 
             self.graphs = UnitGraphs(self.device, max_tokens=None if cuda_graphs == "on" else GRAPH_TOKENS)
+        self.gate_graphs = gate_graphs
+        self.device_gates_why: str | None = None  # why gates are decided on the host, when they are
+        if gate_graphs is None and device_gates != "off" and cuda_graphs != "off" and self.device.type == "cuda":
+            from hadskip.modeling.cuda_conditional import GRAPH_TOKENS, open_device_gates
+
+            self.gate_graphs, self.device_gates_why = open_device_gates(
+                self.units(), self.device, "compact" if device_gates == "compact" else "dense",
+                max_tokens=None if cuda_graphs == "on" else GRAPH_TOKENS)
+
+    def units(self):
+        """The model's units as hadskip.modeling.cuda_conditional.Units (gates and head giving fp32)."""
+        from hadskip.modeling.cuda_conditional import Units
+
+        cfg = self.model.config
+        return Units(self.model.embeddings, self._gates, list(self.model.layers), self._head, cfg.hidden_size,
+                     cfg.num_labels, self.hidden_dtype)
+
+    def run_routed(self, input_ids, attention_mask, token_type_ids, gate_offset=0.0, max_layers=None):
+        """The whole routed batch in one graph, gates decided on the device: (logits, gates), or None (then the
+        router runs its host loop). hadskip.runtime.router.route calls it first when a backend has it."""
+        if self.gate_graphs is None:
+            return None
+        return self.gate_graphs.run(input_ids, attention_mask, token_type_ids, gate_offset, max_layers)
 
     def _unit(self, key, module, *args):
         return module(*args) if self.graphs is None else self.graphs.run(key, module, *args)
@@ -119,7 +175,7 @@ class TorchBackend:
 
     def run_gate(self, i, h, attention_mask) -> np.ndarray:
         with self.torch.inference_mode():
-            logits = self._unit(("gate", i), self.model.gates[i], h, self._m(attention_mask))  # (B, 2)
+            logits = self._unit(("gate", i), self._gates[i], h, self._m(attention_mask))  # (B, 2)
             return logits.float().cpu().numpy()
 
     def run_layer(self, i, h, attention_mask):
@@ -137,7 +193,7 @@ class TorchBackend:
 
     def run_head(self, h, attention_mask) -> np.ndarray:
         with self.torch.inference_mode():
-            return self._unit(("head", 0), self.model.head, h, self._m(attention_mask)).float().cpu().numpy()
+            return self._unit(("head", 0), self._head, h, self._m(attention_mask)).float().cpu().numpy()
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -147,3 +203,16 @@ class TorchBackend:
         self._mask = None
         if self.graphs is not None:
             self.graphs.clear()
+        if self.gate_graphs is not None:
+            self.gate_graphs.close()
+            self.gate_graphs = None
+
+
+class _InFp32:
+    """A unit (gate, head) run on the fp32 cast of a half-precision hidden state; its output in fp32."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, hidden, attention_mask):
+        return self.module(hidden.float(), attention_mask).float()

@@ -26,6 +26,7 @@ from hadskip.errors import HadSkipError
 
 ENTRY_POINT_GROUP = "hadskip.backends"
 OPTIMIZATIONS = ("disable", "basic", "extended", "all")  # onnxruntime's graph optimisation levels, by our names
+DTYPES = ("fp32", "fp16", "bf16")  # BackendOptions.dtype: only the torch backend computes in another (--dtype)
 
 
 @dataclass
@@ -39,12 +40,15 @@ class BackendOptions:
     cuda_graphs: str = "auto"
     optimization: str = "all"
     verify: bool = True
+    dtype: str = "fp32"  # the torch backend's compute precision: fp32, fp16 (CUDA), bf16
 
     def __post_init__(self) -> None:
         if self.threads is not None:
             check_count("threads", self.threads, 1)
         check_count("device_id", self.device_id, 0)
         check_count("max_batch", self.max_batch, 1)
+        if self.dtype not in DTYPES:
+            raise HadSkipError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 def check_count(name: str, value, low: int) -> None:
