@@ -195,3 +195,20 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
         CompareConfig(None, [1.5], variants=["wide"])
     with pytest.raises(HadSkipError, match="distinct seeds"):
         CompareConfig(None, [1.5], seeds=[0, 0])
+
+
+def test_token_types_reach_a_truncated_model():
+    """Budgeted exit stayed at the majority class on the pair tasks: not because the truncated model loses the
+    segment ids of a pair (changing them changes its output, as it does the teacher's)."""
+    from hadskip.evaluation.baselines.budgeted import truncate
+    from hadskip.testing import tiny_model
+
+    model, tok = tiny_model("bert")
+    enc = tok(["a good movie"], ["not very fun at all"], return_tensors="pt")
+    ids, mask, tt = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    assert tt.any()
+    for m in (model, truncate(model, 1)):
+        with torch.no_grad():
+            a = m(ids, mask, tt, gates="off").logits
+            b = m(ids, mask, torch.zeros_like(tt), gates="off").logits
+        assert not torch.allclose(a, b)
