@@ -212,3 +212,14 @@ def test_token_types_reach_a_truncated_model():
             a = m(ids, mask, tt, gates="off").logits
             b = m(ids, mask, torch.zeros_like(tt), gates="off").logits
         assert not torch.allclose(a, b)
+
+
+def test_a_baseline_reports_each_epoch_where_stderr_is_no_terminal(env, capsys, tmp_path):
+    """`compare --json` printed nothing for 20+ minutes while baselines trained (rich bars draw nothing when
+    stderr is a pipe): each epoch now ends with a dev line."""
+    from hadskip.evaluation.baselines import BaselineConfig, train_budgeted_exit
+
+    train_budgeted_exit(BaselineConfig(teacher=str(env["teacher"]), out=str(tmp_path / "b"), epochs=2.0,
+                                       batch_size=16), 1)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "epochs, dev" in line]
+    assert [line.split(":")[1].split(" epochs")[0].strip() for line in lines] == ["1", "2"]

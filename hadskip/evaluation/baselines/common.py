@@ -7,6 +7,7 @@ from the teacher with the same loss weights where the method allows it (hadskip.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -91,6 +92,8 @@ def train(st: Setup, model, step_fn, desc: str, new: list | None = None, dev_fn=
 
     def on_pass(done: int) -> None:
         curve.append([round(done / len(dl), 4), dev_fn(acc.unwrap_model(model_p))])
+        if cfg.progress and acc.is_main_process:  # a line per epoch also where stderr is no terminal (--json)
+            print(f"{desc}: {curve[-1][0]:g} epochs, dev {curve[-1][1]}", file=sys.stderr, flush=True)
 
     parts = loop.run_steps(acc, model_p, dl, opt, loop.num_steps(len(dl), cfg.epochs), cfg.warmup,
                            lambda batch: step_fn(model_p, batch), desc, cfg.progress,
