@@ -189,6 +189,10 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
         monkeypatch.setattr(mod, name, no_training)
     again = compare(cfg)
     assert again["rows"] == res["rows"]
+    from dataclasses import replace
+
+    with pytest.raises(HadSkipError, match="trained with other train_examples"):  # runs of another subset
+        compare(replace(cfg, train_examples=None))
     with pytest.raises(HadSkipError, match="without --seeds"):
         CompareConfig(None, [1.5], seeds=[0, 1], dial_from="x")
     with pytest.raises(HadSkipError, match="unknown --variants"):

@@ -115,8 +115,7 @@ def compare(cfg: CompareConfig) -> dict:
             raise HadSkipError(f"budget {k:g} is more than the model's {L} layers")
     clock.lap("full", t)
     seed = cfg.seeds[0]
-    hs_options = {**cfg.hadskip_options, "seed": seed,
-                  **({"train_examples": cfg.train_examples} if cfg.train_examples else {})}
+    hs_options = {**cfg.hadskip_options, "seed": seed, "train_examples": cfg.train_examples}
 
     # every run given is checked before anything trains
     for k, run in cfg.hadskip_runs.items():
