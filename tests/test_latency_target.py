@@ -12,8 +12,11 @@ import concurrent.futures
 import json
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -143,7 +146,7 @@ def dialled(tmp_path_factory):
     manifest = json.loads((plain / "manifest.json").read_text())
     manifest["dial"] = None
     (plain / "manifest.json").write_text(json.dumps(manifest))
-    return {"model": model, "plain": plain}
+    return {"model": model, "plain": plain, "task": task}
 
 
 def test_a_model_without_a_dial_is_refused_saying_how_to_make_one(dialled, capsys):
@@ -282,3 +285,28 @@ def test_tei_answers_say_the_budget_only_with_the_extras(dialled):
         r = srv.client.post("/predict", json={"inputs": "a fine movie", "hadskip": {"budget": 1.5}})
         assert r.headers["x-hadskip-budget"] == "1.5"
         assert srv.client.get("/info").json()["hadskip"]["latency"]["target_ms"] == 60_000
+
+
+def test_the_overload_bench_runs_its_three_policies(dialled, tmp_path):
+    """bench/overload.py end to end, small: capacity probe, then each policy's server under open-loop arrivals;
+    every request answered or refused with 429, the answers scored, the JSON and the plot written (the figures
+    are the bench's to report)."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "overload.py"
+    out, png = tmp_path / "overload.json", tmp_path / "overload.png"
+    proc = subprocess.run([sys.executable, str(script), str(dialled["model"]), "--task", str(dialled["task"]),
+                           "--budget", "2.5", "--target-ms", "200", "--seconds", "2", "--probe-s", "2",
+                           "--drain-s", "30", "--inputs", "4", "--json", str(out), "--plot", str(png)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert list(report["policies"]) == ["queue", "target", "429"] and png.stat().st_size > 0
+    assert report["settings"]["capacity_rows_per_s"] > 0
+    for name, p in report["policies"].items():
+        refused = round(p["pct_429"] * p["sent"] / 100)
+        assert p["sent"] > 0 and p["answered"] + refused == p["sent"], (name, p)
+        assert p["other_errors"] == p["unanswered"] == p["dropped_by_client"] == 0
+        assert 0 <= p["accuracy"] <= 1 and len(p["per_second"]) == 2
+    assert report["policies"]["queue"]["mean_budget"] == 2.5 and report["policies"]["queue"]["pct_429"] == 0
+    assert 0.5 <= report["policies"]["target"]["mean_budget"] <= 2.5  # from the answers' "budget" fields
+    assert report["policies"]["target"]["budget_gauge"]  # scraped from /metrics
+    assert "queue" in proc.stdout and "target" in proc.stdout and "429" in proc.stdout
