@@ -21,6 +21,7 @@ still queues (and --max-queue still answers 429).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -61,25 +62,28 @@ class CostModel:
         self.yy = 0.0
         self.calls = 0
         self._costs: Costs | None = None
+        self._lock = threading.Lock()  # the worker observes, a /metrics or /info reader may fit meanwhile
 
     def observe(self, rows: int, row_layers: int, seconds: float) -> None:
         """One runtime call of `rows` rows that ran `row_layers` layers in all and took `seconds`."""
         if rows < 1 or not math.isfinite(seconds) or seconds < 0:
             return
         x = np.array([1.0, float(rows), float(row_layers)])
-        self.xx = self.decay * self.xx + np.outer(x, x)
-        self.xy = self.decay * self.xy + x * seconds
-        self.yy = self.decay * self.yy + seconds * seconds
-        self.calls += 1
-        self._costs = None
+        with self._lock:
+            self.xx = self.decay * self.xx + np.outer(x, x)
+            self.xy = self.decay * self.xy + x * seconds
+            self.yy = self.decay * self.yy + seconds * seconds
+            self.calls += 1
+            self._costs = None
 
     def costs(self) -> Costs | None:
         """The current estimate (None before the first call)."""
-        if self.calls == 0:
-            return None
-        if self._costs is None:
-            self._costs = Costs(*self._fit())
-        return self._costs
+        with self._lock:
+            if self.calls == 0:
+                return None
+            if self._costs is None:
+                self._costs = Costs(*self._fit())
+            return self._costs
 
     def _fit(self) -> list[float]:
         scale = np.sqrt(np.maximum(np.diag(self.xx), 1e-300))  # the terms differ by orders of magnitude
