@@ -5,6 +5,7 @@
     request.py      POST /predict's body -> inputs; ApiError (one-line JSON errors); reading a body in bounds
     metrics.py      Prometheus metrics (prometheus_client)
     batcher.py      the worker thread that merges requests into runtime calls
+    latency.py      --latency-target-ms: the rule that lowers a queued batch's budget, and the measured costs
     connections.py  header timeout, connection and body-phase limits (a uvicorn protocol subclass), framing and
                     Host checks, Connection: close on shutdown
     logs.py         rate-limited logging

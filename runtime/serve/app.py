@@ -4,6 +4,7 @@
                      "max_layers"?: 2}   (items may mix)
                     -> {"predictions": [{"label", "label_id", "probs", "layers", "num_layers", "tokens",
                                          "truncated"}, ...]}                          (input order, always a list)
+                    (with --latency-target-ms each prediction also has "budget": the budget it ran at)
     GET|HEAD /health  200 {"status": "ok"} | 503 {"status": "loading" | "shutting down" | ...}  (never needs the key)
     GET  /info      model facts from the manifest, budget, backend, limits
     GET  /metrics   Prometheus text (prometheus_client)
@@ -28,6 +29,7 @@ from hadskip.runtime.serve.batcher import Batcher, JobResult
 from hadskip.runtime.serve.config import ServeConfig
 from hadskip.runtime.serve.connections import FramingGuard, HostGuard
 from hadskip.runtime.serve.info import json_safe, info_body, tei_info_body, hadskip_version
+from hadskip.runtime.serve.latency import LatencyPolicy
 from hadskip.runtime.serve.metrics import Metrics
 from hadskip.errors import HadSkipError
 from hadskip.runtime.serve.request import CLOSE, ApiError, parse_predict_fields, read_body, scrub_paths
@@ -115,6 +117,7 @@ def _schemas():
         num_layers: int
         tokens: int  # tokens after truncation
         truncated: bool  # the input was cut to max_seq_len
+        budget: float | None = None  # with --latency-target-ms: the budget it ran at (null: the trained gates)
 
     class PredictResponse(BaseModel):
         predictions: list[PredictionOut]
@@ -148,8 +151,12 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
         try:
             rt = loader()
             state.metrics.set_layers(int(rt.num_layers))
+            policy = None
+            if config.latency_target_ms is not None:  # a model without a dial, or a floor off it: one line
+                policy = LatencyPolicy.make(config.latency_target_ms, config.min_budget, getattr(rt, "budget", None),
+                                            getattr(getattr(rt, "info", None), "dial", None), model_name or "the model")
             state.batcher = Batcher(rt.predict, config.max_batch, config.max_wait_ms / 1000, int(config.max_queue),
-                                    state.metrics).start()
+                                    state.metrics, policy, getattr(rt, "budget", None)).start()
             state.runtime = rt
         except Exception as exc:  # a load failure of any kind stops the server with its message
             state.status, state.error = "failed", f"cannot load the model: {exc}"
@@ -271,7 +278,10 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
             rows, budget, cap = await asyncio.to_thread(parse_predict_fields, body, config.max_inputs)
         result = await run(rows, budget, cap)
         state.metrics.request_s.observe(time.perf_counter() - start)
-        return JSONResponse({"predictions": result.predictions}, headers=timing(result))
+        predictions = result.predictions
+        if config.latency_target_ms is not None:  # which budget each ran at: the request's, the server's or lower
+            predictions = [{**p, "budget": result.budget} for p in predictions]
+        return JSONResponse({"predictions": predictions}, headers=timing(result))
 
     async def tei_predict(request: Request):
         """text-embeddings-inference's /predict: a text, a [text, text_pair] pair, or a batch [[text], [a, b],
@@ -298,8 +308,10 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
                    for n, p in enumerate(result.predictions)]
         state.metrics.request_s.observe(time.perf_counter() - start)
         layers = ",".join(str(len(p.get("layers", []))) for p in result.predictions)
-        return JSONResponse(answers if req.batch else answers[0],
-                            headers={**timing(result), "x-hadskip-layers": layers})
+        headers = {**timing(result), "x-hadskip-layers": layers}
+        if req.extras:  # opted in to our extras: the budget the rows ran at (under --latency-target-ms, maybe lower)
+            headers["x-hadskip-budget"] = "trained" if result.budget is None else f"{result.budget:g}"
+        return JSONResponse(answers if req.batch else answers[0], headers=headers)
 
     responses = {200: {"model": PredictResponse}, **problems}
     body_doc = {"requestBody": {"required": True, "content": {"application/json": {
@@ -358,6 +370,20 @@ def _gauges(state: ServerState) -> None:
             lambda: state.config.max_queue)
     m.gauge("hadskip_running_rows", "Rows in the runtime call now running.", batcher("busy_rows"))
     m.gauge("hadskip_inflight_requests", "/predict requests waiting for their result.", lambda: state.inflight)
+    m.gauge("hadskip_budget", "The budget the latest runtime call ran the server's default rows at (lowered "
+            "under --latency-target-ms; the trained gates: their dev average; NaN: unknown).",
+            lambda: _number(getattr(state.batcher, "budget_now", None)))
+    m.gauge("hadskip_layer_row_seconds", "Measured seconds per layer run by one row (the batcher's moving "
+            "estimate; NaN before the first call).", lambda: _number(_estimate(state, "layer_row_s")))
+
+
+def _number(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _estimate(state: ServerState, name: str) -> float | None:
+    costs = state.batcher.costs.costs() if state.batcher is not None else None
+    return None if costs is None else getattr(costs, name)
 
 
 class _MetricsMiddleware:

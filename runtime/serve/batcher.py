@@ -4,7 +4,8 @@ Each request's rows wait in one bounded queue; the worker takes the rows that ar
 oldest waiting one, up to `max_batch` rows, and makes ONE `Runtime.predict` call (which sorts by length and
 routes each row through its own layers). The event loop only parses, queues and awaits. Rows over `max_queue`
 are refused with 429 rather than queued without limit. Requests at different budgets (the budget dial) share a
-call: each row gets its own gate offset.
+call: each row gets its own gate offset. With a latency policy (latency.py), each batch's budget is decided when
+it is taken, from the queue behind it and the measured cost of the calls so far (`costs`, updated after each).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from hadskip.errors import HadSkipError
+from hadskip.runtime.serve.latency import CostModel, LatencyPolicy, Load
 from hadskip.runtime.serve.metrics import Metrics
 from hadskip.runtime.serve.request import ApiError, BackendFailure, Overloaded
 from hadskip.runtime.text import EmptyTextError
@@ -33,6 +35,10 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
     budget: float | None = None  # the request's budget (None: the server's)
     max_layers: int | None = None  # the request's hard cap on layers per row (None: none)
+    run_budget: float | None = None  # the budget its rows run at (None: the server's); lowered when it is taken
+
+    def __post_init__(self):
+        self.run_budget = self.budget
 
 
 @dataclass
@@ -42,6 +48,7 @@ class JobResult:
     inference_s: float
     batch_rows: int
     logits: list | None = None  # per row, the head's raw scores (when the runtime keeps them)
+    budget: float | None = None  # the budget its rows ran at (None: the trained gates)
 
 
 class Batcher:
@@ -51,9 +58,14 @@ class Batcher:
     so one request's failure is not its neighbours' (the retry costs nothing while the backend is healthy).
     """
 
-    def __init__(self, predict: Callable, max_batch: int, max_wait_s: float, max_queue: int, metrics: Metrics):
+    def __init__(self, predict: Callable, max_batch: int, max_wait_s: float, max_queue: int, metrics: Metrics,
+                 policy: LatencyPolicy | None = None, default_budget: float | None = None):
         self.predict, self.max_batch, self.max_wait_s, self.max_queue = predict, max_batch, max_wait_s, max_queue
         self.metrics = metrics
+        self.policy, self.default_budget = policy, default_budget  # default: the server's --budget (None: trained)
+        self.costs = CostModel()  # seconds per call, row and layer-row, measured on this server's calls
+        self.budget_now = default_budget if policy is None else policy.default_layers  # the latest batch's
+        self.load: Load | None = None  # the queue when the latest batch was taken
         self.queue: collections.deque[Job] = collections.deque()
         self.queued_rows = 0
         self.busy_rows = 0  # rows in the runtime call now running
@@ -112,6 +124,9 @@ class Batcher:
                 self.cond.wait(remaining)
             self.queued_rows -= rows
             self.busy_rows = rows
+            now = time.perf_counter()
+            newest = self.queue[-1] if self.queue else batch[-1]
+            self.load = Load(rows, self.queued_rows, now - batch[0].enqueued, now - newest.enqueued, self.max_batch)
         return [j for j in batch if not j.future.cancelled()]  # a cancelled request needs no answer
 
     def _work(self) -> None:
@@ -120,6 +135,7 @@ class Batcher:
             while (batch := self._next_batch()) is not None:
                 try:
                     if batch:
+                        self._plan(batch)
                         self._run(batch, retry_alone=len(batch) > 1)
                 finally:
                     with self.cond:
@@ -132,13 +148,24 @@ class Batcher:
             for job in left:  # answered jobs ignore this (see _resolve)
                 _resolve(job, exc=ApiError(503, "the inference worker stopped", "unavailable"))
 
+    def _plan(self, batch: list[Job]) -> None:
+        """Each job's run_budget: what it asked for, or lower under the latency policy (never higher)."""
+        if self.policy is None:
+            return
+        chosen, budgets = self.policy.plan(self.load, self.costs.costs(), [j.budget for j in batch])
+        for job, b in zip(batch, budgets, strict=True):
+            job.run_budget = b
+        top = max(self.policy.layers(j.budget) for j in batch)
+        default = self.policy.default_layers
+        self.budget_now = min(chosen, default) if chosen < top else default  # where default rows run now
+
     def _run(self, batch: list[Job], retry_alone: bool) -> None:
         rows = [r for j in batch for r in j.rows]
         start = time.perf_counter()
         try:
             extra = {}
-            if any(j.budget is not None for j in batch):  # one budget per row; None rows run at the server's
-                extra["budget"] = [j.budget for j in batch for _ in j.rows]
+            if any(j.run_budget is not None for j in batch):  # one budget per row; None rows run at the server's
+                extra["budget"] = [j.run_budget for j in batch for _ in j.rows]
             if any(j.max_layers is not None for j in batch):  # one cap per row; None: no cap
                 extra["max_layers"] = [j.max_layers for j in batch for _ in j.rows]
             preds = self.predict(rows, batch_size=self.max_batch, **extra)
@@ -147,7 +174,9 @@ class Batcher:
                 raise HadSkipError("the model produced non-finite probabilities")
             dicts = preds.to_dicts()
             self.rows_done += len(dicts)
-            self.layers_done += sum(d.get("num_layers", 0) for d in dicts)
+            ran = sum(d.get("num_layers", 0) for d in dicts)
+            self.layers_done += ran
+            self.costs.observe(len(dicts), ran, time.perf_counter() - start)
             failure = None
         except Exception as exc:  # any backend failure becomes a 424 for these requests, never a dead worker
             failure = exc
@@ -182,9 +211,22 @@ class Batcher:
             n = len(job.rows)
             queue_s = start - job.enqueued
             self.metrics.queue_s.observe(queue_s)
+            ran_at = self.default_budget if job.run_budget is None else job.run_budget
+            self.metrics.budget_rows(self.budget_label(ran_at), n, lowered=self.lowered(job))
             _resolve(job, JobResult(dicts[at:at + n], queue_s, elapsed, len(rows),
-                                    None if logits is None else logits[at:at + n]))
+                                    None if logits is None else logits[at:at + n], ran_at))
             at += n
+
+    def budget_label(self, budget: float | None) -> str:
+        """The metrics label of a budget: "trained" (offset 0), the server's budget or a dial point the policy
+        steps to ("2.5"), or "other" (a client's own budget: labels stay a bounded set)."""
+        if budget is None:
+            return "trained"
+        known = {self.default_budget, *(self.policy.budgets if self.policy else ())}
+        return f"{budget:g}" if budget in known else "other"
+
+    def lowered(self, job: Job) -> bool:
+        return self.policy is not None and job.run_budget != job.budget
 
 
 def _all_finite(a) -> bool:

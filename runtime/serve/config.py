@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from hadskip.errors import HadSkipError
 from hadskip.runtime.backends import check_count
+from hadskip.runtime.serve.latency import check_settings
 
 
 def _opt(default, help: str, **meta):
@@ -37,6 +38,12 @@ class ServeConfig:
     budget: float | None = _opt(None, "Default target average layers through the model's budget dial (`hadskip "
                                       "dial`, then export); a request's \"budget\" field overrides it. Default: the "
                                       "trained gates.")
+    latency_target_ms: float | None = _opt(
+        None, "Latency target (queue wait + inference): when the queue would break it, queued requests run at a "
+              "lower budget through the model's dial (needs `hadskip dial` before export) instead of waiting; "
+              "each answer says the budget it ran at. Default: off (requests wait; --max-queue answers 429).")
+    min_budget: float | None = _opt(None, "The lowest budget --latency-target-ms may lower to (default: the dial's "
+                                          "lowest point).")
     api: str = _opt("hadskip", "The request/answer format: 'hadskip' (POST /predict as documented) or 'tei' "
                                "(text-embeddings-inference's: POST / /predict /invocations take TEI's input grammar "
                                "and answer [{label, score}]; GET / /ping /health; TEI's /info and errors).")
@@ -85,6 +92,7 @@ class ServeConfig:
             raise HadSkipError("the API key must be non-empty printable ASCII without spaces")
         if self.budget is not None and not math.isfinite(self.budget):
             raise HadSkipError(f"budget must be a finite number of layers, got {self.budget}")
+        check_settings(self.latency_target_ms, self.min_budget)
         if isinstance(self.allowed_hosts, str):  # the CLI's comma-separated form
             self.allowed_hosts = self.allowed_hosts.split(",")
         if self.allowed_hosts is not None:

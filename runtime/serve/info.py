@@ -51,6 +51,14 @@ def tei_info_body(state) -> dict:
             "version": hadskip_version(), "sha": None, "docker_label": None, "hadskip": ours}
 
 
+def latency_body(batcher) -> dict:
+    """--latency-target-ms: the target, the floor, the budgets it steps to, the budget now, the measured costs."""
+    costs = batcher.costs.costs()
+    return {**batcher.policy.describe(), "budget_now": batcher.budget_now,
+            "measured_ms": None if costs is None else {"call": costs.call_s * 1e3, "row": costs.row_s * 1e3,
+                                                       "layer_row": costs.layer_row_s * 1e3}}
+
+
 def info_body(state) -> dict:
     rt, cfg = state.runtime, state.config
     info = getattr(rt, "info", None)
@@ -61,6 +69,8 @@ def info_body(state) -> dict:
            "version": hadskip_version(), "serving_budget": getattr(rt, "budget", None),
            "trained_avg_layers": getattr(info, "trained_avg_layers", None),
            "served_avg_layers": served_avg_layers(state)}
+    policy = getattr(getattr(state, "batcher", None), "policy", None)
+    out["latency"] = None if policy is None else latency_body(state.batcher)
     dial = getattr(info, "dial", None)
     if dial is not None:
         out["dial"] = {"range": list(dial.budget_range), "metric": dial.metric, "split": dial.split,

@@ -137,6 +137,11 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     if config.backend != "torch":
         manifest = load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks
         resolve_offset(manifest_dial(manifest), config.budget, str(model_dir))  # the sha256s; a bad --budget too
+        if config.latency_target_ms is not None:  # no dial, or a floor off it: one line before serving
+            from hadskip.runtime.serve.latency import LatencyPolicy
+
+            LatencyPolicy.make(config.latency_target_ms, config.min_budget, config.budget, manifest_dial(manifest),
+                               str(model_dir))
     sock = bind(config.host, config.port)  # a busy port or a bad host: one line, before anything else is said
     if not is_loopback(config.host):
         warn(f"warning: listening on {config.host} makes the model reachable from other machines"

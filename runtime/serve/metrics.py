@@ -4,8 +4,9 @@
     hadskip_batch_size, hadskip_batch_requests, hadskip_queue_seconds, hadskip_inference_seconds,
     hadskip_predict_seconds, hadskip_layers_per_input                                              (histograms)
     hadskip_inputs_total, hadskip_truncated_inputs_total, hadskip_layers_executed_total,
-    hadskip_layers_available_total, hadskip_layer_executed_total{layer}                             (counters)
-    hadskip_skip_rate, hadskip_ready, hadskip_queue_rows, ... (gauges read at scrape time)
+    hadskip_layers_available_total, hadskip_layer_executed_total{layer},
+    hadskip_budget_inputs_total{budget}, hadskip_lowered_inputs_total                              (counters)
+    hadskip_skip_rate, hadskip_ready, hadskip_queue_rows, hadskip_budget, ... (gauges read at scrape time)
 
 Unknown paths count as endpoint "other", so a scan of random URLs cannot grow the label set.
 """
@@ -50,6 +51,11 @@ class Metrics:
         self.layers_available = pc.Counter("hadskip_layers_available", "Inputs x model layers.", registry=r)
         self.per_layer = pc.Counter("hadskip_layer_executed", "Inputs that ran each layer (0-based).", ["layer"],
                                     registry=r)
+        self.budget_inputs = pc.Counter("hadskip_budget_inputs", "Inputs answered, by the budget they ran at "
+                                        "(\"trained\": the trained gates; \"other\": a client's own budget).",
+                                        ["budget"], registry=r)
+        self.lowered = pc.Counter("hadskip_lowered_inputs", "Inputs run below the budget they asked for "
+                                  "(--latency-target-ms).", registry=r)
         self.lock = threading.Lock()  # the skip rate's two sums, read together
         self.run_sum = self.available_sum = 0
         self.gauge("hadskip_skip_rate", "Share of layers skipped since start.",
@@ -100,6 +106,12 @@ class Metrics:
         for i, n in enumerate(gates.sum(axis=0).tolist()):
             if n:
                 self.per_layer.labels(str(i)).inc(n)
+
+    def budget_rows(self, label: str, rows: int, lowered: bool = False) -> None:
+        """`rows` inputs answered at the budget labelled `label`; `lowered`: below what they asked for."""
+        self.budget_inputs.labels(label).inc(rows)
+        if lowered:
+            self.lowered.inc(rows)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """(body, content type) in the format the scraper's Accept header asks for (Prometheus text by default)."""

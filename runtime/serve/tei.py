@@ -11,7 +11,8 @@ plus "truncate" (default false: an input over max_input_length is a 422), "trunc
 "left"), "raw_scores" (logits instead of softmax). Each answer is sorted by score, highest first. Unknown fields
 are ignored, as TEI's serde structs do (huggingface_hub sends "parameters"). Our extras are opt-in: a
 "hadskip": {"budget": 2.5, "max_layers": 2} object; the layers each row ran come back in the `x-hadskip-layers`
-header. Errors are TEI's {"error", "error_type"} with its ErrorType names and status codes.
+header, and with the object (even {}) the budget they ran at in `x-hadskip-budget`. Errors are TEI's
+{"error", "error_type"} with its ErrorType names and status codes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class TeiRequest:
     raw_scores: bool
     budget: float | None = None
     max_layers: int | None = None
+    extras: bool = False  # the request sent a "hadskip" object: the answer says the budget (x-hadskip-budget)
 
 
 def _invalid(message: str) -> ApiError:
@@ -78,7 +80,7 @@ def parse_tei_predict(body: bytes, max_inputs: int) -> TeiRequest:
             raise _invalid(f'unknown field(s) {", ".join(ascii(k[:40]) for k in unknown[:5])} in "hadskip"; '
                            'the fields are "budget" and "max_layers"')
         budget, cap = _budget(extras.get("budget")), _max_layers(extras.get("max_layers"))
-    return TeiRequest(rows, batch, truncate, direction.lower() == "left", raw_scores, budget, cap)
+    return TeiRequest(rows, batch, truncate, direction.lower() == "left", raw_scores, budget, cap, extras is not None)
 
 
 def _bool(obj: dict, name: str) -> bool:
