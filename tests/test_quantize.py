@@ -261,11 +261,13 @@ def test_bench_times_fp32_and_int8_side_by_side(dirs, capsys):
 
 def test_a_large_split_is_checked_on_a_fixed_subset(dirs, tmp_path):
     import shutil
+    from dataclasses import replace
 
     from hadskip.export.quantize import check_on_dev
 
-    _, fp32, int8, _, _ = dirs
-    manifest = load_manifest(int8)
+    run, fp32, int8, _, _ = dirs
+    # the run's task, as export/api.py passes it: the manifest names a folder task by name only (portable)
+    manifest = replace(load_manifest(int8), task=read_info(run).task)
     shutil.copytree(fp32 / "layers", tmp_path / "ref" / "layers")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", QuantizationWarning)
