@@ -227,3 +227,27 @@ def test_a_baseline_reports_each_epoch_where_stderr_is_no_terminal(env, capsys, 
                                        batch_size=16), 1)
     lines = [line for line in capsys.readouterr().err.splitlines() if "epochs, dev" in line]
     assert [line.split(":")[1].split(" epochs")[0].strip() for line in lines] == ["1", "2"]
+
+
+def test_the_seed_statistics_pair_routes_at_any_budget(tmp_path):
+    """rows.npz keyed each record by the budget written with 6 significant digits, so at --budgets 2.1234567 the
+    records read back were at 2.12346, matched no row's budget and every paired interval was silently left out."""
+    from hadskip.evaluation.compare.records import record, save_records
+    from hadskip.evaluation.compare.seeds import aggregate
+
+    k = 2.1234567
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 50)
+    per_seed, dirs = [], []
+    for s in (0, 1):
+        preds = {m: np.where(rng.random(50) < 0.8, labels, 1 - labels) for m in ("hadskip", "budgeted-exit")}
+        d = tmp_path / f"seed-{s}"
+        d.mkdir()
+        save_records(d, labels, {(m, k): record(p, np.full(50, 2.0)) for m, p in preds.items()})
+        rows = [{"method": m, "budget": k, "value": float((p == labels).mean()), "avg_layers": 2.0,
+                 "dev_value": 0.8, "dev_avg_layers": 2.0} for m, p in preds.items()]
+        per_seed.append({"task": "t", "metric": "accuracy", "num_labels": 2, "num_layers": 6, "seed": s,
+                         "rows": rows})
+        dirs.append(d)
+    res = aggregate(per_seed, dirs, n_boot=50)
+    assert [(p["route"], p["minus"], p["budget"]) for p in res["pairs"]] == [("hadskip", "budgeted-exit", k)]

@@ -356,6 +356,31 @@ def test_compare_refuses_mismatched_hadskip_runs(env, gated, tmp_path):
         CompareConfig(None, [2.0], hadskip_runs={1.5: str(gated[0])})
 
 
+def test_compare_refuses_a_run_in_out_trained_with_settings_it_was_not_asked_for(env, gated, tmp_path, monkeypatch):
+    """A HadSkip run already in OUT was reused when it differed from the comparison only in settings left at their
+    defaults (a study run with a shorter schedule, then `compare` without those options, reported the short run
+    as the default one); giving the same values explicitly was refused. Omitted now means the default."""
+    import hadskip.evaluation.compare.run as cr
+    from hadskip.evaluation.compare import CompareConfig, compare
+
+    out = tmp_path / "cmp"
+    shutil.copytree(gated[0], out / "hadskip-1.5")  # trained with stage2_epochs 2, gate_lr 0.01, batch_size 16
+
+    def past_the_check(*a, **k):
+        raise AssertionError("past the reuse check")
+
+    monkeypatch.setattr(cr, "train_budgeted_exit", past_the_check)
+    monkeypatch.setattr(cr, "train_hadskip", past_the_check)
+    cfg = dict(out=str(out), teacher=str(env["teacher"]), backbone=str(env["backbone"]), max_len=32,
+               baseline_epochs=0.5, progress=False)
+    with pytest.raises(HadSkipError, match="trained with other batch_size, gate_lr, stage2_epochs"):
+        compare(CompareConfig(None, [1.5], **cfg))
+    with pytest.raises(AssertionError, match="past the reuse check"):  # the settings it was trained with: reused
+        compare(CompareConfig(None, [1.5], hadskip_options=dict(stage2_epochs=2, phase_epochs=1,
+                                                                final_phase_epochs=2, gate_lr=0.01, batch_size=16),
+                              **cfg))
+
+
 def test_hard_tail_trains_the_backbone_on_frozen_gate_decisions(env, tmp_path, monkeypatch):
     """--hard-tail: the last steps run on the gates' inference decisions; the gates do not move there."""
     from hadskip.training import loop

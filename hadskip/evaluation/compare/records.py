@@ -80,7 +80,7 @@ def save_records(root: Path, labels: np.ndarray, records: dict[tuple[str, float]
     arrays = {"labels": np.asarray(labels, dtype=np.int64)}
     for (method, budget), rec in records.items():
         for name, a in rec.items():
-            arrays[f"{method}@{budget:g}/{name}"] = a
+            arrays[f"{method}@{float(budget)!r}/{name}"] = a  # repr: the budget reads back exactly
     path = Path(root) / ROWS_FILE
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez_compressed(tmp, **arrays)

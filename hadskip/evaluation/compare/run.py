@@ -26,6 +26,7 @@ import json
 import resource
 import sys
 import time
+from dataclasses import MISSING
 from dataclasses import fields as dataclass_fields
 from dataclasses import replace
 from pathlib import Path
@@ -51,6 +52,16 @@ from hadskip.modeling.checkpoint import read_info, task_source
 from hadskip.training.config import HadSkipConfig, OptimConfig
 from hadskip.training.schedule import stage3_epochs
 from hadskip.training.stages import train_hadskip
+
+
+# HadSkipConfig's settings that shape a trained run, at their defaults: what compare asks of a run it trains or
+# reuses in OUT unless hadskip_options say otherwise. Left out: what compare sets or checks itself (task, teacher,
+# budget, kd, the teacher's max_len and backbone) and what does not change a run (out, progress, resume, force,
+# eval_batch_size; stage I's epochs, unused with a teacher).
+_NOT_COMPARED = ("backbone", "task", "out", "max_len", "epochs", "eval_batch_size", "text_col", "pair_col",
+                 "label_col", "metric", "progress", "force", "budget", "teacher", "kd", "resume")
+_TRAINING_DEFAULTS = {f.name: f.default for f in dataclass_fields(HadSkipConfig)
+                      if f.default is not MISSING and f.name not in _NOT_COMPARED}
 
 
 def _peak_mb() -> float:
@@ -126,8 +137,9 @@ def compare(cfg: CompareConfig) -> dict:
         check_hadskip_run(cfg.dial_from, None, teacher_dir, teacher_task, cfg.kd, flag="--dial-from")
 
     def hadskip_run(run: Path, k: float, extra: dict) -> Path:
-        """Train (or resume, or reuse) the HadSkip run at `run` for budget k with the comparison's options."""
-        wanted = {**hs_options, **extra}
+        """Train (or resume, or reuse) the HadSkip run at `run` for budget k with the comparison's options (an
+        option not given is its default: a run in OUT trained with another value is refused, not reused)."""
+        wanted = {**_TRAINING_DEFAULTS, **hs_options, **extra}
         if not finished(run):
             train_hadskip(HadSkipConfig(backbone=cfg.backbone, task=task_name, out=str(run), budget=k,
                                         teacher=str(teacher_dir), max_len=cfg.max_len, progress=cfg.progress,
@@ -135,8 +147,7 @@ def compare(cfg: CompareConfig) -> dict:
                                         **options, **wanted))  # are checked by progress.json)
         check_hadskip_run(run, k, teacher_dir, teacher_task, cfg.kd)
         config = read_info(run).extra.get("config", {})
-        defaults = {f.name: f.default for f in dataclass_fields(HadSkipConfig)}
-        changed = sorted(o for o, v in wanted.items() if config.get(o, defaults.get(o)) != v)
+        changed = sorted(o for o, v in wanted.items() if config.get(o, _TRAINING_DEFAULTS.get(o)) != v)
         if changed:
             raise HadSkipError(f"{run} was trained with other {', '.join(changed)}: remove it or choose another --out")
         return run
