@@ -61,6 +61,8 @@ def info_body(state) -> dict:
            "version": hadskip_version(), "serving_budget": getattr(rt, "budget", None),
            "trained_avg_layers": getattr(info, "trained_avg_layers", None),
            "served_avg_layers": served_avg_layers(state)}
+    out["route"] = {"kind": getattr(info, "route", "gated"), "layers": int(rt.num_layers),
+                    "teacher_layers": getattr(info, "teacher_layers", None)}  # static / early-exit: docs/guide.md
     dial = getattr(info, "dial", None)
     if dial is not None:
         out["dial"] = {"range": list(dial.budget_range), "metric": dial.metric, "split": dial.split,

@@ -121,7 +121,7 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     require("fastapi", "serve", "hadskip serve-local")
     require("fastapi_offline", "serve", "hadskip serve-local")
     from hadskip.runtime.core import Runtime
-    from hadskip.runtime.dial import resolve_offset
+    from hadskip.runtime.dial import resolve_knob
     from hadskip.runtime.manifest import load_manifest, manifest_dial
     from hadskip.runtime.serve import logs
     from hadskip.runtime.serve.app import create_app
@@ -130,7 +130,8 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     model_dir = Path(model_dir)
     if config.backend != "torch":
         manifest = load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks
-        resolve_offset(manifest_dial(manifest), config.budget, str(model_dir))  # the sha256s; a bad --budget too
+        resolve_knob(manifest.route_kind, manifest_dial(manifest), config.budget, str(model_dir),  # the sha256s;
+                     manifest.num_layers, (manifest.route or {}).get("teacher_layers"))  # a bad --budget too
     sock = bind(config.host, config.port)  # a busy port or a bad host: one line, before anything else is said
     if not is_loopback(config.host):
         warn(f"warning: listening on {config.host} makes the model reachable from other machines"
