@@ -167,4 +167,6 @@ def print_bench(report) -> None:
     for p in report.parts:
         which = f" ({next((m['label'] for m in models if m['model'] == p.get('model')), '')})" if several else ""
         console.print(f"parts at batch {p['batch']} seq {p['seq']}{which}: embeddings {p['emb_ms']:.3f} ms, "
-                      f"layer {p['layer_ms']:.3f} ms, gate {p['gate_ms']:.3f} ms, head {p['head_ms']:.3f} ms")
+                      f"layer {p['layer_ms']:.3f} ms, "
+                      + ("" if p["gate_ms"] is None else f"gate {p['gate_ms']:.3f} ms, ")
+                      + f"head {p['head_ms']:.3f} ms")

@@ -8,6 +8,8 @@ Order of work, all inside a temp dir beside the target:
     4. manifest.json with every file's sha256 (and RUN/dial.json, the budget dial, if any), then one rename
        into place (export/install.py: an existing --out is replaced only when it holds nothing but an
        earlier export's files).
+Budgeted-exit and early-exit runs ship as routes "static" and "early-exit" (export/route.py: no gate graphs;
+an early-exit run's exit heads as exits/NN.onnx and its exit dial calibrated on dev).
 A failed validation raises (ValidationError / ShapeError) and leaves no model dir. A TensorRT step that
 cannot run (no tensorrt, no GPU) or fails still installs the validated ONNX model dir (engine "onnx")
 and then raises, naming what is missing. SIGTERM / SIGINT / SIGHUP remove the temp dirs first (install.py).
@@ -16,6 +18,7 @@ and then raises, naming what is missing. SIGTERM / SIGINT / SIGHUP remove the te
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -94,8 +97,10 @@ def _io_types(model_dir: Path, units: dict) -> dict:
     from onnx.helper import tensor_dtype_to_np_dtype
 
     out = {}
-    for kind, rel in (("embeddings", units["embeddings"]), ("layer", units["layers"][0]),
-                      ("gate", units["gates"][0]), ("head", units["head"])):
+    firsts = (("embeddings", units["embeddings"]), ("layer", units["layers"][0]),
+              ("gate", (units["gates"] or [None])[0]), ("head", units["head"]),
+              ("exit", (units.get("exits") or [None])[0]))
+    for kind, rel in [(k, r) for k, r in firsts if r is not None]:  # a static or early-exit model has no gates
         g = onnx.load(str(model_dir / rel), load_external_data=False).graph
         out[kind] = {v.name: str(tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
                      for v in [*g.input, *g.output]}
@@ -166,14 +171,11 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
     from hadskip.modeling.checkpoint import load_run
     from hadskip.export import optimize as opt
     from hadskip.export.tokenizer import write_tokenizer
+    from hadskip.export.route import plan_route
     from hadskip.export.units import build_specs, export_onnx
-    from hadskip.runtime.dial import read_dial
 
     model, tokenizer, info = load_run(run_dir)
     cfg, hf, fam = model.config, model.config.hf_config, model.family
-    dial = read_dial(run_dir, run_dir / "model.safetensors")  # RUN/dial.json, refused if calibrated on other weights
-    if dial is not None and dial.num_layers != cfg.num_layers:
-        raise ExportError(f"{run_dir / 'dial.json'} is for {dial.num_layers} layers, the model has {cfg.num_layers}")
     max_seq_len = int(info.max_len)
     if hf.get("max_position_embeddings") and max_seq_len > fam.max_tokens(hf):
         raise ExportError(f"run max_len {max_seq_len} is more than the backbone can take ({fam.position_note(hf)})")
@@ -182,8 +184,12 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else int(hf.get("pad_token_id") or 0)
     labels, labels_from = resolve_labels(info.task, hf, cfg.num_labels, label_names)
     onnx_fp16 = fp16 and engine == "onnx"  # TensorRT builds from fp32 graphs and lowers precision itself
+    say = (lambda name: print(f"export: {name}", file=sys.stderr, flush=True)) if progress else None
+    plan = plan_route(run_dir, model, tokenizer, info, fuse_gates=fuse_gates, quantize=quantize, progress=say)
+    dial = plan.dial  # gated: RUN/dial.json, refused if calibrated on other weights; early-exit: the exit dial
     specs = build_specs(model, vocab_size=int(hf["vocab_size"]), pad_token_id=pad_id,
-                        type_vocab_size=type_vocab_size if token_types else 1, opset=opset, fp16=onnx_fp16)
+                        type_vocab_size=type_vocab_size if token_types else 1, opset=opset, fp16=onnx_fp16,
+                        gates=plan.kind == "gated", exits=plan.exits)
     cases = validation_cases(max_seq_len, max_batch)
     dummy = (DUMMY[0], min(DUMMY[1], max_seq_len))
 
@@ -232,6 +238,8 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
                  "gates": [s.path for s in specs if s.kind == "gate"], "head": "head.onnx",
                  "tokenizer": "tokenizer.json", "engines": None,
                  "baseline": baseline["path"] if baseline else None}
+        if plan.exits is not None:
+            units["exits"] = [s.path for s in specs if s.kind == "exit"]
         if fuse_gates:
             from hadskip.export.fuse_gates import fuse_model_dir
 
@@ -271,7 +279,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
                       "pad_token_id": pad_id, "type_vocab_size": type_vocab_size, "token_types": token_types,
                       "max_position_embeddings": hf.get("max_position_embeddings"), "gate_hidden": cfg.gate_hidden},
             task=portable_task(info.task), labels=labels, max_seq_len=max_seq_len, precision=precision,
-            engine=final_engine, opset=opset, units=units, files=files, budget=info.budget,
+            engine=final_engine, opset=opset, units=units, files=files, budget=plan.budget, route=plan.manifest,
             validation=validation, optimization=optimization,
             tools=_tool_versions(*(("optimum-onnx", "optimum") if with_baseline else ()),
                                  *(("tensorrt",) if engines else ())),
@@ -280,7 +288,7 @@ def _export(run_dir: Path, out: Path, guard: SignalGuard, *, engine: str, opset:
             export={"run": run_ref(run_dir), "run_kind": info.kind, "engine_requested": engine,
                     "fp16": fp16, "optimize": optimize, "max_batch": max_batch, "quantize": quantize,
                     "fuse_gates": fuse_gates, "labels_from": labels_from,
-                    "trained_avg_layers": trained_avg_layers(info.metrics),
+                    "trained_avg_layers": plan.trained_avg_layers or trained_avg_layers(info.metrics),
                     "validated": validate, "validation_cases": [list(c) for c in cases], "dummy": list(dummy),
                     "atol": {s.name: s.atol for s in specs}, "rtol": {s.name: s.rtol for s in specs},
                     "tolerance_rule": RULE,

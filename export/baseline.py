@@ -119,10 +119,13 @@ def _recorded_dirs(run_dir: Path, info, recorded: str) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def _mismatch(model, teacher, tokenizer, teacher_tokenizer) -> str:
-    """Why `teacher` cannot stand for `model`'s full-size original ("" when it can)."""
+def _mismatch(model, teacher, tokenizer, teacher_tokenizer, truncated: bool = False) -> str:
+    """Why `teacher` cannot stand for `model`'s full-size original ("" when it can). truncated: the model is the
+    teacher's first K layers (a budgeted-exit run), so the teacher may have more layers."""
     a, b = model.config, teacher.config
-    for name in ("model_type", "num_layers", "hidden_size", "num_heads", "num_labels"):
+    if truncated and a.num_layers > b.num_layers:
+        return f"it has {b.num_layers} layers, fewer than the run's {a.num_layers}"
+    for name in ("model_type", *(() if truncated else ("num_layers",)), "hidden_size", "num_heads", "num_labels"):
         if getattr(a, name) != getattr(b, name):
             return f"its {name} is {getattr(b, name)!r}, the run's is {getattr(a, name)!r}"
     if tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
@@ -168,7 +171,7 @@ def teacher_source(run_dir: Path, model, tokenizer, info):
             why = f"the recorded teacher {d} cannot be loaded ({first})"
             note = f"the recorded teacher {d.name} cannot be loaded"
             continue
-        bad = _mismatch(model, teacher, tokenizer, teacher_tok)
+        bad = _mismatch(model, teacher, tokenizer, teacher_tok, truncated=info.kind == "budgeted-exit")
         if bad:
             why, note = (f"the recorded teacher {x} does not match the run: {bad}" for x in (d, d.name))
             continue

@@ -73,7 +73,7 @@ class ExportSpec:
     """One unit to export: `module(*sample(batch, seq, generator))` is the reference for the graph."""
 
     name: str  # "embeddings", "layer_00", "gate_00", "head"
-    kind: str  # key of runtime.manifest.IO: "embeddings" | "layer" | "gate" | "head"
+    kind: str  # key of runtime.manifest.IO: "embeddings" | "layer" | "gate" | "head" | "exit"
     path: str  # relative to the model dir, e.g. "layers/00.onnx"
     module: Any  # torch.nn.Module in eval mode: the PyTorch reference
     inputs: list[str]

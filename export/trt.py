@@ -184,8 +184,8 @@ def build_engines(specs: list[ExportSpec], onnx_paths: dict[str, Path], model_di
         rel = "engines/" + spec.path.removesuffix(".onnx") + ".plan"
         pinned += builder.build(onnx_paths[spec.name], model_dir / rel, half)["fp32_layers"]
         diffs[spec.name] = builder.validate(spec, model_dir / rel, cases, half)
-        if spec.kind in ("layer", "gate"):
-            engines[spec.kind + "s"].append(rel)
+        if spec.kind in ("layer", "gate", "exit"):  # exits: an early-exit model's exit heads
+            engines.setdefault(spec.kind + "s", []).append(rel)
         else:
             engines[spec.kind] = rel
     builder.save_cache()

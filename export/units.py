@@ -72,15 +72,17 @@ def hidden_sampler(hidden_size: int):
 
 
 def build_specs(model, *, vocab_size: int, pad_token_id: int, type_vocab_size: int, opset: int = 17,
-                fp16: bool = False) -> list[ExportSpec]:
-    """Specs for embeddings, every layer and gate, and the head, in model order (gates stay fp32)."""
+                fp16: bool = False, gates: bool = True, exits=None) -> list[ExportSpec]:
+    """Specs for embeddings, every layer and gate, and the head, in model order (gates stay fp32).
+    gates=False: no gate units (a static or early-exit model); exits: the exit heads of an early-exit model
+    (exit i after layer i, as MODEL/exits/NN.onnx)."""
     model.eval()
     ids_sample = id_sampler(vocab_size, pad_token_id, type_vocab_size)
     hidden_sample = hidden_sampler(model.config.hidden_size)
 
     def spec(name, kind, path, module, sample, *, export_module=None, half=fp16):
         io = IO[kind]
-        outputs_axes = {0: "batch"} if kind in ("gate", "head") else AXES
+        outputs_axes = {0: "batch"} if kind in ("gate", "head", "exit") else AXES
         axes = {n: dict(AXES) for n in io["inputs"]} | {n: dict(outputs_axes) for n in io["outputs"]}
         return ExportSpec(name=name, kind=kind, path=path, module=module, inputs=list(io["inputs"]),
                           outputs=list(io["outputs"]), dynamic_axes=axes, sample=sample,
@@ -90,9 +92,12 @@ def build_specs(model, *, vocab_size: int, pad_token_id: int, type_vocab_size: i
 
     specs = [spec("embeddings", "embeddings", "embeddings.onnx", model.embeddings, ids_sample)]
     for i, (layer, gate) in enumerate(zip(model.layers, model.gates, strict=True)):
-        specs.append(spec(f"gate_{i:02d}", "gate", f"gates/{i:02d}.onnx", gate, hidden_sample, half=False))
+        if gates:
+            specs.append(spec(f"gate_{i:02d}", "gate", f"gates/{i:02d}.onnx", gate, hidden_sample, half=False))
         specs.append(spec(f"layer_{i:02d}", "layer", f"layers/{i:02d}.onnx", layer, hidden_sample,
                           export_module=LayerForExport(layer).eval()))
+        if exits is not None and i < len(exits):
+            specs.append(spec(f"exit_{i:02d}", "exit", f"exits/{i:02d}.onnx", exits[i].eval(), hidden_sample))
     specs.append(spec("head", "head", "head.onnx", model.head, hidden_sample))
     return specs
 

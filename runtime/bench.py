@@ -10,6 +10,10 @@ rotates), so machine noise hits all of them alike; the medians are compared.
     forced    K of L layers open for every row, for each K (the same K layers for all rows)
     random    a fixed random per-row pattern, 50% open (exercises gather/scatter)
 
+A static model (a budgeted-exit export) or an early-exit model has no gates: it gets the full and hadskip rows
+only (hadskip: its K layers, or its exit rule at the budget), and no gate part; an early-exit model's full
+anchor without a baseline is every layer and the head, no exit head run.
+
 Parts (embeddings, one layer, one gate, the head) are timed in the same rounds and give the ideal ratio
 (emb + K*layer + head) / (emb + L*layer + head) next to each measured ratio to full.
 Several model dirs (e.g. the fp32 and the int8 export of one run) run in the same rounds: every row says its
@@ -35,6 +39,7 @@ from hadskip.errors import HadSkipError
 from hadskip.runtime.core import Runtime
 from hadskip.runtime.dial import budget_gap
 from hadskip.runtime.hub import resolve_model
+from hadskip.runtime.router import route
 
 ENGINES = ("full", "hadskip", "forced", "random")
 
@@ -196,7 +201,10 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
     labels = [sub.precision for sub in subjects]
     for sub in subjects:
         sub.label = sub.precision if labels.count(sub.precision) == 1 else f"{sub.precision}:{sub.path.name}"
-    ks = list(range(n_layers + 1)) if ks is None else sorted(set(ks))
+    routes = sorted({sub.rt.route for sub in subjects} - {"gated"})
+    if routes and ks:
+        raise HadSkipError(f"forced K patterns need a gated model; this is a {routes[0]} model (drop --k)")
+    ks = [] if routes else list(range(n_layers + 1)) if ks is None else sorted(set(ks))
     if any(k < 0 or k > n_layers for k in ks):
         raise HadSkipError(f"forced K must be within 0..{n_layers}, got {ks}")
     # the graphs have a dynamic sequence axis: timing is possible up to the position table, even past the
@@ -224,7 +232,8 @@ def _run(subjects: list[_Subject], batches, seqs, repeats: int, warmup: int, ks,
             why = "the model dir has no baseline (export with --with-baseline)" if m is None or \
                 not m.units.get("baseline") else f"the baseline runs on onnxruntime, not {be.name}"
             where = f" ({sub.path})" if len(subjects) > 1 else ""
-            notes.append(f"full{where} = our chained graphs with every gate forced open: {why}")
+            how = "with every gate forced open" if sub.rt.route == "gated" else "running every layer"
+            notes.append(f"full{where} = our chained graphs {how}: {why}")
     runs = {_run_of(sub.rt.info.manifest) for sub in subjects if sub.rt.info.manifest}
     if len(runs) > 1:
         notes.append(f"the model dirs come from different runs ({', '.join(sorted(name for name, _ in runs))})")
@@ -299,15 +308,23 @@ def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab:
                 total[1] += used.size
             return call
 
+        gated = rt.route == "gated"
+        if baseline is not None:
+            def full(baseline=baseline, feed=feed):
+                return baseline(*feed())
+        elif gated:
+            full = routed(f"{i}/full", forced_k(n_layers))
+        else:  # every layer, then the head: the router with every layer forced (no gate or exit head runs)
+            def full(be=be, feed=feed):
+                return route(be, *feed(), forced=forced_k(n_layers))
         engines.update({
-            f"{i}/full": (lambda baseline=baseline, feed=feed: baseline(*feed())) if baseline is not None
-            else routed(f"{i}/full", forced_k(n_layers)),
+            f"{i}/full": full,
             f"{i}/hadskip": routed(f"{i}/hadskip", None),
             **{f"{i}/forced/{k}": routed(f"{i}/forced/{k}", forced_k(k)) for k in ks},
-            f"{i}/random": routed(f"{i}/random", random_gates),
+            **({f"{i}/random": routed(f"{i}/random", random_gates)} if gated else {}),
             f"{i}/part/emb": lambda be=be, f=mine[0]: be.run_embeddings(*f),
             f"{i}/part/layer": lambda be=be, h=h, m=mask: be.run_layer(0, h, m),
-            f"{i}/part/gate": lambda be=be, h=h, m=mask: be.run_gate(0, h, m),
+            **({f"{i}/part/gate": lambda be=be, h=h, m=mask: be.run_gate(0, h, m)} if gated else {}),
             f"{i}/part/head": lambda be=be, h=h, m=mask: be.run_head(h, m),
         })
 
@@ -340,8 +357,9 @@ def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab:
     rows, parts = [], []
     for i, sub in enumerate(subjects):
         emb, layer, head = med[f"{i}/part/emb"], med[f"{i}/part/layer"], med[f"{i}/part/head"]
+        gate_ms = med.get(f"{i}/part/gate")  # None: a model without gates
         parts.append({"batch": b, "seq": s, "emb_ms": round(emb, 4), "layer_ms": round(layer, 4),
-                      "gate_ms": round(med[f"{i}/part/gate"], 4), "head_ms": round(head, 4),
+                      "gate_ms": None if gate_ms is None else round(gate_ms, 4), "head_ms": round(head, 4),
                       "precision": sub.precision, "model": str(sub.path)})
         model = str(sub.path) if len(subjects) > 1 else ""
 
@@ -361,5 +379,5 @@ def _bench_shape(subjects: list[_Subject], b: int, s: int, ks: list[int], vocab:
                  row("hadskip", "hadskip", sub.rt.info.budget if sub.rt.budget is None else sub.rt.budget,
                      avg_of(f"{i}/hadskip")),
                  *(row(f"forced/{k}", "forced", k, float(k)) for k in ks),
-                 row("random", "random", None, avg_of(f"{i}/random"))]
+                 *([row("random", "random", None, avg_of(f"{i}/random"))] if f"{i}/random" in med else [])]
     return rows, parts

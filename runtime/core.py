@@ -7,6 +7,8 @@
     Runtime.load(model_dir, budget=2.5); rt.predict(texts, budget=4)   # the budget dial (runtime/dial.py):
                                                    # a target average of layers -> a gate offset
 
+A static model dir (a budgeted-exit export) runs every layer on every row; an early-exit one runs the exit loop
+of runtime/exits.py, its budget picking the exit threshold (runtime/routes.py).
 Not included: request queueing or dynamic batching across callers (the server builds that on run_batch).
 """
 
@@ -21,11 +23,12 @@ import numpy as np
 
 from hadskip.errors import HadSkipError
 from hadskip.runtime.backends import OPTIMIZATIONS, BackendOptions, find_opener
-from hadskip.runtime.dial import DialError, resolve_offset
+from hadskip.runtime.dial import DialError, resolve_knob
+from hadskip.runtime.exits import route_exits, softmax  # noqa: F401 (softmax: also imported from here)
 from hadskip.runtime.hub import resolve_model
 from hadskip.runtime.manifest import MANIFEST, ManifestError
 from hadskip.runtime.model_info import ModelInfo, info_from_manifest, precision_note  # noqa: F401 (re-exported)
-from hadskip.runtime.router import Backend, BatchResult, route
+from hadskip.runtime.router import Backend, BatchResult, route, row_lengths
 from hadskip.runtime.text import EmptyTextError, Encoded, TextEncoder, TextInput
 
 
@@ -98,23 +101,20 @@ class Predictions(Sequence):
         return [p.to_dict() for p in self]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 class Runtime:
     """A loaded model on one backend. Use `Runtime.load`."""
 
     def __init__(self, backend: Backend, info: ModelInfo, budget: float | None = None):
         self.backend, self.info = backend, info
+        if info.route == "early-exit" and not callable(getattr(backend, "run_exit", None)):
+            raise HadSkipError(f"{info.source or 'the model'} is an early-exit model and backend {backend.name} "
+                               "cannot run exit heads; use ort-cpu or ort-cuda")
         self.encoder = TextEncoder(info.tokenizer_file, info.max_seq_len, info.pad_token_id, not info.token_types)
         if info.manifest is not None:
             check_embeddings(backend, info, self.encoder)
         self.budget: float | None = None  # the dial setting predict uses by default (None: the trained rule)
-        self.gate_offset = 0.0  # its gate offset
+        self.gate_offset = 0.0  # its gate offset (gated models)
+        self.exit_threshold = 0.0  # its exit threshold (early-exit models; 0: no row exits early)
         self.set_budget(budget)
 
     @classmethod
@@ -174,38 +174,89 @@ class Runtime:
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def route(self) -> str:
+        """How rows go through the layers: "gated", "static" or "early-exit" (hadskip.runtime.routes)."""
+        return self.info.route
+
+    @property
+    def _where(self) -> str:
+        return self.info.source or "the model"
+
     # -- the budget dial ----------------------------------------------------------------------------------
     def offset_for(self, budget: float | None) -> float:
-        """The gate offset of a target average of `budget` layers (None: the default set at load)."""
+        """The knob of a target average of `budget` layers (None: the default set at load): the gate offset of a
+        gated model, the exit threshold of an early-exit one (both through the dial); a static model takes only
+        its own layer count (0.0). DialError in one line otherwise."""
         if budget is None:
-            return self.gate_offset
+            return self.exit_threshold if self.route == "early-exit" else self.gate_offset
         if self.info.dial is None and self.info.dial_problem:
             raise DialError(self.info.dial_problem)
-        return resolve_offset(self.info.dial, budget, self.info.source or "the model")
+        return resolve_knob(self.route, self.info.dial, budget, self._where, self.num_layers, self.info.teacher_layers)
 
     def set_budget(self, budget: float | None) -> None:
-        """Make `budget` (None: the trained rule, offset 0) the default of `predict`."""
-        self.gate_offset = 0.0 if budget is None else self.offset_for(budget)
+        """Make `budget` (None: the trained rule, offset 0; for an early-exit model threshold 0, every layer)
+        the default of `predict`."""
+        knob = 0.0 if budget is None else self.offset_for(budget)
+        if self.route == "early-exit":
+            self.exit_threshold = knob
+        else:
+            self.gate_offset = knob
         self.budget = None if budget is None else float(budget)
 
     # -- running ------------------------------------------------------------------------------------------
     def run_batch(self, input_ids, attention_mask, token_type_ids=None, forced=None,
-                  gate_offset: float | np.ndarray | None = None, max_layers=None) -> BatchResult:
-        """One right-padded batch: logits (B, C) and gate decisions (B, L); `forced` (B, L) 0/1 sets the gates,
-        else a gate opens where its margin logit_open - logit_closed > gate_offset (router.gate_open; None:
-        the offset of the budget set at load, 0 without one). `max_layers`: route's per-row hard cap."""
+                  gate_offset: float | np.ndarray | None = None, max_layers=None,
+                  exit_threshold: float | np.ndarray | None = None) -> BatchResult:
+        """One right-padded batch: logits (B, C) and the layers each row ran (B, L). Gated models: `forced`
+        (B, L) 0/1 sets the gates, else a gate opens where its margin logit_open - logit_closed > gate_offset
+        (router.gate_open; None: the offset of the budget set at load, 0 without one). Early-exit models: a row
+        stops at the first exit whose entropy < exit_threshold (hadskip.runtime.exits; None: the budget's set at
+        load). Static models run every layer on every row. `max_layers`: a per-row hard cap. Options of another
+        route are refused in one line."""
+        route_kind = self.route
+        if np.shape(input_ids)[0] == 0:  # an empty batch: nothing to run (a graph would fail on 0 rows)
+            row_lengths(attention_mask)
+            return BatchResult(np.zeros((0, len(self.labels)), dtype=np.float32),
+                               np.zeros((0, self.num_layers), dtype=bool))
+        if exit_threshold is not None and route_kind != "early-exit":
+            raise HadSkipError(f"exit_threshold is for early-exit models; {self._where} is a {route_kind} model")
+        if route_kind != "gated" and (forced is not None or gate_offset is not None):
+            raise HadSkipError(f"{self._where} is a {route_kind} model without gates: forced gates and gate "
+                               "offsets do not apply (use a budget)")
+        if route_kind == "early-exit":
+            threshold = self.exit_threshold if exit_threshold is None else exit_threshold
+            return route_exits(self.backend, input_ids, attention_mask, token_type_ids, threshold, max_layers)
+        if route_kind == "static":
+            if max_layers is not None and (np.asarray(max_layers) < self.num_layers).any():
+                raise HadSkipError(self._static_cap_message(max_layers))
+            forced = np.ones((np.shape(input_ids)[0], self.num_layers), dtype=bool)
         offset = self.gate_offset if gate_offset is None else gate_offset
         return route(self.backend, input_ids, attention_mask, token_type_ids, forced, offset, max_layers)
 
+    def _static_cap_message(self, max_layers) -> str:
+        return (f"{self._where} is a static model that runs its {self.num_layers} layers for every input: "
+                f"max_layers must be at least {self.num_layers}, got {np.min(max_layers)}")
+
     def check_max_layers(self, max_layers) -> int | None:
-        """A hard cap on the layers any row runs: a whole number within 0..L (None: no cap), else HadSkipError."""
+        """A hard cap on the layers any row runs: a whole number within 0..L (None: no cap), else HadSkipError.
+        An early-exit model runs at least 1 layer; a static one all of its L."""
         if max_layers is None:
             return None
+        low = {"early-exit": 1, "static": self.num_layers}.get(self.route, 0)
         if isinstance(max_layers, bool) or not isinstance(max_layers, (int, np.integer)) \
                 or not 0 <= max_layers <= self.num_layers:
-            raise HadSkipError(f"max_layers must be a whole number of layers within 0..{self.num_layers}, "
+            raise HadSkipError(f"max_layers must be a whole number of layers within {low}..{self.num_layers}, "
                                f"got {max_layers!r}")
+        if max_layers < low:
+            raise HadSkipError(self._static_cap_message(max_layers) if self.route == "static" else
+                               f"{self._where} is an early-exit model: a row runs at least 1 layer, so max_layers "
+                               f"must be within 1..{self.num_layers}, got {max_layers}")
         return int(max_layers)
+
+    def _knob(self, knob) -> dict:
+        """run_batch's keyword for a knob from offset_for: gate_offset, exit_threshold, or none (static)."""
+        return {"gated": {"gate_offset": knob}, "early-exit": {"exit_threshold": knob}}.get(self.route, {})
 
     def encode(self, inputs: Sequence[TextInput]) -> Encoded:
         return self.encoder.encode(inputs)
@@ -250,8 +301,8 @@ class Runtime:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             ids, mask, tt = self.encoder.pad_batch(enc, rows)
-            res = self.run_batch(ids, mask, tt, gate_offset=offsets[rows] if per_row else offset,
-                                 max_layers=None if caps is None else caps[rows])
+            res = self.run_batch(ids, mask, tt, max_layers=None if caps is None else caps[rows],
+                                 **self._knob(offsets[rows] if per_row else offset))
             if res.logits.shape[1] != len(self.labels):
                 raise HadSkipError(f"the head gives {res.logits.shape[1]} logits for {len(self.labels)} labels")
             probs[rows], gates[rows], logits[rows] = softmax(res.logits), res.gates, res.logits

@@ -211,6 +211,30 @@ def write_dial(run_dir: str | Path, dial: Dial) -> Path:
     return f
 
 
+def static_budget(budget, num_layers: int, where: str, teacher_layers: int | None = None) -> float:
+    """A static model (route "static": every row runs its num_layers layers) has no knob: a budget of its own
+    layer count (within RANGE_SLACK) gives 0.0, any other one is a DialError."""
+    b = _budget_number(budget)
+    if abs(b - num_layers) <= RANGE_SLACK:
+        return 0.0
+    of = f", the first {num_layers} of its teacher's {teacher_layers}" if teacher_layers else ""
+    raise DialError(f"{where} is a static model that runs {num_layers} layers for every input{of}: it takes no "
+                    f"budget but {num_layers}, got {b:g}")
+
+
+def resolve_knob(route: str, dial: Dial | None, budget, where: str, num_layers: int,
+                 teacher_layers: int | None = None) -> float:
+    """The knob for `budget` (None: 0.0) on a model of this route (hadskip.runtime.routes): the gate
+    offset (gated) or the exit threshold (early-exit) through the dial; static models take only their own K."""
+    if route == "static" and budget is not None:
+        return static_budget(budget, num_layers, where, teacher_layers)
+    if route == "early-exit" and budget is not None and dial is None:
+        _budget_number(budget)
+        raise DialError(f"{where} has no exit dial: export the early-exit run again (`hadskip export` calibrates "
+                        "it on dev)")
+    return resolve_offset(dial, budget, where)
+
+
 def resolve_offset(dial: Dial | None, budget, where: str) -> float:
     """The gate offset for `budget` (None: offset 0, the trained rule) from `dial`; DialError when there is no
     dial or the budget is outside its range."""

@@ -7,6 +7,7 @@
     MODEL/layers/NN.onnx   hidden, attention_mask -> hidden_out   (same io names for every layer)
     MODEL/gates/NN.onnx    hidden, attention_mask -> gate_logits  (B, 2) closed, open: router.gate_open decides
     MODEL/head.onnx        hidden, attention_mask -> logits
+    MODEL/exits/NN.onnx    hidden, attention_mask -> logits   (route "early-exit": the exit after layer NN+1)
     MODEL/engines/...      TensorRT plans (engine "trt")
     MODEL/baseline/...     the full model exported by optimum-onnx (--with-baseline): units["baseline"] is
                            baseline/model.onnx, one graph input_ids, attention_mask[, token_type_ids] -> logits,
@@ -18,6 +19,10 @@
 
 The optional field "dial" holds the budget dial (hadskip.runtime.dial; its own "format" number versions it):
 absent or null in model dirs exported without one, which load as before.
+
+The optional field "route" (absent or null: "gated", as before): "static" or "early-exit", see
+hadskip.runtime.routes. An older hadskip refuses those two in one line (their gate list does not fit
+num_layers), so they need no schema bump.
 
 Loading bounds the JSON before parsing it (its size, nesting depth, the digits of an integer; NaN and
 infinities are refused), then checks the schema version, the type of every field (a bool is not an integer),
@@ -42,6 +47,7 @@ from hadskip.errors import HadSkipError
 from hadskip.runtime.bounded_json import JsonBoundsError, first_non_finite, loads_bounded
 from hadskip.runtime.dial import Dial, DialError
 from hadskip.runtime.files import sha256_file  # noqa: F401  (also imported from here by export and tests)
+from hadskip.runtime.routes import route_problem
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -63,6 +69,7 @@ IO = {
     "layer": {"inputs": ["hidden", "attention_mask"], "outputs": ["hidden_out"]},
     "gate": {"inputs": ["hidden", "attention_mask"], "outputs": ["gate_logits"]},
     "head": {"inputs": ["hidden", "attention_mask"], "outputs": ["logits"]},
+    "exit": {"inputs": ["hidden", "attention_mask"], "outputs": ["logits"]},  # an early-exit model's exit heads
 }
 
 
@@ -82,7 +89,8 @@ class Manifest:
     opset: int
     units: dict  # {"embeddings": path, "layers": [paths], "gates": [paths], "head": path,
     #                "tokenizer": path, "engines": {...} | None, "baseline": path | None,
-    #                "gate_form": "separate" | "fused" (absent: separate; fused: hadskip.export.fuse_gates)}
+    #                "gate_form": "separate" | "fused" (absent: separate; fused: hadskip.export.fuse_gates),
+    #                "exits": [paths] (route "early-exit" only)}
     files: dict = field(default_factory=dict)  # relative path -> {"sha256": hex, "bytes": int}
     budget: float | None = None
     io: dict = field(default_factory=lambda: json.loads(json.dumps(IO)))
@@ -97,10 +105,15 @@ class Manifest:
     export: dict = field(default_factory=dict)  # options and validation shapes/tolerances of the export
     dial: dict | None = None  # the budget dial (hadskip.runtime.dial.Dial as a dict, versioned by its "format")
     quantization: dict = field(default_factory=dict)  # int8: tool, settings, per-unit ops, the dev check vs fp32
+    route: dict | None = None  # how rows go through the layers (module docstring; None: gated)
 
     @property
     def num_layers(self) -> int:
         return int(self.backbone["num_layers"])
+
+    @property
+    def route_kind(self) -> str:
+        return (self.route or {}).get("kind", "gated")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -144,9 +157,7 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> Manifest:
     check_types(data, f)
     _check_fields(manifest, f)
     manifest_dial(manifest, f)
-    if len(manifest.units["layers"]) != manifest.num_layers or len(manifest.units["gates"]) != manifest.num_layers:
-        raise ManifestError(f"{f} lists {len(manifest.units['layers'])} layers and "
-                            f"{len(manifest.units['gates'])} gates for a {manifest.num_layers}-layer model")
+    check_route(manifest, f)
     for rel in dict.fromkeys([*manifest.files, *unit_files(manifest)]):
         check_inside(real_root, root / rel)
     if verify:
@@ -207,6 +218,13 @@ def manifest_dial(manifest: Manifest, f: Path | str = MANIFEST):
     return dial
 
 
+def check_route(manifest: Manifest, f: Path | str = MANIFEST) -> None:
+    """The route and the units it needs (hadskip.runtime.routes): L gates (gated) or none; L-1 exits or none."""
+    problem = route_problem(manifest.route, manifest.num_layers, manifest.units, manifest.dial is not None)
+    if problem:
+        raise ManifestError(f"{f}{problem}")
+
+
 def check_inside(real_root: Path, path: Path) -> None:
     """Refuse `path` when it (through a symlink anywhere on the way) resolves outside the model dir. A model dir
     that is a snapshot of the Hugging Face hub cache (HF_HUB_CACHE/models--OWNER--NAME/snapshots/COMMIT, see
@@ -227,11 +245,11 @@ def check_inside(real_root: Path, path: Path) -> None:
 def unit_files(manifest: Manifest) -> list[str]:
     """Every file the units name: graphs, tokenizer, TensorRT plans (engine "trt") and the baseline graph."""
     u = manifest.units
-    rels = [u["embeddings"], u["head"], u["tokenizer"], *u["layers"], *u["gates"]]
+    rels = [u["embeddings"], u["head"], u["tokenizer"], *u["layers"], *u["gates"], *(u.get("exits") or [])]
     engines = u.get("engines")
     if manifest.engine == "trt" and isinstance(engines, dict):
         rels += [engines[k] for k in ("embeddings", "head") if engines.get(k)]
-        rels += [*engines.get("layers", []), *engines.get("gates", [])]
+        rels += [*engines.get("layers", []), *engines.get("gates", []), *engines.get("exits", [])]
     if u.get("baseline"):
         rels.append(u["baseline"])
     return rels
@@ -267,7 +285,7 @@ TOP_TYPES = {
     "budget": (_optional(_is_number), "a number or null"), "io": _DICT, "validation": _DICT,
     "optimization": _DICT, "tools": _DICT, "created": _STR, "tokenization": _DICT, "io_types": _DICT,
     "export": _DICT, "dial": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
-    "quantization": _DICT,
+    "quantization": _DICT, "route": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
 }
 BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are checked when present
     "num_layers": _POS, "hidden_size": _POS, "name": _STR, "model_type": _STR, "num_heads": _POS,
@@ -280,11 +298,13 @@ BACKBONE_TYPES = {  # num_layers and hidden_size are required; the others are ch
 UNIT_TYPES = {"embeddings": _PATH, "layers": _PATHS, "gates": _PATHS, "head": _PATH, "tokenizer": _PATH,
               "engines": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
               "baseline": (_optional(_PATH[0]), "a relative file path or null"),
-              "gate_form": (lambda v: v in GATE_FORMS, f"one of {', '.join(GATE_FORMS)}")}
-ENGINE_TYPES = {"embeddings": _PATH, "head": _PATH, "layers": _PATHS, "gates": _PATHS}
+              "gate_form": (lambda v: v in GATE_FORMS, f"one of {', '.join(GATE_FORMS)}"), "exits": _PATHS}
+ENGINE_TYPES = {"embeddings": _PATH, "head": _PATH, "layers": _PATHS, "gates": _PATHS, "exits": _PATHS}
 FILE_TYPES = {"sha256": (lambda v: isinstance(v, str) and len(v) == 64 and not set(v) - set("0123456789abcdef"),
                          "64 lowercase hex digits"),
               "bytes": (lambda v: _is_int(v) and v >= 0, "a non-negative integer")}
+ROUTE_TYPES = {"kind": _STR, "rule": _STR, "run_kind": _STR,
+               "teacher_layers": (_optional(_is_int), "an integer or null")}
 REQUIRED = {"backbone": ("num_layers", "hidden_size"), "units": UNIT_KEYS, "files": ("sha256", "bytes")}
 
 
@@ -313,6 +333,8 @@ def check_types(data: dict, f: Path) -> None:
     _check_object(data, TOP_TYPES, "", f)
     _check_object(data["backbone"], BACKBONE_TYPES, "backbone.", f, REQUIRED["backbone"])
     _check_object(data["units"], UNIT_TYPES, "units.", f, REQUIRED["units"])
+    if isinstance(data.get("route"), dict):
+        _check_object(data["route"], ROUTE_TYPES, "route.", f, ("kind",))
     engines = data["units"].get("engines")
     if isinstance(engines, dict):
         _check_object(engines, ENGINE_TYPES, "units.engines.", f)

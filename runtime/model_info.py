@@ -30,6 +30,8 @@ class ModelInfo:
     source: str = ""  # the folder it was loaded from, for messages
     dial_problem: str = ""  # why a dial that is there cannot be used (raised when a budget is asked for)
     trained_avg_layers: dict | None = None  # {"dev", "test"} layers the run averaged when trained (None: unknown)
+    route: str = "gated"  # "gated" | "static" | "early-exit" (hadskip.runtime.routes)
+    teacher_layers: int | None = None  # static / early-exit: the teacher's layer count (None: not recorded)
 
 
 def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
@@ -42,7 +44,9 @@ def info_from_manifest(path: Path, manifest: Manifest) -> ModelInfo:
                      type_vocab_size=manifest.backbone.get("type_vocab_size"),
                      token_types=manifest_token_types(manifest.backbone), budget=manifest.budget,
                      manifest=manifest, dial=manifest_dial(manifest, path / MANIFEST), source=str(path),
-                     trained_avg_layers=_trained_avg_layers((manifest.export or {}).get("trained_avg_layers")))
+                     trained_avg_layers=_trained_avg_layers((manifest.export or {}).get("trained_avg_layers")),
+                     route=manifest.route_kind, teacher_layers=(manifest.route or {}).get("teacher_layers"))
+
 
 
 def _trained_avg_layers(x) -> dict | None:

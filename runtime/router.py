@@ -97,6 +97,18 @@ def cap_gates(g: np.ndarray, used: np.ndarray, max_layers: int | np.ndarray | No
     return g & (used < np.asarray(max_layers))
 
 
+def trim_batch(input_ids, attention_mask, token_type_ids=None) -> tuple:
+    """(ids, mask, token types, lengths (B,)): int64 copies cut to the longest row (right padding checked)."""
+    ids = np.asarray(input_ids, dtype=np.int64)
+    lengths = row_lengths(attention_mask)
+    t = max(1, int(lengths.max(initial=0)))  # trim the batch to its longest row
+    ids = np.ascontiguousarray(ids[:, :t])
+    mask = np.ascontiguousarray(np.asarray(attention_mask, dtype=np.int64)[:, :t])
+    tt = np.zeros_like(ids) if token_type_ids is None else \
+        np.ascontiguousarray(np.asarray(token_type_ids, dtype=np.int64)[:, :t])
+    return ids, mask, tt, lengths
+
+
 def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
           forced: np.ndarray | None = None, gate_offset: float | np.ndarray = 0.0,
           max_layers: int | np.ndarray | None = None) -> BatchResult:
@@ -106,14 +118,8 @@ def route(backend: Backend, input_ids: np.ndarray, attention_mask: np.ndarray, t
     A backend with `run_routed(ids, mask, tt, gate_offset, max_layers)` may run the whole (trimmed) batch itself,
     applying this rule and cap on its device (hadskip.modeling.cuda_conditional, pinned by
     tests/test_cuda_conditional.py); it returns (logits, gates), or None to have this loop run it."""
-    ids = np.asarray(input_ids, dtype=np.int64)
-    lengths = row_lengths(attention_mask)
-    t = max(1, int(lengths.max(initial=0)))  # trim the batch to its longest row
+    ids, mask, tt, lengths = trim_batch(input_ids, attention_mask, token_type_ids)
     b, n_layers = ids.shape[0], backend.num_layers
-    ids = np.ascontiguousarray(ids[:, :t])
-    mask = np.ascontiguousarray(np.asarray(attention_mask, dtype=np.int64)[:, :t])
-    tt = np.zeros_like(ids) if token_type_ids is None else \
-        np.ascontiguousarray(np.asarray(token_type_ids, dtype=np.int64)[:, :t])
     if forced is not None:
         forced = np.asarray(forced) != 0
         if forced.shape != (b, n_layers):

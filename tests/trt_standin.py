@@ -183,6 +183,7 @@ IO = {  # unit kind -> [(name, is_input, dtype)]
     "gate": [("hidden", True, DataType.FLOAT), ("attention_mask", True, DataType.INT64),
              ("gate_logits", False, DataType.FLOAT)],
     "head": [("hidden", True, DataType.FLOAT), ("logits", False, DataType.FLOAT)],  # the mask is not used
+    "exit": [("hidden", True, DataType.FLOAT), ("logits", False, DataType.FLOAT)],  # an early-exit model's
 }
 
 
@@ -199,6 +200,9 @@ def unit(kind: str, index: int, inputs: dict[str, np.ndarray]) -> np.ndarray:
         mean = (h * mask[..., None]).sum((1, 2)) / (np.maximum(mask.sum(1), 1) * h.shape[2])
         threshold = 0.47 + 0.01 * index  # near the typical row mean: rows split
         return np.stack([np.full_like(mean, threshold), mean], axis=1)  # open when the mean is above it
+    if kind == "exit":  # (B, 2): confidence grows with the first token's id; exit 1 is timid, so rows that go on
+        h = inputs["hidden"][:, 0, 0]  # after exit 0 mostly pass exit 1 and leave at exit 2
+        return np.stack([h * (2.0, 0.3, 4.0)[index % 3], np.zeros_like(h)], axis=1)
     return inputs["hidden"][:, 0, :2] * 3.0  # head: (B, 2)
 
 

@@ -56,6 +56,7 @@ def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
     or a model dir with a torch/ folder. options: hadskip.runtime.backends.BackendOptions (threads, device,
     verify are used)."""
     from hadskip.runtime.model_info import ModelInfo, info_from_manifest
+    from hadskip.runtime.routes import route_of_run
     from hadskip.runtime.dial import DialError, read_dial
     from hadskip.runtime.manifest import load_manifest
 
@@ -71,7 +72,7 @@ def open_backend(path: Path, options) -> tuple[TorchBackend, object]:
                          pad_token_id=model.config.hf_config.get("pad_token_id"),
                          type_vocab_size=model.config.hf_config.get("type_vocab_size"),
                          token_types=model.family.uses_token_types(model.config.hf_config), budget=run_info.budget,
-                         source=str(path))
+                         source=str(path), route=route_of_run(run_info.kind))  # budgeted/early exit: not gated
         try:  # a dial that does not fit matters only when a budget is asked for
             info.dial = read_dial(path, path / "model.safetensors")
         except DialError as exc:

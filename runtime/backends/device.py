@@ -135,7 +135,8 @@ class PointerBackend:
         _, seq, hid = h.shape
         es = h.dtype.itemsize
         src_pitch, width = seq * hid * es, t * hid * es
-        sub = self._tensor("sub_in", (len(rows), t, hid), "hidden")
+        # into sub_in, or sub_out when h is in sub_in (the exit loop gathers a sub-batch again): never onto itself
+        sub = self._tensor("sub_out" if h.slot == "sub_in" else "sub_in", (len(rows), t, hid), "hidden")
         j = 0
         for first, n in row_runs(rows):
             self.mem.copy2d(sub.ptr + j * width, width, h.ptr + first * src_pitch, src_pitch, width, n)
@@ -153,9 +154,16 @@ class PointerBackend:
         return h
 
     def run_head(self, h: DeviceTensor, attention_mask) -> np.ndarray:
+        return self._logits(("head", 0), h, attention_mask)
+
+    def run_exit(self, i: int, h: DeviceTensor, attention_mask) -> np.ndarray:
+        """Exit head i of an early-exit model (its graph has the head's io and dtype)."""
+        return self._logits(("exit", i), h, attention_mask)
+
+    def _logits(self, key: tuple[str, int], h: DeviceTensor, attention_mask) -> np.ndarray:
         b = h.shape[0]
         out = self._tensor("head", (b, self.num_labels), "head")
-        self._run_unit(("head", 0), {"hidden": h, "attention_mask": self._mask(attention_mask)}, {"logits": out})
+        self._run_unit(key, {"hidden": h, "attention_mask": self._mask(attention_mask)}, {"logits": out})
         logits = np.empty((b, self.num_labels), dtype=out.dtype)
         self.mem.d2h(logits, out.ptr)
         return logits.astype(np.float32)

@@ -60,10 +60,11 @@ def unit_paths(model_dir: Path, manifest: Manifest) -> dict[tuple[str, int], Pat
     paths = {("embeddings", 0): model_dir / u["embeddings"], ("head", 0): model_dir / u["head"]}
     paths.update({("layer", i): model_dir / p for i, p in enumerate(u["layers"])})
     paths.update({("gate", i): model_dir / p for i, p in enumerate(u["gates"])})
+    paths.update({("exit", i): model_dir / p for i, p in enumerate(u.get("exits") or [])})
     return paths
 
 
-REQUIRED_INPUT = {"embeddings": "input_ids", "layer": "hidden", "gate": "hidden", "head": "hidden"}
+REQUIRED_INPUT = {"embeddings": "input_ids", "layer": "hidden", "gate": "hidden", "head": "hidden", "exit": "hidden"}
 
 
 def check_io(model_dir: Path, manifest: Manifest, sessions: dict) -> None:
@@ -73,7 +74,8 @@ def check_io(model_dir: Path, manifest: Manifest, sessions: dict) -> None:
     ManifestError naming the unit, not an onnxruntime error at the first request."""
     paths = unit_paths(Path(model_dir), manifest)
     hidden = manifest.backbone["hidden_size"]
-    last_dim = {"embeddings": hidden, "layer": hidden, "gate": 2, "head": len(manifest.labels)}
+    last_dim = {"embeddings": hidden, "layer": hidden, "gate": 2, "head": len(manifest.labels),
+                "exit": len(manifest.labels)}
     for key, session in sessions.items():
         role = key[0]
         want = IO[role]
@@ -142,6 +144,10 @@ class OrtCpuBackend:
     def run_head(self, h, attention_mask) -> np.ndarray:
         return self._run(("head", 0), {"hidden": h, "attention_mask": attention_mask})
 
+    def run_exit(self, i, h, attention_mask) -> np.ndarray:
+        """Exit head i (after layer i) of an early-exit model: (B, num_labels) logits."""
+        return self._run(("exit", i), {"hidden": h, "attention_mask": attention_mask})
+
     def close(self) -> None:
         self.sessions.clear()
 
@@ -177,13 +183,13 @@ class OrtDeviceBackend(PointerBackend):
         self.device, self.device_id = memory.device, device_id
         self._bindings = {k: s.io_binding() for k, s in self.sessions.items()}
         layer0 = self.sessions[("layer", 0)]
-        gate0, head = self.sessions[("gate", 0)], self.sessions[("head", 0)]
+        gate0, head = self.sessions.get(("gate", 0)), self.sessions[("head", 0)]  # no gates: a static/exit model
         emb_in = self.inputs[("embeddings", 0)]
         dtypes = {
             "hidden": ORT_TYPES[layer0.get_outputs()[0].type],
             "mask": ORT_TYPES[self.inputs[("layer", 0)]["attention_mask"].type],
             "ids": ORT_TYPES[emb_in["input_ids"].type],
-            "gate": ORT_TYPES[gate0.get_outputs()[0].type],
+            "gate": ORT_TYPES[gate0.get_outputs()[0].type] if gate0 is not None else np.float32,
             "head": ORT_TYPES[head.get_outputs()[0].type],
         }
         num_labels = len(manifest.labels)

@@ -1,6 +1,7 @@
 """`trt`: TensorRT engines (one per unit, listed in manifest units["engines"]) on pre-allocated device buffers.
 
-    units["engines"] = {"embeddings": path, "layers": [paths], "gates": [paths], "head": path}   (plans)
+    units["engines"] = {"embeddings": path, "layers": [paths], "gates": [paths], "head": path,   (plans)
+                        "exits": [paths] (early-exit models)}
 
 Every execution context shares one activation scratch buffer (user-managed device memory): the units run one
 after another on one stream, so 2L+2 engines cost the scratch of the largest, not the sum. Hidden states
@@ -53,6 +54,7 @@ class TrtBackend(PointerBackend):
             paths = {("embeddings", 0): engines["embeddings"], ("head", 0): engines["head"]}
             paths.update({("layer", i): p for i, p in enumerate(engines["layers"])})
             paths.update({("gate", i): p for i, p in enumerate(engines["gates"])})
+            paths.update({("exit", i): p for i, p in enumerate(engines.get("exits") or [])})
         except (KeyError, TypeError) as exc:
             raise HadSkipError(f"manifest units['engines'] of {model_dir} is malformed ({exc!r})") from exc
         self.trt = trt
@@ -79,7 +81,9 @@ class TrtBackend(PointerBackend):
         self._no_graph: set[tuple] = set()  # keys whose capture failed: run plainly
         dt = {
             "hidden": self.io[("layer", 0)]["hidden_out"][1], "mask": self.io[("layer", 0)]["attention_mask"][1],
-            "ids": self.io[("embeddings", 0)]["input_ids"][1], "gate": self.io[("gate", 0)]["gate_logits"][1],
+            "ids": self.io[("embeddings", 0)]["input_ids"][1],
+            "gate": self.io[("gate", 0)]["gate_logits"][1] if ("gate", 0) in self.io
+            else np.float32,  # no gates: a static or early-exit model
             "head": self.io[("head", 0)]["logits"][1],
         }
         super().__init__(memory, num_layers=manifest.num_layers, hidden_size=int(manifest.backbone["hidden_size"]),

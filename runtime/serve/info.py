@@ -71,6 +71,8 @@ def info_body(state) -> dict:
            "served_avg_layers": served_avg_layers(state)}
     policy = getattr(getattr(state, "batcher", None), "policy", None)
     out["latency"] = None if policy is None else latency_body(state.batcher)
+    out["route"] = {"kind": getattr(info, "route", "gated"), "layers": int(rt.num_layers),
+                    "teacher_layers": getattr(info, "teacher_layers", None)}  # static / early-exit: docs/guide.md
     dial = getattr(info, "dial", None)
     if dial is not None:
         out["dial"] = {"range": list(dial.budget_range), "metric": dial.metric, "split": dial.split,

@@ -123,7 +123,7 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     require("fastapi", "serve", "hadskip serve-local")
     require("fastapi_offline", "serve", "hadskip serve-local")
     from hadskip.runtime.core import Runtime
-    from hadskip.runtime.dial import resolve_offset
+    from hadskip.runtime.dial import resolve_knob
     from hadskip.runtime.manifest import load_manifest, manifest_dial
     from hadskip.runtime.serve import logs
     from hadskip.runtime.serve.app import create_app
@@ -136,7 +136,8 @@ def serve(model_dir: str | Path, config: ServeConfig, warn: Callable[[str], None
     name = given if not Path(given).expanduser().exists() else model_dir.name  # a hub repo id names itself
     if config.backend != "torch":
         manifest = load_manifest(model_dir, verify=False)  # a wrong dir fails here in one line; the load checks
-        resolve_offset(manifest_dial(manifest), config.budget, str(model_dir))  # the sha256s; a bad --budget too
+        resolve_knob(manifest.route_kind, manifest_dial(manifest), config.budget, str(model_dir),  # the sha256s;
+                     manifest.num_layers, (manifest.route or {}).get("teacher_layers"))  # a bad --budget too
         if config.latency_target_ms is not None:  # no dial, or a floor off it: one line before serving
             from hadskip.runtime.serve.latency import LatencyPolicy
 

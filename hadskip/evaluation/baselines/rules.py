@@ -19,16 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """(N, L, C) -> (N, L) prediction entropy (nats)."""
-    return -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(-1)
-
-
-def exit_layers(ent: np.ndarray, threshold: float) -> np.ndarray:
-    """0-based exit layer per input: the first layer whose entropy < threshold, else the last."""
-    below = ent < threshold
-    return np.where(below.any(axis=1), below.argmax(axis=1), ent.shape[1] - 1)
+# the entropy rule is the runtime's (one function for the baseline measured here and the exported model):
+# entropy (N, L, C) -> (N, L) nats; exit_layers(ent, threshold) -> the first layer whose entropy < threshold
+from hadskip.runtime.exits import entropy, exit_layers  # noqa: F401 (re-exported)
 
 
 def threshold_for(ent: np.ndarray, k: float, iters: int = 60) -> float:
