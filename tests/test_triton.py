@@ -276,6 +276,15 @@ def test_requests_share_an_execution_and_a_bad_one_fails_alone(server, rt):
                 results.append((r.as_numpy("LABEL_ID"), r.as_numpy("PROBS"), r.as_numpy("LAYERS")))
             except Exception as exc:  # noqa: BLE001 - tritonclient raises InferenceServerException
                 results.append(exc)
+        import time
+
+        deadline = time.monotonic() + 10  # the statistics may lag the answers on a busy machine
+        while True:
+            after = client.get_inference_statistics("batched")["model_stats"][0]["execution_count"]
+            if after != before or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # a second execution's count would have landed by now too
         after = client.get_inference_statistics("batched")["model_stats"][0]["execution_count"]
     finally:
         client.close()
