@@ -183,3 +183,18 @@ def hub_cache_standin(cache: str | Path, name: str, src: str | Path,
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(commit)
     return snap
+
+
+def tiny_teacher(root: str | Path, n_train: int = 64, n_eval: int = 24) -> dict:
+    """{"root", "backbone", "task", "teacher"}: a tiny backbone folder, a learnable folder task and a teacher
+    fine-tuned on it (2 epochs), under `root` (the start of every training test)."""
+    from hadskip.training.config import TrainConfig
+    from hadskip.training.finetune import finetune
+
+    root = Path(root)
+    backbone = tiny_backbone_dir(root / "backbone")
+    task = tiny_task_dir(root / "task", n_train=n_train, n_eval=n_eval)
+    teacher = root / "ft"
+    metrics = finetune(TrainConfig(backbone=str(backbone), task=str(task), out=str(teacher), max_len=32,
+                                   batch_size=16, epochs=2, lr=1e-3, progress=False))
+    return {"root": root, "backbone": backbone, "task": task, "teacher": teacher, "metrics": metrics}

@@ -12,9 +12,8 @@ from hadskip.errors import HadSkipError
 from hadskip.evaluation.compare.cascade import Stage, calibrated, threshold_for
 from hadskip.evaluation.compare.records import path_codes, path_diversity
 from hadskip.evaluation.compare.stats import mean_se, paired_bootstrap
-from hadskip.testing import tiny_backbone_dir, tiny_task_dir
+from hadskip.testing import tiny_teacher
 from hadskip.training.config import TrainConfig
-from hadskip.training.finetune import finetune
 
 # --------------------------------------------------------------------------------------------- cascade
 
@@ -105,13 +104,7 @@ def test_the_paired_bootstrap_sees_a_real_difference_and_not_a_fake_one():
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("study")
-    backbone = tiny_backbone_dir(root / "backbone")
-    task = tiny_task_dir(root / "task", n_train=64, n_eval=24)
-    teacher = root / "ft"
-    finetune(TrainConfig(backbone=str(backbone), task=str(task), out=str(teacher), max_len=32, batch_size=16,
-                         epochs=2, lr=1e-3, progress=False))
-    return {"root": root, "backbone": backbone, "task": task, "teacher": teacher}
+    return tiny_teacher(tmp_path_factory.mktemp("study"))
 
 
 def test_train_examples_is_one_subset_for_every_seed_and_leaves_dev_and_test_whole(env):

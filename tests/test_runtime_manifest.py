@@ -261,34 +261,11 @@ def test_cli_refuses_a_bad_model_dir_in_one_line(bert, tmp_path_factory, capsys,
 
 def test_triton_fails_only_the_request_with_text_without_tokens(bert, monkeypatch):
     # Triton's python backend module, faked: requests are {input name: (B, 1) bytes}; an execution batches them
-    import sys
-    import types
-
     import numpy as np
 
-    fake = types.ModuleType("triton_python_backend_utils")
+    from test_runtime_support import fake_triton
 
-    class TritonError:
-        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
-
-        def __init__(self, message, code=None):
-            self.message, self.code = message, code
-
-    class InferenceResponse:
-        def __init__(self, output_tensors, error=None):
-            self.outputs, self.error = {t.name: t.value for t in output_tensors}, error
-
-    class Tensor:
-        def __init__(self, name, value):
-            self.name, self.value = name, value
-
-        def as_numpy(self):
-            return self.value
-
-    fake.TritonError, fake.InferenceResponse, fake.Tensor = TritonError, InferenceResponse, Tensor
-    fake.get_input_tensor_by_name = lambda request, name: (Tensor(name, request[name]) if name in request else None)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    monkeypatch.delitem(sys.modules, "hadskip.triton.model", raising=False)
+    fake_triton(monkeypatch)
     from hadskip.triton.model import TritonPythonModel
 
     model = TritonPythonModel()

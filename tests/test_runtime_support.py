@@ -144,3 +144,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def fake_triton(monkeypatch) -> None:
+    """Triton's python backend module, faked: a request is {input name: array}; responses keep their tensors."""
+    import sys
+    import types
+
+    fake = types.ModuleType("triton_python_backend_utils")
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.outputs, self.error = {t.name: t.value for t in output_tensors}, error
+
+    class Tensor:
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def as_numpy(self):
+            return self.value
+
+    fake.TritonError, fake.InferenceResponse, fake.Tensor = TritonError, InferenceResponse, Tensor
+    fake.get_input_tensor_by_name = lambda request, name: (Tensor(name, request[name]) if name in request else None)
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    monkeypatch.delitem(sys.modules, "hadskip.triton.model", raising=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from hadskip.errors import HadSkipError
 from hadskip.runtime import Runtime
 from hadskip.runtime.dial import DialError
 from hadskip.runtime.manifest import ManifestError, load_manifest
-from hadskip.testing import tiny_backbone_dir, tiny_task_dir
+from hadskip.testing import tiny_teacher
 
 L = 3  # the tiny teacher's layers
 
@@ -32,17 +31,11 @@ def env(tmp_path_factory):
 
     from hadskip.evaluation.baselines import BaselineConfig, train_budgeted_exit, train_exit_model
     from hadskip.export import export_model
-    from hadskip.training.config import TrainConfig
-    from hadskip.training.finetune import finetune
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("ship")
-    backbone = tiny_backbone_dir(root / "backbone")
-    task = tiny_task_dir(root / "task", n_train=64, n_eval=48)
-    teacher = root / "ft"
-    finetune(TrainConfig(backbone=str(backbone), task=str(task), out=str(teacher), max_len=32, batch_size=16,
-                         epochs=2, lr=1e-3, progress=False))
+    made = tiny_teacher(tmp_path_factory.mktemp("ship"), n_eval=48)
+    root, task, teacher = made["root"], made["task"], made["teacher"]
     base = dict(teacher=str(teacher), epochs=1, batch_size=16, progress=False)
     for k in (2, 3):
         train_budgeted_exit(BaselineConfig(out=str(root / f"be{k}"), **base), k)
@@ -412,40 +405,15 @@ def test_the_trt_backend_runs_the_exit_loop(tmp_path, monkeypatch, graphs):
 
 # ------------------------------------------------------------------------------------------ Triton's model.py
 
-def _fake_triton(monkeypatch):
-    """Triton's python backend module, faked: a request is {input name: array}; responses keep their tensors."""
-    fake = types.ModuleType("triton_python_backend_utils")
-
-    class TritonError:
-        INVALID_ARG, INTERNAL = "INVALID_ARG", "INTERNAL"
-
-        def __init__(self, message, code=None):
-            self.message, self.code = message, code
-
-    class InferenceResponse:
-        def __init__(self, output_tensors, error=None):
-            self.outputs, self.error = {t.name: t.value for t in output_tensors}, error
-
-    class Tensor:
-        def __init__(self, name, value):
-            self.name, self.value = name, value
-
-        def as_numpy(self):
-            return self.value
-
-    fake.TritonError, fake.InferenceResponse, fake.Tensor = TritonError, InferenceResponse, Tensor
-    fake.get_input_tensor_by_name = lambda request, name: (Tensor(name, request[name]) if name in request else None)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    monkeypatch.delitem(sys.modules, "hadskip.triton.model", raising=False)
-
-
 @pytest.mark.parametrize("name, budget", [("m-be2", None), ("m-ee", 1.5)])
 def test_triton_repo_serves_both_routes(env, tmp_path, monkeypatch, name, budget):
     """`hadskip triton-repo` on a static and an early-exit model dir; the repository's model.py (under a faked
     Triton stub) answers what Runtime.predict answers, LAYERS included."""
     from hadskip.triton.repo import TritonRepoConfig, write_repo
 
-    _fake_triton(monkeypatch)
+    from test_runtime_support import fake_triton
+
+    fake_triton(monkeypatch)
     target = write_repo(env[name], tmp_path / "repo", TritonRepoConfig(max_batch=8))
     sys.path.insert(0, str(target / "1"))
     monkeypatch.delitem(sys.modules, "model", raising=False)

@@ -13,23 +13,16 @@ import torch
 
 from hadskip.modeling.checkpoint import load_run, read_info
 from hadskip.errors import HadSkipError
-from hadskip.testing import tiny_backbone_dir, tiny_task_dir
-from hadskip.training.config import HadSkipConfig, TrainConfig
-from hadskip.training.finetune import finetune
+from hadskip.training.config import HadSkipConfig
 from hadskip.training.schedule import homotopy_schedule
 from hadskip.training.stages import train_hadskip
+from hadskip.testing import tiny_teacher
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("train")
-    backbone = tiny_backbone_dir(root / "backbone")
-    task = tiny_task_dir(root / "task", n_train=64, n_eval=24)
-    teacher = root / "ft"
-    metrics = finetune(TrainConfig(backbone=str(backbone), task=str(task), out=str(teacher), max_len=32,
-                                   batch_size=16, epochs=2, lr=1e-3, progress=False))
-    return {"root": root, "backbone": backbone, "task": task, "teacher": teacher, "metrics": metrics}
+    return tiny_teacher(tmp_path_factory.mktemp("train"))
 
 
 def test_homotopy_schedule():

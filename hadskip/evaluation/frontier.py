@@ -16,14 +16,31 @@ STYLE = {  # method -> (label, matplotlib format)
 }
 
 
-def plot_frontier(result: dict, path: str | Path) -> Path:
+def _axes():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def _save(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str, legend_size: int, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_frontier(result: dict, path: str | Path) -> Path:
+    fig, ax = _axes()
     others = {m: (m, "v-") for m in result["curves"] if m not in STYLE}  # HadSkip variants
     for method, (label, fmt) in {**STYLE, **others}.items():
         pts = result["curves"].get(method) or []
@@ -33,27 +50,14 @@ def plot_frontier(result: dict, path: str | Path) -> Path:
         ax.plot(xs, ys, fmt, label=label, markersize=8 if method in ("hadskip", "full") else 4, linewidth=1.5)
     for k in {r["budget"] for r in result["rows"] if r["method"] != "full"}:
         ax.axvline(k, color="0.85", linewidth=0.8, zorder=0)
-    ax.set_xlabel("average layers used (test)")
-    ax.set_ylabel(f"{result['metric']} (test)")
-    ax.set_title(f"{result['task']}: accuracy-compute frontier ({result['num_layers']} layers)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "average layers used (test)", f"{result['metric']} (test)",
+                 f"{result['task']}: accuracy-compute frontier ({result['num_layers']} layers)", 8, 120)
 
 
 def plot_dev_curves(curves: dict, path: str | Path) -> Path:
     """dev_curves.png: the dev metric of every run of one comparison over its training epochs (HadSkip: stage III
     epochs; the multi-exit model: each exit), to show whether each method had converged."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     for name, pts in sorted(curves.items()):
         if not pts:
             continue
@@ -63,12 +67,4 @@ def plot_dev_curves(curves: dict, path: str | Path) -> Path:
                 ax.plot(xs, [p[1][i] for p in pts], ":", linewidth=1, label=f"{name} exit {i + 1}")
         else:
             ax.plot(xs, [p[-2] if len(p) == 4 else p[1] for p in pts], "o-", markersize=3, label=name)
-    ax.set_xlabel("training epochs (HadSkip: stage III)")
-    ax.set_ylabel("dev metric")
-    ax.set_title("dev curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, "training epochs (HadSkip: stage III)", "dev metric", "dev curves", 6, 110)
