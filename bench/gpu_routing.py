@@ -98,20 +98,6 @@ class Env:
 
 # -- parity ----------------------------------------------------------------------------------------------------
 
-class Margins:
-    """Keeps the margins (logit_open - logit_closed) a backend's run_gate returns, per call."""
-
-    def __init__(self, backend):
-        self.seen: list[np.ndarray] = []
-        self.run_gate = backend.run_gate
-        backend.run_gate = self
-
-    def __call__(self, i, h, mask):
-        z = self.run_gate(i, h, mask)
-        self.seen.append(z[:, 1].astype(np.float64) - z[:, 0])
-        return z
-
-
 def reference_runtime(run: Path, work: Path, want_ort: bool):
     """(Runtime, name): ort-cpu on the run's ONNX export where the export can run here, else torch on the CPU."""
     import importlib.util
@@ -139,9 +125,10 @@ def parity(env: Env, run: Path, work: Path, seq: int, dtypes: list[str], want_or
     from hadskip.modeling.checkpoint import load_run
     from hadskip.modeling.torch_backend import TIE_MARGIN
     from hadskip.runtime.router import route
+    from hadskip.testing import GateMargins
 
     ref, ref_name = reference_runtime(run, work, want_ort)
-    margins = Margins(ref.backend)
+    margins = GateMargins(ref.backend)
     report = {"reference": ref_name, "seq": seq, "cases": []}
     try:
         vocab = int(load_run(run)[0].config.hf_config["vocab_size"])

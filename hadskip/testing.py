@@ -198,3 +198,30 @@ def tiny_teacher(root: str | Path, n_train: int = 64, n_eval: int = 24) -> dict:
     metrics = finetune(TrainConfig(backbone=str(backbone), task=str(task), out=str(teacher), max_len=32,
                                    batch_size=16, epochs=2, lr=1e-3, progress=False))
     return {"root": root, "backbone": backbone, "task": task, "teacher": teacher, "metrics": metrics}
+
+
+def id_batch(rng, b: int, t: int = 12, vocab: int = 60):
+    """(ids, mask, token types) of b right-padded rows of random word ids, lengths 1..t (row 0 has t)."""
+    import numpy as np
+
+    lengths = rng.integers(1, t + 1, size=b)
+    lengths[0] = t
+    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = np.where(mask == 1, rng.integers(5, vocab, size=(b, t)), 0)
+    return ids, mask, np.zeros_like(ids)
+
+
+class GateMargins:
+    """Wraps a backend's run_gate to keep each gate's margins (logit_open - logit_closed, float64), per call."""
+
+    def __init__(self, backend):
+        self.backend, self.seen = backend, []
+        self.run_gate = backend.run_gate
+        backend.run_gate = self
+
+    def __call__(self, i, h, mask):
+        import numpy as np
+
+        z = self.run_gate(i, h, mask)
+        self.seen.append(z[:, 1].astype(np.float64) - z[:, 0])
+        return z

@@ -24,7 +24,7 @@ import cuda_standin  # noqa: E402
 from hadskip.modeling import cuda_conditional as cc  # noqa: E402
 from hadskip.modeling.torch_backend import TorchBackend  # noqa: E402
 from hadskip.runtime.router import cap_gates, gate_open, route  # noqa: E402
-from hadskip.testing import tiny_model  # noqa: E402
+from hadskip.testing import id_batch, tiny_model  # noqa: E402
 
 CXX = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
 needs_cxx = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the kernel source for the host")
@@ -176,14 +176,6 @@ def _device_gates(model, cuda, mode="dense", **kwargs) -> cc.DeviceGates:
                           stream=lambda: 0, **kwargs)
 
 
-def _batch(rng, b, t=12, vocab=60):
-    lengths = rng.integers(1, t + 1, size=b)
-    lengths[0] = t
-    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
-    ids = np.where(mask == 1, rng.integers(5, vocab, size=(b, t)), 0)
-    return ids, mask, np.zeros_like(ids)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model("bert")[0]
@@ -198,7 +190,7 @@ def test_one_graph_per_batch_equals_the_host_loop(host_lib, model, mode):
     dev = TorchBackend(model, "cpu", cuda_graphs="off", gate_graphs=gates)
     rng = np.random.default_rng(5)
     L = model.num_layers
-    batches = [_batch(rng, 1), _batch(rng, 7), _batch(np.random.default_rng(9), 7)]
+    batches = [id_batch(rng, 1), id_batch(rng, 7), id_batch(np.random.default_rng(9), 7)]
     mixed = calls = 0
     for ids, mask, tt in batches:
         b = len(ids)
@@ -228,7 +220,7 @@ def test_one_graph_per_batch_equals_the_host_loop(host_lib, model, mode):
 def test_the_outer_graph_is_wired_from_the_units(host_lib, model, mode):
     cuda = _standin(host_lib)
     gates = _device_gates(model, cuda, mode)
-    ids, mask, tt = _batch(np.random.default_rng(3), 4)
+    ids, mask, tt = id_batch(np.random.default_rng(3), 4)
     assert gates.run(ids, mask, tt) is None and gates.run(ids, mask, tt) is not None
     st, L = cuda.state, model.num_layers
     names = [c[0] for c in st.calls]
@@ -274,7 +266,7 @@ def test_the_outer_graph_is_wired_from_the_units(host_lib, model, mode):
 def _build_calls(host_lib, model) -> list[str]:
     cuda = _standin(host_lib)
     gates = _device_gates(model, cuda)
-    ids, mask, tt = _batch(np.random.default_rng(3), 2)
+    ids, mask, tt = id_batch(np.random.default_rng(3), 2)
     gates.run(ids, mask, tt)
     gates.run(ids, mask, tt)
     return [c[0] for c in cuda.state.calls if c[0] != "cuGraphLaunch"]
@@ -287,7 +279,7 @@ AFTER_A_FAILURE = RELEASES | {"nvrtcGetProgramLogSize", "nvrtcGetProgramLog"}  #
 @needs_cxx
 def test_a_failing_call_anywhere_falls_back_and_leaves_nothing_allocated(host_lib, model, capsys):
     calls = _build_calls(host_lib, model)
-    ids, mask, tt = _batch(np.random.default_rng(3), 2)
+    ids, mask, tt = id_batch(np.random.default_rng(3), 2)
     host = TorchBackend(model, "cpu", cuda_graphs="off")
     want = route(host, ids, mask, tt)
     checked = 0
@@ -322,7 +314,7 @@ def test_a_failing_launch_falls_back_too(host_lib, model, capsys):
     gates = _device_gates(model, cuda)
     dev = TorchBackend(model, "cpu", cuda_graphs="off", gate_graphs=gates)
     host = TorchBackend(model, "cpu", cuda_graphs="off")
-    ids, mask, tt = _batch(np.random.default_rng(4), 3)
+    ids, mask, tt = id_batch(np.random.default_rng(4), 3)
     capsys.readouterr()
     for _ in range(3):
         np.testing.assert_array_equal(route(dev, ids, mask, tt).gates, route(host, ids, mask, tt).gates)
@@ -395,7 +387,7 @@ def test_on_the_gpu_one_graph_equals_the_host_loop(mode):
     dev = TorchBackend(tiny_model("bert")[0], "cuda", device_gates=mode)
     assert dev.gate_graphs is not None, dev.device_gates_why
     rng = np.random.default_rng(0)
-    for ids, mask, tt in (_batch(rng, 1), _batch(rng, 8), _batch(rng, 32)):
+    for ids, mask, tt in (id_batch(rng, 1), id_batch(rng, 8), id_batch(rng, 32)):
         for offset in (0.0, 0.3, rng.normal(scale=0.5, size=len(ids))):
             for _ in range(3):
                 want = route(host, ids, mask, tt, gate_offset=offset)

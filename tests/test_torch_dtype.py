@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from hadskip.errors import HadSkipError  # noqa: E402
 from hadskip.modeling.torch_backend import TIE_MARGIN, TorchBackend  # noqa: E402
 from hadskip.runtime.router import route  # noqa: E402
-from hadskip.testing import tiny_model, tiny_run  # noqa: E402
+from hadskip.testing import GateMargins, tiny_model, tiny_run  # noqa: E402
 
 LOGIT_TOL = {"bf16": 0.05}  # measured on the tiny models: <= 0.011 (ModernBERT), <= 0.006 (the others)
 
@@ -26,26 +26,12 @@ def _batch(rng, b, t, vocab):
     return ids, mask, np.zeros_like(ids)
 
 
-class Margins:
-    """Wraps a backend's run_gate to keep each gate's fp32 margins (logit_open - logit_closed) along its route."""
-
-    def __init__(self, backend):
-        self.backend, self.seen = backend, []
-        self.run_gate = backend.run_gate
-        backend.run_gate = self
-
-    def __call__(self, i, h, mask):
-        z = self.run_gate(i, h, mask)
-        self.seen.append(z[:, 1].astype(np.float64) - z[:, 0])
-        return z
-
-
 @pytest.mark.parametrize("arch", ["bert", "deberta-v2", "modernbert"])
 def test_bf16_gates_agree_with_fp32_outside_the_tie_margin(arch):
     fp32 = TorchBackend(tiny_model(arch)[0], "cpu", cuda_graphs="off")
     bf16 = TorchBackend(tiny_model(arch)[0], "cpu", cuda_graphs="off", dtype="bf16")
     assert bf16.name == "torch-cpu-bf16" and next(bf16.model.layers[0].parameters()).dtype == torch.bfloat16
-    margins = Margins(fp32)
+    margins = GateMargins(fp32)
     vocab = int(fp32.model.config.hf_config["vocab_size"])
     rng = np.random.default_rng(0)
     rows = differ = 0

@@ -13,7 +13,7 @@ from hadskip.modeling.cuda_graphs import UnitGraphs  # noqa: E402
 from hadskip.errors import HadSkipError  # noqa: E402
 from hadskip.modeling.torch_backend import TorchBackend  # noqa: E402
 from hadskip.runtime.router import route  # noqa: E402
-from hadskip.testing import tiny_model  # noqa: E402
+from hadskip.testing import id_batch, tiny_model  # noqa: E402
 
 
 class ReplayGraphs(UnitGraphs):
@@ -39,13 +39,8 @@ class ReplayGraphs(UnitGraphs):
         pass
 
 
-def _batch(seed, b=7, t=12, vocab=60):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, t + 1, size=b)
-    lengths[0] = t
-    mask = (np.arange(t)[None, :] < lengths[:, None]).astype(np.int64)
-    ids = np.where(mask == 1, rng.integers(5, vocab, size=(b, t)), 0)
-    return ids, mask, np.zeros_like(ids)
+def _batch(seed, b=7):
+    return id_batch(np.random.default_rng(seed), b)
 
 
 @pytest.fixture(scope="module")
