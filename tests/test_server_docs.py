@@ -7,6 +7,7 @@ scripts/docs_screenshot.sh renders /docs in a headless browser with the network 
 from __future__ import annotations
 
 import re
+import time
 from html.parser import HTMLParser
 
 import httpx
@@ -98,8 +99,14 @@ def test_docs_pages_need_no_internet(server, page):
     urls = check_page(server.client, page)
     static = [u for u in urls if u.startswith(DOCS_STATIC + "/")]
     assert static, urls
-    after = server.client.get("/metrics", headers=headers).text  # the files are one endpoint, not "other"
-    assert static_requests(after) - static_requests(before) == len(static)
+    # the files are one endpoint, not "other"; a request is counted as its response ends, so wait for the last
+    deadline = time.monotonic() + 10
+    while True:
+        counted = static_requests(server.client.get("/metrics", headers=headers).text) - static_requests(before)
+        if counted >= len(static) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert counted == len(static)
 
 
 def static_requests(metrics_text: str) -> float:
