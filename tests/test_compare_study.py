@@ -244,3 +244,26 @@ def test_the_seed_statistics_pair_routes_at_any_budget(tmp_path):
         dirs.append(d)
     res = aggregate(per_seed, dirs, n_boot=50)
     assert [(p["route"], p["minus"], p["budget"]) for p in res["pairs"]] == [("hadskip", "budgeted-exit", k)]
+
+
+def test_the_route_to_deploy_stays_within_the_budget(tmp_path):
+    """At budget 2.5 budgeted exit rounds to 3 layers: better on dev, but over the budget, so not recommended."""
+    from hadskip.evaluation.compare.records import record, save_records
+    from hadskip.evaluation.compare.seeds import aggregate, to_markdown
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    layers = {"hadskip": 2.5, "budgeted-exit": 3.0, "cascade": 2.5}
+    dev = {"hadskip": 0.80, "budgeted-exit": 0.85, "cascade": 0.82}
+    per_seed, dirs = [], []
+    for s in (0, 1):
+        d = tmp_path / f"seed-{s}"
+        d.mkdir()
+        save_records(d, labels, {(m, 2.5): record(labels, np.full(40, v)) for m, v in layers.items()})
+        rows = [{"method": m, "budget": 2.5, "value": 0.8, "avg_layers": v, "dev_value": dev[m],
+                 "dev_avg_layers": v} for m, v in layers.items()]
+        per_seed.append({"task": "t", "metric": "accuracy", "num_labels": 2, "num_layers": 6, "seed": s, "rows": rows})
+        dirs.append(d)
+    res = aggregate(per_seed, dirs, n_boot=20)
+    assert res["deploy"]["2.5"]["route"] == "cascade" and res["deploy"]["2.5"]["over_budget"] == ["budgeted-exit"]
+    assert "over the budget on dev: budgeted-exit" in to_markdown(res)

@@ -16,6 +16,7 @@ import numpy as np
 from hadskip.errors import HadSkipError
 from hadskip.evaluation.compare.records import load_records
 from hadskip.evaluation.compare.stats import mean_se, paired_bootstrap
+from hadskip.runtime.dial import BUDGET_MARGIN
 
 STATIC = "budgeted-exit"
 NON_GATED = ("budgeted-exit", "cascade", "early-exit")
@@ -71,10 +72,15 @@ def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dic
                 ci = paired_bootstrap(pa, pb, labels, metric, num_labels, n_boot)
                 pairs.append({"budget": k, "route": m, "minus": b, **ci,
                               "layers": at[m]["avg_layers"], "minus_layers": at[b]["avg_layers"]})
-        if candidates:
-            pick = max(candidates, key=lambda m: at[m]["dev_value"])
+        # a route is recommended only within the budget: dev layers at most the matched average (HadSkip's) plus
+        # the margin a budget is held to (budgeted exit rounds K: at 2.5 it runs 3 layers)
+        limit = at["hadskip"]["dev_avg_layers"] + BUDGET_MARGIN if "hadskip" in at else float(k) + BUDGET_MARGIN
+        within = [m for m in candidates if at[m].get("dev_avg_layers", float("inf")) <= limit]
+        if within:
+            pick = max(within, key=lambda m: at[m]["dev_value"])
             deploy[f"{k:g}"] = {"route": pick, "dev_value": at[pick]["dev_value"], "value": at[pick]["value"],
-                                "avg_layers": at[pick]["avg_layers"], "best_non_gated": best_other}
+                                "avg_layers": at[pick]["avg_layers"], "best_non_gated": best_other,
+                                "over_budget": sorted(set(candidates) - set(within))}
     curves = {m: sorted([r["avg_layers"], r["value"]] for r in rows if r["method"] == m)
               for m in {r["method"] for r in rows}}
     return {"task": first["task"], "metric": metric, "split": "test", "num_layers": first["num_layers"],
@@ -106,8 +112,9 @@ def to_markdown(result: dict) -> str:
     for p in result["pairs"]:
         lines.append(f"| {p['budget']:g} | {p['route']} | {p['minus']} | {100 * p['diff']:+.2f} | "
                      f"[{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] |")
-    lines += ["", "Route to deploy per budget (highest mean dev metric):", ""]
+    lines += ["", "Route to deploy per budget (highest mean dev metric among the routes within the budget):", ""]
     for k, d in result["deploy"].items():
+        over = f"; over the budget on dev: {', '.join(d['over_budget'])}" if d.get("over_budget") else ""
         lines.append(f"- budget {k}: **{d['route']}** (dev {d['dev_value']:.4f}, test {d['value']:.4f} at "
-                     f"{d['avg_layers']:.2f} layers; best non-gated route: {d['best_non_gated']})")
+                     f"{d['avg_layers']:.2f} layers; best non-gated route: {d['best_non_gated']}{over})")
     return "\n".join(lines) + "\n"
