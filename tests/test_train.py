@@ -455,6 +455,11 @@ def test_eval_export_and_info_report_the_layers_run(env, tmp_path, capsys):
     from fastapi.testclient import TestClient
 
     with TestClient(create_app(ServeConfig(), lambda: rt, model_name="m"), headers={"host": "localhost"}) as client:
+        import time
+
+        deadline = time.monotonic() + 30  # the model loads in a thread at startup (/health 503 until then)
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
         info = client.get("/info").json()
         assert info["budget"] == 1.0 and info["trained_avg_layers"] == pytest.approx(trained)
         assert info["served_avg_layers"] is None
