@@ -162,7 +162,13 @@ def test_compare_over_seeds_with_a_variant(env, monkeypatch):
         "gate_pool"] == "attention"
     # the headroom: the per-row oracle over K-subsets is never below the best fixed subset, and neither is deployed
     assert rows["oracle"]["value"] >= rows["best-subset"]["value"]
-    assert res["deploy"]["1.5"]["route"] not in ("oracle", "best-subset", "full")
+    assert res["deploy"]["1.5"]["route"] not in ("oracle", "best-subset", "full", "subset-router")
+    # the subset router: fitted on the 8 training rows no run trained on, paired with the best fixed subset
+    one = json.loads((out / "seed-0" / "compare.json").read_text())
+    router = next(r for r in one["rows"] if r["method"] == "subset-router")
+    assert router["train_rows"] == 64 - 56 and router["avg_layers"] == router["dev_avg_layers"]
+    assert 0 < router["top_path_share"] <= 1 and rows["subset-router"]["seeds"] == 2
+    assert ("subset-router", "best-subset") in {(p["route"], p["minus"]) for p in res["pairs"]}
     pairs = {(p["route"], p["minus"]) for p in res["pairs"]}
     assert ("hadskip", "budgeted-exit") in pairs and ("cascade", "budgeted-exit") in pairs
     assert all(p["low"] <= p["diff"] <= p["high"] for p in res["pairs"])

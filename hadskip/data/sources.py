@@ -85,9 +85,16 @@ def load_task(
                 keep = np.sort(np.random.default_rng([seed, i]).choice(len(split), max_examples, replace=False))
                 setattr(data, name, split.subset(keep))
     if train_examples is not None and len(data.train) > train_examples:
-        keep = np.sort(np.random.default_rng([split_seed, 7]).choice(len(data.train), train_examples, replace=False))
-        data.train = data.train.subset(keep)
+        data.train = data.train.subset(train_subset(len(data.train), train_examples, split_seed))
     return data
+
+
+def train_subset(n: int, train_examples: int | None, split_seed: int = 0) -> np.ndarray:
+    """The sorted indices of the training rows `load_task(..., train_examples=)` keeps of a training split of n
+    rows (all of them when train_examples is None or at least n); the rest are held out from every run."""
+    if train_examples is None or n <= train_examples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([split_seed, 7]).choice(n, train_examples, replace=False))
 
 
 def describe(task: str, **options) -> dict:

@@ -9,7 +9,8 @@ teacher's logits; LayerDrop's idea taken to every subset), then, at K layers:
                  bound no router reaches; with many subsets and two classes it is optimistic)
 
 oracle - best subset bounds what per-input routing over K layers could add on top of the best static choice of
-this backbone; the share of rows on which the subsets disagree says how much there is to choose between.
+this backbone; the share of rows on which the subsets disagree says how much there is to choose between; the
+subset router (subset_router.py) says how much of it a route chosen from the input alone reaches.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import torch
 
 from hadskip.data.metrics import compute_metric
 from hadskip.evaluation.baselines.common import BaselineConfig, save, setup, train
-from hadskip.evaluation.evaluate import default_device, predict
-from hadskip.modeling.checkpoint import encode_run_split, load_run
+from hadskip.data.batches import encode_split, pad_id
+from hadskip.evaluation.baselines.subset_router import fit_router, held_out_train, routed_predictions, subset_outputs
+from hadskip.evaluation.evaluate import default_device
+from hadskip.modeling.checkpoint import load_run, load_run_task
 from hadskip.training.losses import LossWeights, kd_logits, task_loss
 
 
@@ -63,38 +66,39 @@ def train_any_subset(cfg: BaselineConfig) -> dict:
     return metrics
 
 
-def subset_predictions(run: str | Path, k: int, split: str, batch_size: int = 64) -> tuple[list, np.ndarray, object]:
-    """(subsets, predictions (S, N) of every k-subset of layers, labels and spec) of the any-subset run."""
+def headroom(run: str | Path, k: int, batch_size: int = 64) -> dict:
+    """The best fixed k-subset (chosen on dev), the per-row oracle over k-subsets and the subset router
+    (subset_router.py; when the run left training rows out), on test."""
     model, tokenizer, info = load_run(run)
     model.to(default_device())
-    rs = encode_run_split(tokenizer, info, split)
-    L = model.num_layers
-    subsets = list(combinations(range(L), k))
-    preds = []
-    for sub in subsets:
-        forced = np.zeros((len(rs.enc), L), dtype=np.float32)
-        forced[:, list(sub)] = 1.0
-        logits, _, _ = predict(model, rs.enc, rs.pad_id, batch_size, gates="route", forced=forced)
-        preds.append(logits.argmax(axis=1))
-    return subsets, np.stack(preds), rs
-
-
-def headroom(run: str | Path, k: int) -> dict:
-    """The best fixed k-subset (chosen on dev) and the per-row oracle over k-subsets, on test."""
-    subsets, dev_preds, dev = subset_predictions(run, k, "dev")
-    _, test_preds, test = subset_predictions(run, k, "test")
-    spec = test.spec
+    data = load_run_task(info.task)
+    subsets = list(combinations(range(model.num_layers), k))
+    spec, pad = data.spec, pad_id(tokenizer)
+    dev, test = (subset_outputs(model, encode_split(data.split(s), tokenizer, info.max_len), pad, subsets, batch_size)
+                 for s in ("dev", "test"))
 
     def metric(p: np.ndarray, labels: np.ndarray) -> float:
         return float(compute_metric(spec.metric, p, labels, spec.num_labels))
 
-    dev_labels, test_labels = dev.enc.labels, test.enc.labels
+    dev_preds, test_preds = dev.logp.argmax(axis=2), test.logp.argmax(axis=2)  # (S, N)
+    dev_labels, test_labels = dev.labels, test.labels
     dev_scores = [metric(p, dev_labels) for p in dev_preds]
     best = int(np.argmax(dev_scores))
     hit = (test_preds == test_labels[None, :]).any(axis=0)
     oracle_preds = np.where(hit, test_labels, test_preds[best])
     disagree = float((test_preds != test_preds[:1]).any(axis=0).mean())
-    return {"k": k, "subsets": len(subsets), "best_subset": [i + 1 for i in subsets[best]],
-            "best_subset_dev": dev_scores[best], "best_subset_test": metric(test_preds[best], test_labels),
-            "oracle_test": metric(oracle_preds, test_labels), "rows_where_subsets_disagree": round(disagree, 4),
-            "best_subset_preds": test_preds[best]}
+    out = {"k": k, "subsets": len(subsets), "best_subset": [i + 1 for i in subsets[best]],
+           "best_subset_dev": dev_scores[best], "best_subset_test": metric(test_preds[best], test_labels),
+           "oracle_test": metric(oracle_preds, test_labels), "rows_where_subsets_disagree": round(disagree, 4),
+           "best_subset_preds": test_preds[best]}
+    held = held_out_train(data, tokenizer, info.max_len, info.extra.get("config", {}).get("train_examples"))
+    if held is not None:
+        router, alpha, dev_value = fit_router(subset_outputs(model, held, pad, subsets, batch_size), dev, metric)
+        route = router.route(test.features)
+        masks = np.zeros((len(subsets), model.num_layers), dtype=np.float32)
+        for i, sub in enumerate(subsets):
+            masks[i, list(sub)] = 1.0
+        preds = routed_predictions(test, route)
+        out.update({"router_dev": dev_value, "router_test": metric(preds, test_labels), "router_alpha": alpha,
+                    "router_train_rows": len(held), "router_preds": preds, "router_gates": masks[route]})
+    return out

@@ -11,6 +11,8 @@
     hadskip-NAME    a HadSkip variant (plan.VARIANTS, --variants) trained for budget K, through its own dial
     best-subset     (--oracle) the best fixed K-subset of an any-subset-trained backbone, chosen on dev
     oracle          (--oracle) each test row on its best K-subset of that backbone: the headroom of routing
+    subset-router   (--oracle) each test row on the K-subset a router picks from its embeddings, the router
+                    fitted to the per-row best subsets of the training rows no run trained on (subset_router.py)
 
 Matching: the compared average layers at budget K is the HadSkip run's average on dev; every dynamic rule (the
 entropy threshold, the patience mixture, the dial offset) is calibrated on dev to it, and test is reported.
@@ -280,6 +282,12 @@ def compare(cfg: CompareConfig) -> dict:
                          "subsets": o["subsets"], "rows_where_subsets_disagree": o["rows_where_subsets_disagree"],
                          "run": o["run"]})
             records[("best-subset", k)] = record(o["best_subset_preds"], np.full(len(labels["test"]), o["k"]))
+            if "router_test" in o:
+                codes = path_codes(o["router_gates"])
+                rows.append({"method": "subset-router", "budget": k, "value": o["router_test"], "avg_layers": o["k"],
+                             "dev_value": o["router_dev"], "dev_avg_layers": o["k"], "alpha": o["router_alpha"],
+                             "train_rows": o["router_train_rows"], "run": o["run"], **path_diversity(codes, L)})
+                records[("subset-router", k)] = record(o["router_preds"], np.full(len(labels["test"]), o["k"]), codes)
         for v in cfg.variants:
             r, rec = _dial_row(f"hadskip-{v}", variant_runs[(v, k)], k, target[k], L)
             rows.append(r)

@@ -2,9 +2,9 @@
 OUT/seed-S): per method and budget the mean and standard error over seeds, paired bootstrap intervals on test
 (stats.py), and the route to deploy at each budget, chosen on dev.
 
-Pairs reported at each budget: every route minus budgeted exit (the static baseline), and every gated route
+Pairs reported at each budget: every route minus budgeted exit (the static baseline), every gated route
 (HadSkip, its dial, its variants) minus the best non-gated route (budgeted exit, cascade, early exit: the one
-with the highest mean dev metric).
+with the highest mean dev metric), and the subset router minus the best fixed subset and budgeted exit.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from hadskip.runtime.dial import BUDGET_MARGIN
 
 STATIC = "budgeted-exit"
 NON_GATED = ("budgeted-exit", "cascade", "early-exit")
-# patience is a randomised mixture between two patiences; best-subset and oracle only measure the headroom
-NOT_DEPLOYED = ("full", "patience-exit", "best-subset", "oracle")
+# patience is a randomised mixture between two patiences; best-subset, oracle and subset-router only measure the
+# headroom (the any-subset backbone does not export)
+NOT_DEPLOYED = ("full", "patience-exit", "best-subset", "oracle", "subset-router")
+# the headroom's own pairs: does a route chosen from the input beat the best fixed subset of the same backbone?
+HEADROOM_PAIRS = (("subset-router", "best-subset"), ("subset-router", STATIC))
 
 
 def is_gated(method: str) -> bool:
@@ -69,6 +72,12 @@ def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dic
                 pa, pb = preds(m), preds(b)
                 if pa is None or pb is None:
                     continue
+                ci = paired_bootstrap(pa, pb, labels, metric, num_labels, n_boot)
+                pairs.append({"budget": k, "route": m, "minus": b, **ci,
+                              "layers": at[m]["avg_layers"], "minus_layers": at[b]["avg_layers"]})
+        for m, b in HEADROOM_PAIRS:
+            pa, pb = preds(m), preds(b)
+            if m in at and b in at and pa is not None and pb is not None:
                 ci = paired_bootstrap(pa, pb, labels, metric, num_labels, n_boot)
                 pairs.append({"budget": k, "route": m, "minus": b, **ci,
                               "layers": at[m]["avg_layers"], "minus_layers": at[b]["avg_layers"]})

@@ -1,0 +1,118 @@
+"""A router supervised by searched per-row best paths (the idea of Dr.LLM and of depth-adaptive transformers'
+supervised halting): can the input tell which K-subset of layers will get it right?
+
+The oracle headroom (anysubset.headroom) lets every test row pick its best subset knowing the label. This router
+has to pick it from the input alone, before any layer runs, so it is the headroom a real route could reach:
+
+    features   the mean over attended tokens of the embeddings' output (what HadSkip's first gate reads)
+               and the log of the row's length
+    targets    per row and K-subset s of the any-subset backbone, log p(true label) with the layers of s
+               (clipped at ln 1e-4), on the training rows no run trained on (those --train-examples left out)
+    model      ridge regression from the standardised features to every subset's target (closed form, numpy;
+               a few hundred features and tens of targets need no library), route = the argmax
+    selection  the ridge strength on dev (a strong one routes every row to the subset with the best mean
+               target: the router nests a static choice); test is reported
+
+Without held-out training rows (no --train-examples, or as many as the split has) nothing is fitted: training
+rows the backbone learned from say little about rows it has not seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hadskip.data.batches import encode_split, loader
+from hadskip.data.sources import train_subset
+
+LOGP_FLOOR = float(np.log(1e-4))
+ALPHAS = tuple(10.0 ** e for e in range(-1, 6))
+
+
+@dataclass
+class SubsetOutputs:
+    """One split through every subset: log-probabilities (S, N, C), features (N, F), labels (N,)."""
+
+    logp: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+
+    def target(self) -> np.ndarray:
+        """(N, S) log p(true label) under each subset, floored."""
+        n = len(self.labels)
+        return np.maximum(self.logp[:, np.arange(n), self.labels].T, LOGP_FLOOR)
+
+
+@torch.no_grad()
+def subset_outputs(model, enc, pad_id: int, subsets: list[tuple[int, ...]], batch_size: int = 64) -> SubsetOutputs:
+    """Every row of `enc` through each subset of layers (the whole batch on one subset: the route a forced
+    gate pattern gives), the embeddings computed once per batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    n, c = len(enc), model.config.num_labels
+    logp = np.zeros((len(subsets), n, c), dtype=np.float32)
+    feats = np.zeros((n, model.config.hidden_size + 1), dtype=np.float32)
+    dl = loader(enc, batch_size, pad_id, shuffle=False)
+    for idx, batch in zip(dl.dataset.batch_indices(), dl, strict=True):
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        h0 = model.embeddings(ids, mask, model.token_types(ids, batch["token_type_ids"].to(device)))
+        m = mask.unsqueeze(-1).to(h0.dtype)
+        length = m.sum(dim=1)
+        feats[idx, :-1] = ((h0 * m).sum(dim=1) / length.clamp(min=1)).float().cpu().numpy()
+        feats[idx, -1] = np.log(length.squeeze(1).float().cpu().numpy().clip(min=1))
+        for s, sub in enumerate(subsets):
+            h = h0
+            for i in sub:
+                h = model.layers[i](h, mask)
+            logp[s, idx] = torch.log_softmax(model.head(h, mask).float(), dim=-1).cpu().numpy()
+    return SubsetOutputs(logp, feats, np.asarray(enc.labels))
+
+
+def held_out_train(data, tokenizer, max_len: int, train_examples: int | None):
+    """The encoded training rows that `train_examples` left out of every run (None when there are none)."""
+    n = len(data.train)
+    kept = train_subset(n, train_examples)
+    rest = np.setdiff1d(np.arange(n), kept)
+    return encode_split(data.train.subset(rest), tokenizer, max_len) if len(rest) else None
+
+
+@dataclass
+class Ridge:
+    """Standardised features -> one score per subset; route = argmax."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray  # (F, S)
+    bias: np.ndarray  # (S,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, alpha: float) -> Ridge:
+        x = np.asarray(x, dtype=np.float64)
+        mean, scale = x.mean(axis=0), x.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        z = (x - mean) / scale
+        ym = y.mean(axis=0)
+        w = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (y - ym))
+        return cls(mean, scale, w, ym)
+
+    def route(self, x: np.ndarray) -> np.ndarray:
+        """(N,) the index of the subset each row goes to."""
+        return (((np.asarray(x, dtype=np.float64) - self.mean) / self.scale) @ self.weights + self.bias).argmax(axis=1)
+
+
+def routed_predictions(out: SubsetOutputs, route: np.ndarray) -> np.ndarray:
+    """(N,) each row's prediction on the subset it was routed to."""
+    return out.logp[route, np.arange(len(route))].argmax(axis=1)
+
+
+def fit_router(train: SubsetOutputs, dev: SubsetOutputs, metric, alphas=ALPHAS) -> tuple[Ridge, float, float]:
+    """(router, its alpha, its dev metric): the alpha with the best dev metric (ties: the stronger one)."""
+    best = None
+    for a in sorted(alphas):
+        r = Ridge.fit(train.features, train.target(), a)
+        v = metric(routed_predictions(dev, r.route(dev.features)), dev.labels)
+        if best is None or v >= best[2]:
+            best = (r, a, v)
+    return best
