@@ -157,7 +157,8 @@ def compare(
              "SE, paired bootstrap intervals and the route to deploy per budget.")] = 1,
     variants: Annotated[str, typer.Option(
         help="HadSkip variants trained beside it, comma-separated: per-layer (each layer runs for K/L of the "
-             "rows), attn-gate (attention-pooled gate input), per-layer-attn (both).")] = "",
+             "rows), attn-gate (attention-pooled gate input), per-layer-attn (both), skip-exit (exit heads "
+             "trained with the gates; gate offset and exit threshold set on dev).")] = "",
     train_examples: Annotated[Optional[int], typer.Option(
         help="Every method trains on the same fixed subset of this many training examples (dev/test whole).")
                               ] = None,
