@@ -67,6 +67,8 @@ def evaluate(
     report = evaluate_path(path, split=split, task=task, plots_dir=None if no_plots else (plots or ""),
                            batch_size=batch_size, budget=budget)
     _report(report, as_json)
+    if report.get("note"):
+        typer.echo(f"note: {report['note']}", err=True)
     missed = report.get("budget_missed")
     if missed:
         typer.echo(f"warning: {report['avg_layers']:.2f} layers on average, {abs(missed['gap']):.2f} "
@@ -98,6 +100,11 @@ def dial(
         if not values:
             raise HadSkipError("--targets is empty")
     d = calibrate(run, values, split=split, batch_size=batch_size, progress=not quiet)
+    from hadskip.evaluation.skip_exit import exit_heads_note
+
+    note = exit_heads_note(run)
+    if note:
+        typer.echo(f"note: {note}", err=True)
     if as_json:
         typer.echo(json.dumps({"path": str(Path(run) / "dial.json"), **d.to_dict()}))
         return
@@ -157,7 +164,8 @@ def compare(
              "SE, paired bootstrap intervals and the route to deploy per budget.")] = 1,
     variants: Annotated[str, typer.Option(
         help="HadSkip variants trained beside it, comma-separated: per-layer (each layer runs for K/L of the "
-             "rows), attn-gate (attention-pooled gate input), per-layer-attn (both).")] = "",
+             "rows), attn-gate (attention-pooled gate input), per-layer-attn (both), skip-exit (exit heads "
+             "trained with the gates; gate offset and exit threshold set on dev).")] = "",
     train_examples: Annotated[Optional[int], typer.Option(
         help="Every method trains on the same fixed subset of this many training examples (dev/test whole).")
                               ] = None,

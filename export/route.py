@@ -10,6 +10,7 @@
 A static model has no gates rather than gates fixed open: the runtime never runs a graph it does not need, the
 manifest cannot claim an input-dependent route the model does not have, and a gate offset has nothing to turn.
 --fuse-gates and --quantize (whose calibration routes through the gates) are refused for the two new routes.
+A gated run with exit heads (--exit-heads, the skip + exit route) is refused: its heads have no route here yet.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def plan_route(run_dir: Path, model, tokenizer, info, *, fuse_gates: bool, quant
 
     kind = route_of_run(info.kind)
     L = model.num_layers
+    if getattr(model, "exits", None) is not None:  # never export the gates alone, dropping the heads silently
+        raise ExportError(f"{run_dir} has exit heads (hadskip train --exit-heads): the exit heads of a gated run do "
+                          "not export yet; what exports: a run trained without --exit-heads, or compare's "
+                          "budgeted-exit and early-exit runs")
     if kind == "gated":
         dial = read_dial(run_dir, run_dir / "model.safetensors")  # refused if calibrated on other weights
         if dial is not None and dial.num_layers != L:

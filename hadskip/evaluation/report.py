@@ -15,6 +15,7 @@ import numpy as np
 from hadskip.errors import HadSkipError
 from hadskip.evaluation.evaluate import default_device, predict, summarize
 from hadskip.evaluation.plots import plot_layer_usage
+from hadskip.evaluation.skip_exit import exit_heads_note
 from hadskip.modeling.checkpoint import encode_run_split, load_run, load_run_task, read_info
 from hadskip.runtime import Runtime
 from hadskip.runtime.dial import read_dial, resolve_offset
@@ -86,6 +87,8 @@ def _eval_run(p: Path, split: str, task: str | None, batch_size: int, budget: fl
     res = summarize(logits, used, labels, run_split.spec.metric)
     report = {"task": run_split.spec.name, "split": split, **res.to_dict(), "kind": info.kind, "budget": info.budget,
               **_dial_keys(budget, offset)}
+    if model.exits is not None:  # skip + exit: scored by `hadskip compare`; here the gates alone
+        report.update(exit_threshold=0.0, note=exit_heads_note(p))
     metrics = info.metrics or {}
     report.update(_layers_keys(report, {k: metrics[f"{k}_avg_layers"] for k in ("dev", "test")
                                         if isinstance(metrics.get(f"{k}_avg_layers"), (int, float))} or None))

@@ -10,6 +10,10 @@ Gate modes of `GatedEncoder.forward`:
     "hard"   g = gate_open, same masked formula, every layer computed on every row (a reference for tests)
     "route"  g = gate_open, each layer runs only on its open rows (gather, run, scatter) - the eval path
 Family differences (how to embed, call a layer, start the head) live in hadskip/modeling/families/, never here.
+
+With `ModelConfig.exit_heads` the encoder also owns `exits`: L-1 heads (each built as its head is), exit i after
+position i (1..L-1), reading the hidden state after that position whether its layer ran or was skipped
+(`exit_logits`; the skip + exit route, hadskip.evaluation.skip_exit). `forward` never calls them.
 Not included: cross-attention / decoder use of the backbone, token-level (rather than row-level) skipping.
 """
 
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+import copy
 
 import torch
 from torch import nn
@@ -44,6 +50,7 @@ class ModelConfig:
     tau: float = 1.0  # ReinMax temperature
     gate_open_bias: float = 2.0  # initial logit1 - logit0 of every gate (gates start mostly open)
     gate_pool: str = "mean"  # what a gate reads of its input: units.GATE_POOLS
+    exit_heads: bool = False  # exit heads after layers 1..L-1 (skip + exit); old configs without it: none
     hf_config: dict = field(default_factory=dict)  # the backbone's transformers config, as a dict
 
     def __post_init__(self) -> None:
@@ -52,11 +59,16 @@ class ModelConfig:
             raise ValueError("num_layers >= 1, num_labels >= 2 and gate_hidden >= 1 are required")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.exit_heads and self.num_layers < 2:
+            raise ValueError("exit heads need at least 2 layers (an exit after each layer but the last)")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {self.estimator!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["exit_heads"]:  # a model without exit heads writes the config it always did
+            del d["exit_heads"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -90,19 +102,38 @@ class GatedEncoder(nn.Module):
             for _ in self.layers
         )
         self.head = fam.make_head(config, hf_model)  # Head, or the family's (ModernBERT's holds its final norm)
+        self.exits = nn.ModuleList(copy.deepcopy(self.head) for _ in range(config.num_layers - 1)) \
+            if config.exit_heads else None
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
 
     def backbone_parameters(self):
-        """Everything but the gates (frozen in stage II)."""
+        """Everything but the gates and the exit heads (frozen in stage II)."""
         for name, p in self.named_parameters():
-            if not name.startswith("gates."):
+            if not name.startswith(("gates.", "exits.")):
                 yield p
 
     def gate_parameters(self):
         return self.gates.parameters()
+
+    def exit_parameters(self):
+        """The exit heads' parameters (none without exit heads)."""
+        return iter(()) if self.exits is None else self.exits.parameters()
+
+    def add_exits(self) -> None:
+        """Give this encoder exit heads: copies of its head (config.exit_heads becomes True)."""
+        self.config.exit_heads = True
+        self.exits = nn.ModuleList(copy.deepcopy(self.head) for _ in range(self.num_layers - 1))
+
+    def exit_logits(self, hidden_states: list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+        """Exit i's logits on the hidden state after position i, i = 1..L-1, from forward's hidden_states
+        ([embeddings, h_1, ..., h_L]).  # -> (B, L-1, num_labels)"""
+        if self.exits is None:
+            raise ValueError("this model has no exit heads")
+        return torch.stack([head(h, attention_mask) for head, h in zip(self.exits, hidden_states[1:-1],
+                                                                       strict=True)], dim=1)
 
     def token_types(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         """The token-type ids the embeddings get: the given ones where the family uses token types, else zeros

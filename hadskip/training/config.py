@@ -157,6 +157,8 @@ class HadSkipConfig(TrainConfig):
     gate_penalty: str = _opt("mean", "Budget penalty: mean (the paper's: the mean gate, met by any fixed subset) "
                                      "or per-layer (every layer runs for a share K/L of each batch's rows, so "
                                      "routes must depend on the input).")
+    exit_heads: bool = _opt(False, "Skip + exit: also train exit heads after layers 1..L-1 with the gates (stage "
+                                   "III); `hadskip compare --variants skip-exit` scores the route (export: not yet).")
     weights: LossWeights = field(default_factory=LossWeights)
     resume: bool = _opt(False, "Continue after the last finished stage/phase.")
 

@@ -3,6 +3,8 @@
 Stage III loss = task + a1*KL(logits) + a2*MSE(hidden, per layer) + a3*MSE(attention, per layer)
                  + a4*MSE(embeddings) + beta*(mean g - s)^2          (weights default to 1, paper App. E)
 (--gate-penalty per-layer replaces the last term by the mean over layers of (layer l's rate over the batch - s)^2.)
+With exit heads (--exit-heads) it adds "exits" = sum_i i * (CE_i + a1*KL(teacher logits || exit_i)) / sum_i i over
+exits i = 1..L-1 (PABEE's weighting, as the early-exit baseline's), each on the gated hidden state after layer i.
 Hidden and embedding MSEs average over attended tokens only; attention MSE over attended query/key pairs.
 In training ("sample" gates) every layer runs on every row: hidden KD compares the mixed state g*f + (1-g)*h (what
 the student passes on), attention KD each layer's own attention, also on rows whose gate closed (sampled gates
@@ -21,7 +23,8 @@ import torch.nn.functional as F
 
 from hadskip.training.config import GATE_PENALTIES, LossWeights
 
-__all__ = ["GATE_PENALTIES", "LossWeights", "budget_penalty", "distillation", "kd_logits", "masked_mse", "task_loss"]
+__all__ = ["GATE_PENALTIES", "LossWeights", "budget_penalty", "distillation", "exit_loss", "kd_logits", "masked_mse",
+           "task_loss"]
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -39,6 +42,22 @@ def budget_penalty(gates: torch.Tensor, target: float, rule: str = "mean") -> to
     if rule == "per-layer":
         return ((gates.mean(dim=0) - target) ** 2).mean()
     raise ValueError(f"unknown gate penalty {rule!r}; one of {GATE_PENALTIES}")
+
+
+def exit_loss(exit_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
+              w: LossWeights) -> torch.Tensor:
+    """The exit heads' part: exit i (1-based, i = 1..L-1) weighted i / sum of the weights (PABEE), each
+    CE + a1 * KL(teacher || exit) (no KL without teacher logits or with a1 = 0).
+    exit_logits (B, L-1, C), labels (B,), teacher_logits (B, C) -> scalar"""
+    n = exit_logits.shape[1]
+    weight = torch.arange(1, n + 1, dtype=exit_logits.dtype, device=exit_logits.device)
+    per_exit = []
+    for i in range(n):
+        part = task_loss(exit_logits[:, i], labels)
+        if teacher_logits is not None and w.kd_logits:
+            part = part + w.kd_logits * kd_logits(exit_logits[:, i], teacher_logits, w.temperature)
+        per_exit.append(part)
+    return (weight * torch.stack(per_exit)).sum() / weight.sum()
 
 
 def kd_logits(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

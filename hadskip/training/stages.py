@@ -9,6 +9,11 @@ Stage II keeps the budget term at the target s (the paper's stage II has none, a
 to stay open, their initial state, which initialises nothing): the gates learn which layers each input can
 spare while the backbone cannot adapt, and stage III's homotopy then starts at k = L.
 
+--exit-heads (the skip + exit route): the student also gets exit heads after layers 1..L-1 (copies of the
+teacher's head), trained at the gate learning rate in stage III, whose loss gets the part "exits" (`exit_loss`).
+Stage II leaves them frozen and out of its loss, so it is the paper's gate initialisation unchanged (the same
+seed gives the same stage II as without exits) and the two routes differ by stage III only.
+
 Every stage and phase is saved as a run dir under OUT/stages/ and recorded in OUT/progress.json;
 `resume=True` skips what is recorded, losing at most the phase that was running. Training goes through
 `accelerate` (the loop itself is hadskip.training.loop), so `accelerate launch -m hadskip.cli train ...` runs
@@ -36,7 +41,7 @@ from hadskip.training import loop
 from hadskip.training.config import HadSkipConfig, TrainConfig
 from hadskip.training.finetune import finetune
 from hadskip.training.loop import Log, Prepared, adamw, eval_split, num_steps, train_loader
-from hadskip.training.losses import LossWeights, budget_penalty, distillation, task_loss
+from hadskip.training.losses import LossWeights, budget_penalty, distillation, exit_loss, task_loss
 from hadskip.training.preflight import check_hadskip, resolve_task
 from hadskip.training.progress import ProgressFile
 from hadskip.training.schedule import budget_miss, homotopy_schedule, phase_epochs
@@ -63,12 +68,15 @@ class _Stages:
         return m
 
     def fresh_student(self):
-        """The teacher with fresh gates of the requested size (seeded)."""
+        """The teacher with fresh gates of the requested size (seeded), and exit heads (copies of its head)
+        when cfg.exit_heads."""
         m = self.student_from(self.teacher_dir)
         m.config.gate_hidden, m.config.gate_pool = self.cfg.gate_hidden, self.cfg.gate_pool
         torch.manual_seed(self.cfg.seed)
         m.gates = torch.nn.ModuleList(Gate(m.config.hidden_size, self.cfg.gate_hidden, m.config.gate_open_bias,
                                            self.cfg.gate_pool) for _ in range(self.num_layers))
+        if self.cfg.exit_heads:
+            m.add_exits()
         return m
 
     def save(self, name: str, model, metrics: dict) -> Path:
@@ -112,7 +120,7 @@ def _gate_step(student, weights: LossWeights, target: float, batch, teacher=None
     """Stage II: task loss + budget penalty of the sampled gates (the backbone is frozen); with a teacher
     (--stage2-kd) also the distillation terms of stage III."""
     if teacher is not None:
-        return _joint_step(student, teacher, weights, target, batch, rule=rule)
+        return _joint_step(student, teacher, weights, target, batch, rule=rule, with_exits=False)
     o = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], gates="sample")
     return {"task": task_loss(o.logits, batch["labels"]),
             "budget": weights.budget * budget_penalty(o.gates, target, rule),
@@ -124,7 +132,7 @@ def _stage2(st: _Stages, teacher=None) -> Path:
     `teacher` when given). Returns its run dir."""
     cfg, acc = st.cfg, st.acc
     student = st.fresh_student()
-    for p in student.backbone_parameters():
+    for p in [*student.backbone_parameters(), *student.exit_parameters()]:  # exit heads wait for stage III
         p.requires_grad_(False)
     opt = adamw([(list(student.gate_parameters()), cfg.gate_lr)], 0.0)
     dl = train_loader(acc, st.prep, cfg, cfg.seed + 2)
@@ -139,21 +147,28 @@ def _stage2(st: _Stages, teacher=None) -> Path:
 
 
 def _joint_step(student, teacher, weights: LossWeights, target: float, batch, gates: str = "sample",
-                rule: str = "mean") -> dict:
-    """Stage III: task + distillation from the frozen teacher + budget penalty at the phase's target.
+                rule: str = "mean", with_exits: bool = True) -> dict:
+    """Stage III: task + distillation from the frozen teacher + budget penalty at the phase's target, and with
+    exit heads the part "exits" (losses.exit_loss on the same gates' hidden states).
     gates="hard": the gates' own decisions, as at inference (no gradient reaches the gates; the penalty is
     only logged)."""
     need_inner = bool(weights.kd_hidden or weights.kd_attention or weights.kd_embedding)
+    exits = getattr(student, "module", student).exits if with_exits else None  # DDP wraps the model
     ids, mask, tt = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
-    s = student(ids, mask, tt, gates=gates, output_hidden=need_inner, output_attentions=bool(weights.kd_attention))
+    s = student(ids, mask, tt, gates=gates, output_hidden=need_inner or exits is not None,
+                output_attentions=bool(weights.kd_attention))
     penalty = weights.budget * budget_penalty(s.gates, target, rule)
     parts = {"task": weights.task * task_loss(s.logits, batch["labels"]),
              ("budget" if gates == "sample" else "_budget"): penalty}
+    te = None
     if weights.kd_logits or need_inner:
         with torch.no_grad():
             te = teacher(ids, mask, tt, gates="off", output_hidden=need_inner,
                          output_attentions=bool(weights.kd_attention))
         parts.update(distillation(s, te, mask, weights))
+    if exits is not None:
+        z = getattr(student, "module", student).exit_logits(s.hidden_states, mask)  # (B, L-1, C)
+        parts["exits"] = exit_loss(z, batch["labels"], te.logits if te is not None else None, weights)
     parts["_mean_gate"] = s.gates.mean()
     return parts
 
@@ -165,7 +180,8 @@ def _stage3_phase(st: _Stages, teacher, schedule: list[float], j: int, last: Pat
     student = st.student_from(last) if last is not None else st.fresh_student()
     for p in student.parameters():
         p.requires_grad_(True)
-    opt = adamw([(list(student.backbone_parameters()), cfg.lr), (list(student.gate_parameters()), cfg.gate_lr)],
+    opt = adamw([(list(student.backbone_parameters()), cfg.lr),  # new modules (gates, exit heads): cfg.gate_lr
+                 (list(student.gate_parameters()) + list(student.exit_parameters()), cfg.gate_lr)],
                 cfg.weight_decay)
     dl = train_loader(acc, st.prep, cfg, cfg.seed + 10 + j)
     student_p, opt = acc.prepare(student, opt)
@@ -235,6 +251,8 @@ def train_hadskip(cfg: HadSkipConfig) -> dict:
     if prep.spec.num_labels != teacher.config.num_labels:
         raise HadSkipError(f"teacher has {teacher.config.num_labels} labels, task {prep.spec.name} has "
                            f"{prep.spec.num_labels}")
+    if cfg.exit_heads and teacher.num_layers < 2:
+        raise HadSkipError("--exit-heads needs a teacher of at least 2 layers (an exit after each layer but the last)")
     st = _Stages(cfg, acc, record, log, teacher_dir, tokenizer, prep, teacher.num_layers, cfg.loss_weights())
     schedule = homotopy_schedule(st.num_layers, cfg.budget, cfg.homotopy, cfg.homotopy_start)
 

@@ -10,8 +10,10 @@ from hadskip.training.config import KdMode
 METHODS = ("full", "budgeted-exit", "cascade", "early-exit", "patience-exit", "hadskip", "hadskip-dial")
 BASELINES = ("budgeted-exit", "cascade", "early-exit", "patience-exit")
 # HadSkip variants compare can train beside the paper's method: name -> the HadSkipConfig settings that make it
+# ("skip-exit": exit heads trained with the gates, scored by the skip + exit rule: hadskip/evaluation/skip_exit.py)
 VARIANTS = {"per-layer": {"gate_penalty": "per-layer"}, "attn-gate": {"gate_pool": "attention"},
-            "per-layer-attn": {"gate_penalty": "per-layer", "gate_pool": "attention"}}
+            "per-layer-attn": {"gate_penalty": "per-layer", "gate_pool": "attention"},
+            "skip-exit": {"exit_heads": True}}
 
 
 @dataclass

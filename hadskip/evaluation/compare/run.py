@@ -8,7 +8,9 @@
     hadskip-dial    one HadSkip run (--dial-from, default the middle budget's) at K through its budget dial
     cascade         a budgeted-exit model of k <= K layers first, the full model for its least confident rows
                     (cascade.py; every such k is trained, as long as budgeted exit at K)
-    hadskip-NAME    a HadSkip variant (plan.VARIANTS, --variants) trained for budget K, through its own dial
+    hadskip-NAME    a HadSkip variant (plan.VARIANTS, --variants) trained for budget K, through its own dial;
+                    skip-exit (exit heads) through its gate offset and exit threshold, both set on dev
+                    (hadskip/evaluation/skip_exit.py)
     best-subset     (--oracle) the best fixed K-subset of an any-subset-trained backbone, chosen on dev
     oracle          (--oracle) each test row on its best K-subset of that backbone: the headroom of routing
     subset-router   (--oracle) each test row on the K-subset a router picks from its embeddings, the router
@@ -50,6 +52,7 @@ from hadskip.evaluation.compare.seeds import to_markdown as seeds_markdown
 from hadskip.evaluation.compare.reuse import check_hadskip_run, finished, reuse_or_check, teacher
 from hadskip.evaluation.compare.rows import dial_rows, exit_rows, row
 from hadskip.evaluation.frontier import plot_dev_curves, plot_frontier
+from hadskip.evaluation.skip_exit import skip_exit_row
 from hadskip.modeling.checkpoint import read_info, task_source
 from hadskip.training.config import HadSkipConfig, OptimConfig
 from hadskip.training.schedule import stage3_epochs
@@ -107,6 +110,15 @@ def _dial_row(method: str, run: Path, k: float, target: float, L: int) -> tuple[
     rec = r.pop("_record")
     codes = path_codes(run_outputs(run, "test", gate_offset=r["gate_offset"]).gates)
     return {**r, "method": method, **path_diversity(codes, L)}, record(rec["preds"], rec["layers"], codes)
+
+
+def _skip_exit_row(method: str, run: Path, k: float, target: float, L: int) -> tuple[dict, dict]:
+    """A run with exit heads at the compared average: gate offset and exit threshold calibrated on dev, with the
+    test paths (each row's layers up to its exit)."""
+    r = skip_exit_row(method, run, k, target, L)
+    rec = r.pop("_record")
+    codes = path_codes(rec["ran"])
+    return {**r, **path_diversity(codes, L)}, record(rec["preds"], rec["layers"], codes)
 
 
 def compare(cfg: CompareConfig) -> dict:
@@ -289,7 +301,8 @@ def compare(cfg: CompareConfig) -> dict:
                              "train_rows": o["router_train_rows"], "run": o["run"], **path_diversity(codes, L)})
                 records[("subset-router", k)] = record(o["router_preds"], np.full(len(labels["test"]), o["k"]), codes)
         for v in cfg.variants:
-            r, rec = _dial_row(f"hadskip-{v}", variant_runs[(v, k)], k, target[k], L)
+            score_variant = _skip_exit_row if VARIANTS[v].get("exit_heads") else _dial_row
+            r, rec = score_variant(f"hadskip-{v}", variant_runs[(v, k)], k, target[k], L)
             rows.append(r)
             records[(f"hadskip-{v}", k)] = rec
     grid = np.arange(1.0, L + 1e-9, 0.125)
