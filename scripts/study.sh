@@ -8,12 +8,13 @@
 # Settings, fixed for every method and seed: the teacher fine-tuned 3 epochs on the whole training split; every
 # student trains on the same 4,000 training examples (--train-examples: dev and test stay whole); HadSkip's
 # stage II 0.5 epoch, stage III 0.5 epoch per homotopic phase and 1.5 for the last (3.5 epochs at K = 2,
-# 3.0 at K = 3), every baseline as long; seeds 0-2; the per-layer variant and the oracle headroom beside them.
+# 3.0 at K = 3), every baseline as long; seeds 0-2; the per-layer and skip + exit variants and the oracle headroom
+# (with its subset router) beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${STUDY_ROOT:-runs/study}
 HS=${HADSKIP:-hadskip}
-COMMON=(--train-examples 4000 --phase-epochs 0.5 --final-phase-epochs 1.5 --seeds 3 --variants per-layer --oracle
+COMMON=(--train-examples 4000 --phase-epochs 0.5 --final-phase-epochs 1.5 --seeds 3 --variants per-layer,skip-exit --oracle
         --quiet)
 mkdir -p "$ROOT"
 
