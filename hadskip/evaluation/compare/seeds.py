@@ -23,6 +23,10 @@ NON_GATED = ("budgeted-exit", "cascade", "early-exit")
 # patience is a randomised mixture between two patiences; best-subset, oracle and subset-router only measure the
 # headroom (the any-subset backbone does not export)
 NOT_DEPLOYED = ("full", "patience-exit", "best-subset", "oracle", "subset-router")
+# routes compared but not yet exported by `hadskip export` (hadskip/export/route.py): never recommended; compare.md
+# names them when they are ahead on dev
+UNSHIPPED = {"cascade": "a cascade (two model dirs) does not export yet",
+             "hadskip-skip-exit": "the exit heads of a gated run do not export yet"}
 # the headroom's own pairs: does a route chosen from the input beat the best fixed subset of the same backbone?
 HEADROOM_PAIRS = (("subset-router", "best-subset"), ("subset-router", STATIC))
 
@@ -85,11 +89,16 @@ def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dic
         # the margin a budget is held to (budgeted exit rounds K: at 2.5 it runs 3 layers)
         limit = at["hadskip"]["dev_avg_layers"] + BUDGET_MARGIN if "hadskip" in at else float(k) + BUDGET_MARGIN
         within = [m for m in candidates if at[m].get("dev_avg_layers", float("inf")) <= limit]
-        if within:
-            pick = max(within, key=lambda m: at[m]["dev_value"])
+        ships = [m for m in within if m not in UNSHIPPED]
+        if ships:
+            pick = max(ships, key=lambda m: at[m]["dev_value"])
+            ahead = sorted((m for m in within if m in UNSHIPPED and at[m]["dev_value"] > at[pick]["dev_value"]),
+                           key=lambda m: -at[m]["dev_value"])
             deploy[f"{k:g}"] = {"route": pick, "dev_value": at[pick]["dev_value"], "value": at[pick]["value"],
                                 "avg_layers": at[pick]["avg_layers"], "best_non_gated": best_other,
-                                "over_budget": sorted(set(candidates) - set(within))}
+                                "over_budget": sorted(set(candidates) - set(within)),
+                                "ahead_unshipped": [{"route": m, "dev_value": at[m]["dev_value"],
+                                                     "why": UNSHIPPED[m]} for m in ahead]}
     curves = {m: sorted([r["avg_layers"], r["value"]] for r in rows if r["method"] == m)
               for m in {r["method"] for r in rows}}
     return {"task": first["task"], "metric": metric, "split": "test", "num_layers": first["num_layers"],
@@ -121,9 +130,12 @@ def to_markdown(result: dict) -> str:
     for p in result["pairs"]:
         lines.append(f"| {p['budget']:g} | {p['route']} | {p['minus']} | {100 * p['diff']:+.2f} | "
                      f"[{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] |")
-    lines += ["", "Route to deploy per budget (highest mean dev metric among the routes within the budget):", ""]
+    lines += ["", "Route to deploy per budget (highest mean dev metric among the routes within the budget that "
+                  "`hadskip export` ships):", ""]
     for k, d in result["deploy"].items():
         over = f"; over the budget on dev: {', '.join(d['over_budget'])}" if d.get("over_budget") else ""
+        ahead = "".join(f"; ahead on dev but not shipped: {a['route']} (dev {a['dev_value']:.4f}; {a['why']})"
+                        for a in d.get("ahead_unshipped", []))
         lines.append(f"- budget {k}: **{d['route']}** (dev {d['dev_value']:.4f}, test {d['value']:.4f} at "
-                     f"{d['avg_layers']:.2f} layers; best non-gated route: {d['best_non_gated']}{over})")
+                     f"{d['avg_layers']:.2f} layers; best non-gated route: {d['best_non_gated']}{over}{ahead})")
     return "\n".join(lines) + "\n"
