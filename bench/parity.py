@@ -1,15 +1,20 @@
-"""Parity of an exported model dir with its PyTorch run on a real split: gate decisions and logits.
+"""Parity of an exported model dir with its PyTorch run on a real split: decisions and logits, for every route.
 
-    python bench/parity.py runs/h3 models/h3 --split test [--batch-size 32] [--json]
+    python bench/parity.py runs/h3 models/h3 --split test [--batch-size 32] [--all-settings] [--json]
+
+Routes (runtime/routes.py): gated (decisions = gates), static (a budgeted-exit export: every row runs every layer),
+early-exit (decisions = the layers a row ran before it exited; PyTorch side: the run's MultiExit and the runtime's
+own entropy rule). --all-settings checks every point of the model dir's dial too (gate offsets, exit thresholds).
 
 Both sides get the same token ids (the runtime's tokenizer.json encoding, padded per batch), the PyTorch side
 runs `GatedEncoder(..., gates="route")` and the runtime its backend's router. The threshold follows the model
 dir's precision (manifest "precision"; the export's tolerances, hadskip.export.spec.TOLERANCES):
     logits    |runtime - torch| <= atol + rtol * |torch| on every row whose gates agree
               (fp32: 1e-4 + 1e-5 |torch|; fp16: 2e-2 + 5e-3 |torch|)
-    gates     a row may take another path only where PyTorch's first differing gate is within the tie margin
-              atol + rtol * (|l0| + |l1|) (the runtime's hidden state differs by float noise: fp16 graphs feed
-              the fp32 gates slightly different inputs, so a decision that close to the tie may go either way)
+    decisions a row may take another path only where PyTorch's first differing decision was within atol of
+              flipping (gate margin + offset; exit entropy - threshold): the runtime's hidden state differs by
+              float noise (fp16 graphs feed the fp32 gates slightly different inputs), so a decision that close
+              to the tie may go either way
 Prints the max abs logit difference, the rows whose gate decisions differ (and how many of them are outside the
 tie margin), and the closest first-flip margin. Exit 0 when both rules hold ("PARITY OK"), 1 otherwise.
 """
@@ -23,35 +28,81 @@ import sys
 import numpy as np
 
 
-def _first_flip_margins(pt_gates: np.ndarray, rt_gates: np.ndarray, gate_logits: np.ndarray, atol: float,
-                        rtol: float) -> tuple[np.ndarray, np.ndarray]:
-    """(|margin|, tie margin) of PyTorch's gate at the first layer where each row's decisions differ.
-    pt_gates, rt_gates: (n, L) bool for rows that differ somewhere; gate_logits: (n, L, 2) PyTorch's."""
-    first = np.argmax(pt_gates != rt_gates, axis=1)  # (n,)
-    logits = gate_logits[np.arange(len(first)), first]  # (n, 2)
-    margin = np.abs(logits[:, 1] - logits[:, 0])
-    return margin, atol + rtol * np.abs(logits).sum(axis=1)
-
-
-def parity(run_dir: str, model_dir: str, split: str = "test", batch_size: int = 32, backend: str = "ort-cpu") -> dict:
+def _torch_side(run_dir: str, route: str, atol: float, rtol: float):
+    """(run info, step, layers) for the model dir's route: step(ids, mask, tt, knob) -> (decisions (B, L) bool,
+    logits (B, C), tie (B, L): how far each decision was from flipping over the tolerance, atol + rtol * scale: above 1 it is
+    outside the tie margin).
+        gated       GatedEncoder route, knob = gate offset; |gate margin - offset|, scale |l0| + |l1|
+        static      every layer (gates off), knob unused; inf (nothing to decide)
+        early-exit  MultiExit's every exit, the runtime's entropy rule at threshold knob; |entropy - knob|,
+                    scale |knob|"""
     import torch
 
-    from hadskip.modeling.checkpoint import load_run, load_run_task
-    from hadskip.export.spec import TOLERANCES
-    from hadskip.runtime import Runtime
+    from hadskip.runtime.exits import entropy, exit_layers, softmax
+
+    if route == "early-exit":
+        from hadskip.evaluation.baselines.exits import load_exit_model
+
+        model, _, info = load_exit_model(run_dir, device="cpu")
+
+        def step(ids, mask, tt, knob):
+            with torch.no_grad():
+                z, _ = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(tt))
+            z = z.numpy()  # (B, L, C)
+            ent = entropy(softmax(z))
+            at = exit_layers(ent, knob)
+            L = z.shape[1]
+            tie = np.abs(ent - knob) / (atol + rtol * abs(knob))
+            return (np.arange(L)[None, :] <= at[:, None]), z[np.arange(len(at)), at], tie
+        return info, step, model.num_layers
+    from hadskip.modeling.checkpoint import load_run
 
     model, _, info = load_run(run_dir)
+
+    def step(ids, mask, tt, knob):
+        with torch.no_grad():
+            out = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(tt),
+                        gates="off" if route == "static" else "route", gate_offset=knob)
+        if route == "static":
+            b, L = ids.shape[0], model.num_layers
+            return np.ones((b, L), dtype=bool), out.logits.numpy(), np.full((b, L), np.inf)
+        gl = out.gate_logits.numpy()
+        tie = np.abs(gl[..., 1] - gl[..., 0] - knob) / (atol + rtol * np.abs(gl).sum(-1))
+        return out.gates.numpy().astype(bool), out.logits.numpy(), tie
+    return info, step, model.num_layers
+
+
+def _knobs(rt, route: str, all_settings: bool) -> list[tuple[str, float]]:
+    """(name, knob) of the settings checked: the trained rule, and with `all_settings` every point of the dial."""
+    base = [("trained", 0.0)] if route != "early-exit" else [("threshold 0", 0.0)]
+    dial = rt.info.dial
+    if not all_settings or dial is None:
+        return base
+    return base + [(f"budget {p.target:g}", float(p.offset)) for p in dial.points]
+
+
+def parity(run_dir: str, model_dir: str, split: str = "test", batch_size: int = 32, backend: str = "ort-cpu",
+           all_settings: bool = False) -> dict:
+    """Parity of the model dir with its run at the trained rule (and with all_settings at every dial point)."""
+    from hadskip.export.spec import TOLERANCES
+    from hadskip.modeling.checkpoint import load_run_task
+    from hadskip.runtime import Runtime
+
     rt = Runtime.load(model_dir, backend=backend)
+    route = rt.route
     precision = rt.info.manifest.precision if rt.info.manifest is not None else "fp32"
     atol, rtol = TOLERANCES[precision]
+    info, torch_step, num_layers = _torch_side(run_dir, route, atol, rtol)
+    if num_layers != rt.num_layers:
+        return {"run": run_dir, "model": model_dir, "route": route, "ok": False, "settings": [],
+                "mismatch": f"the run has {num_layers} layers, the model dir {rt.num_layers}: not its export"}
     data = load_run_task(info.task).split(split)
     inputs = list(zip(data.texts, data.pairs, strict=True)) if data.pairs is not None else list(data.texts)
     enc = rt.encode(inputs)
     order = np.argsort(enc.lengths, kind="stable")
     pad = rt.info.pad_token_id or 0
-    max_diff, worst_ratio, disagree, outside, n, margins = 0.0, 0.0, 0, 0, len(inputs), []
-    rt_labels = np.zeros(n, dtype=np.int64)
-    pt_labels = np.zeros(n, dtype=np.int64)
+    n = len(inputs)
+    batches = []
     for s in range(0, n, batch_size):
         idx = order[s:s + batch_size]
         t = int(enc.lengths[idx].max())
@@ -61,32 +112,45 @@ def parity(run_dir: str, model_dir: str, split: str = "test", batch_size: int = 
         for j, i in enumerate(idx):
             k = len(enc.ids[i])
             ids[j, :k], tt[j, :k], mask[j, :k] = enc.ids[i], enc.type_ids[i], 1
-        res = rt.run_batch(ids, mask, tt)
-        with torch.no_grad():
-            out = model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(tt), gates="route")
-        pt_gates = out.gates.numpy().astype(bool)
-        diff_rows = (pt_gates != res.gates).any(axis=1)
-        disagree += int(diff_rows.sum())
-        if diff_rows.any():
-            margin, tie = _first_flip_margins(pt_gates[diff_rows], res.gates[diff_rows],
-                                              out.gate_logits.numpy()[diff_rows], atol, rtol)
-            outside += int((margin > tie).sum())
-            margins.append(float(margin.min()))
-        same = ~diff_rows
-        if same.any():
-            ref = out.logits.numpy()[same]
-            err = np.abs(ref - res.logits[same])
-            max_diff = max(max_diff, float(err.max()))
-            worst_ratio = max(worst_ratio, float((err / (atol + rtol * np.abs(ref))).max()))
-        rt_labels[idx] = res.logits.argmax(1)
-        pt_labels[idx] = out.logits.numpy().argmax(1)
-    return {"run": run_dir, "model": model_dir, "split": split, "examples": n, "backend": backend,
+        batches.append((idx, ids, mask, tt))
+    settings = []
+    for name, knob in _knobs(rt, route, all_settings):
+        kw = {"early-exit": {"exit_threshold": knob}, "gated": {"gate_offset": knob}}.get(route, {})
+        max_diff, worst_ratio, disagree, outside, margins = 0.0, 0.0, 0, 0, []
+        rt_labels, pt_labels = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        layers = 0.0
+        for idx, ids, mask, tt in batches:
+            res = rt.run_batch(ids, mask, tt, **kw)
+            pt_dec, pt_logits, tie = torch_step(ids, mask, tt, knob)
+            diff_rows = (pt_dec != res.gates).any(axis=1)
+            disagree += int(diff_rows.sum())
+            if diff_rows.any():  # how close PyTorch's decision was at the first layer where the two differ
+                first = np.argmax(pt_dec[diff_rows] != res.gates[diff_rows], axis=1)
+                margin = tie[diff_rows][np.arange(len(first)), first]
+                outside += int((margin > 1.0).sum())
+                margins.append(float(margin.min()))
+            same = ~diff_rows
+            if same.any():
+                ref = pt_logits[same]
+                err = np.abs(ref - res.logits[same])
+                max_diff = max(max_diff, float(err.max()))
+                worst_ratio = max(worst_ratio, float((err / (atol + rtol * np.abs(ref))).max()))
+            rt_labels[idx] = res.logits.argmax(1)
+            pt_labels[idx] = pt_logits.argmax(1)
+            layers += float(res.gates.sum())
+        settings.append({"setting": name, "knob": knob, "avg_layers": round(layers / max(n, 1), 4),
+                         "max_abs_logit_diff": max_diff, "worst_logit_diff_over_tolerance": worst_ratio,
+                         "decision_disagreements": disagree, "decision_disagreements_outside_tie": outside,
+                         "closest_flip_over_tolerance": min(margins) if margins else None,
+                         "label_disagreements": int((rt_labels != pt_labels).sum()),
+                         "ok": bool(worst_ratio <= 1.0 and outside == 0)})
+    first = settings[0]
+    return {"run": run_dir, "model": model_dir, "route": route, "split": split, "examples": n, "backend": backend,
             "precision": precision, "atol": atol, "rtol": rtol,
-            "max_abs_logit_diff": max_diff, "worst_logit_diff_over_tolerance": worst_ratio,
-            "gate_disagreements": disagree, "gate_disagreements_outside_tie": outside,
-            "closest_margin_in_disagreeing_rows": min(margins) if margins else None,
-            "label_disagreements": int((rt_labels != pt_labels).sum()),
-            "ok": bool(worst_ratio <= 1.0 and outside == 0)}
+            **{k: v for k, v in first.items() if k not in ("setting", "knob")},
+            "gate_disagreements": first["decision_disagreements"],  # the name of earlier reports
+            "gate_disagreements_outside_tie": first["decision_disagreements_outside_tie"],
+            "settings": settings, "ok": all(x["ok"] for x in settings)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,14 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="test")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--backend", default="ort-cpu")
+    ap.add_argument("--all-settings", action="store_true",
+                    help="also every point of the model dir's dial (gate offsets / exit thresholds)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    r = parity(a.run_dir, a.model_dir, a.split, a.batch_size, a.backend)
+    r = parity(a.run_dir, a.model_dir, a.split, a.batch_size, a.backend, a.all_settings)
     if a.json:
         print(json.dumps(r))
     else:
         for k, v in r.items():
-            print(f"{k:38s} {v}")
+            if k != "settings":
+                print(f"{k:38s} {v}")
+        for x in r["settings"]:
+            print(f"  {x['setting']:>14s}: {x['avg_layers']:.2f} layers, {x['decision_disagreements']} decision "
+                  f"disagreements ({x['decision_disagreements_outside_tie']} outside the tie margin), "
+                  f"{x['label_disagreements']} label disagreements, max |dlogit| {x['max_abs_logit_diff']:.2e}")
     print("PARITY OK" if r["ok"] else "PARITY MISMATCH", file=sys.stderr)
     return 0 if r["ok"] else 1
 

@@ -461,3 +461,29 @@ def test_the_manifest_refuses_a_route_its_units_do_not_fit(env, tmp_path):
         (d / "manifest.json").write_text(json.dumps(data))
         with pytest.raises(ManifestError, match=message):
             load_manifest(d)
+
+
+def _parity_module():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("parity", Path(__file__).parents[1] / "bench" / "parity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_parity_checks_the_static_and_early_exit_routes(env, capsys):
+    """bench/parity.py is how the winner's parity on a real test split is measured: it must follow the model dir's
+    route (a static model never routes by the gates its run carries, scrambled in be2; an early-exit model's
+    decisions are its exit layers, at every dial setting), and fail when the model dir is not the run's."""
+    parity = _parity_module()
+    r = parity.parity(str(env["be2"]), str(env["m-be2"]), "test", 8)
+    assert r["ok"] and r["route"] == "static" and r["decision_disagreements"] == 0
+    assert r["settings"][0]["avg_layers"] == 2.0 and r["max_abs_logit_diff"] < 1e-4
+    r = parity.parity(str(env["ee"]), str(env["m-ee"]), "test", 8, all_settings=True)
+    assert r["ok"] and r["route"] == "early-exit" and len(r["settings"]) == 1 + 5
+    assert all(s["decision_disagreements"] == 0 and s["label_disagreements"] == 0 for s in r["settings"])
+    assert len({s["avg_layers"] for s in r["settings"]}) >= 3  # the dial's settings exit at different depths
+    assert parity.main([str(env["be3"]), str(env["m-be2"]), "--batch-size", "8"]) == 1  # another run's model dir
+    assert "PARITY MISMATCH" in capsys.readouterr().err
