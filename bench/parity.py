@@ -30,8 +30,8 @@ import numpy as np
 
 def _torch_side(run_dir: str, route: str, atol: float, rtol: float):
     """(run info, step, layers) for the model dir's route: step(ids, mask, tt, knob) -> (decisions (B, L) bool,
-    logits (B, C), tie (B, L): how far each decision was from flipping over the tolerance, atol + rtol * scale: above 1 it is
-    outside the tie margin).
+    logits (B, C), tie (B, L): how far each decision was from flipping over the tolerance, atol + rtol * scale:
+    above 1 it is outside the tie margin).
         gated       GatedEncoder route, knob = gate offset; |gate margin - offset|, scale |l0| + |l1|
         static      every layer (gates off), knob unused; inf (nothing to decide)
         early-exit  MultiExit's every exit, the runtime's entropy rule at threshold knob; |entropy - knob|,
