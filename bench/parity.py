@@ -34,8 +34,9 @@ def _torch_side(run_dir: str, route: str, atol: float, rtol: float):
     above 1 it is outside the tie margin).
         gated       GatedEncoder route, knob = gate offset; |gate margin - offset|, scale |l0| + |l1|
         static      every layer (gates off), knob unused; inf (nothing to decide)
-        early-exit  MultiExit's every exit, the runtime's entropy rule at threshold knob; |entropy - knob|,
-                    scale |knob|"""
+        early-exit  MultiExit's every exit, the runtime's entropy rule at threshold knob; decisions = the
+                    layers run, so column j's tie is |entropy - knob| of the exit after layer j-1 (the one that
+                    decides whether layer j runs), scale |knob|"""
     import torch
 
     from hadskip.runtime.exits import entropy, exit_layers, softmax
@@ -53,6 +54,9 @@ def _torch_side(run_dir: str, route: str, atol: float, rtol: float):
             at = exit_layers(ent, knob)
             L = z.shape[1]
             tie = np.abs(ent - knob) / (atol + rtol * abs(knob))
+            # layer j runs iff the row did not exit after layer j-1: that exit's tie decides column j (layer 0
+            # always runs)
+            tie = np.concatenate([np.full((len(at), 1), np.inf), tie[:, :-1]], axis=1)
             return (np.arange(L)[None, :] <= at[:, None]), z[np.arange(len(at)), at], tie
         return info, step, model.num_layers
     from hadskip.modeling.checkpoint import load_run

@@ -487,3 +487,52 @@ def test_bench_parity_checks_the_static_and_early_exit_routes(env, capsys):
     assert len({s["avg_layers"] for s in r["settings"]}) >= 3  # the dial's settings exit at different depths
     assert parity.main([str(env["be3"]), str(env["m-be2"]), "--batch-size", "8"]) == 1  # another run's model dir
     assert "PARITY MISMATCH" in capsys.readouterr().err
+
+
+def test_bench_parity_catches_an_early_exit_far_from_the_tie(env, monkeypatch):
+    """An early-exit row's layers are decided by the exit BEFORE them: when the runtime stops a row after layer 1
+    and PyTorch goes on, the decision that differs is exit 1's, not exit 2's. A runtime whose first exit head is
+    broken for one row (it exits there, PyTorch's entropy far above the threshold) must fail parity, even at a
+    threshold that sits on that row's exit-2 entropy (where looking at the wrong exit would call it a tie)."""
+    from hadskip import runtime as rt_module
+    from hadskip.evaluation.baselines import rules
+
+    parity = _parity_module()
+    texts = _split(env)
+    ent = rules.entropy(torch.from_numpy(_torch_exits(env, texts)).softmax(-1).numpy())  # (N, L)
+    r = int(np.argmax(ent[:, 0] - ent[:, 1]))
+    assert ent[r, 0] - ent[r, 1] > 4e-4  # PyTorch: row r does not exit after layer 1, it exits after layer 2
+    knob = float(ent[r, 1]) + 2e-5  # within the fp32 tie margin (1e-4) of row r's exit-2 entropy
+    monkeypatch.setattr(parity, "_knobs", lambda rt, route, all_settings: [("probe", knob)])
+    original = rt_module.Runtime.load
+
+    def load_broken(*args, **kwargs):
+        rt = original(*args, **kwargs)
+        be, target = rt.backend, rt.encode([texts[r]]).ids[0]
+
+        class Broken:  # the real backend; exit head 0 answers with certainty for row r only
+            name, num_layers = be.name, be.num_layers
+
+            def __getattr__(self, attr):
+                return getattr(be, attr)
+
+            def run_embeddings(self, ids, mask, tt):
+                n = len(target)
+                self.hit = (mask.sum(1) == n) & (ids[:, :n] == target).all(1) if ids.shape[1] >= n else \
+                    np.zeros(len(ids), dtype=bool)
+                return be.run_embeddings(ids, mask, tt)
+
+            def run_exit(self, i, h, mask):
+                z = be.run_exit(i, h, mask)
+                if i == 0:
+                    z[self.hit] = [50.0, -50.0]
+                return z
+
+        rt.backend = Broken()
+        return rt
+
+    monkeypatch.setattr(rt_module.Runtime, "load", load_broken)
+    res = parity.parity(str(env["ee"]), str(env["m-ee"]), "test", 8)
+    s = res["settings"][0]
+    assert s["decision_disagreements"] >= 1 and s["decision_disagreements_outside_tie"] >= 1
+    assert not res["ok"]
