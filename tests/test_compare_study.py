@@ -122,8 +122,13 @@ def test_train_examples_is_one_subset_for_every_seed_and_leaves_dev_and_test_who
 def test_compare_over_seeds_with_a_variant(env, monkeypatch):
     from hadskip.evaluation.compare import CompareConfig, compare
 
+    from hadskip.training.finetune import finetune
+
     out = env["root"] / "study"
-    cfg = CompareConfig(None, [1.5], out=str(out), teacher=str(env["teacher"]), backbone=str(env["backbone"]),
+    teacher = env["root"] / "ft-56"  # fine-tuned on the students' 56 rows: the other 8 are held out from every run
+    finetune(TrainConfig(backbone=str(env["backbone"]), task=str(env["task"]), out=str(teacher), max_len=32,
+                         batch_size=16, epochs=2, lr=1e-3, train_examples=56, progress=False))
+    cfg = CompareConfig(None, [1.5], out=str(out), teacher=str(teacher), backbone=str(env["backbone"]),
                         max_len=32, baseline_epochs=0.5, progress=False, seeds=[0, 1],
                         variants=["per-layer", "attn-gate"],
                         train_examples=56, oracle=True,

@@ -76,3 +76,29 @@ def test_the_router_trains_only_on_rows_no_run_trained_on(tmp_path):
     rest = np.setdiff1d(np.arange(len(whole.train)), idx)
     assert len(rest) == 20 and not set(whole.train.texts[i] for i in rest) & set(kept.train.texts)
     assert len(train_subset(50, None)) == 50 and len(train_subset(50, 80)) == 50
+
+
+def test_no_router_is_fitted_on_rows_the_teacher_trained_on(tmp_path):
+    """The any-subset backbone starts as a copy of its teacher: training rows the teacher learned from are not
+    held out, even when --train-examples left them out of the any-subset run. A teacher fine-tuned on the whole
+    split leaves no row to fit the router on (no router row); one fine-tuned on the same subset leaves the rest."""
+    from hadskip.evaluation.baselines import BaselineConfig
+    from hadskip.evaluation.baselines.anysubset import headroom, train_any_subset
+    from hadskip.testing import tiny_teacher
+    from hadskip.training.config import TrainConfig
+    from hadskip.training.finetune import finetune
+
+    torch.set_num_threads(1)
+    env = tiny_teacher(tmp_path, n_train=48, n_eval=16)  # its teacher saw all 48 training rows
+    base = dict(epochs=0.5, batch_size=16, train_examples=30, progress=False)
+    train_any_subset(BaselineConfig(teacher=str(env["teacher"]), out=str(tmp_path / "any-all"), **base))
+    h = headroom(tmp_path / "any-all", 1)
+    assert "router_test" not in h and "teacher" in h["router_skipped"]
+    assert h["best_subset_test"] <= h["oracle_test"]  # the rest of the headroom is still there
+
+    part = tmp_path / "ft-part"  # a teacher fine-tuned on the same 30 rows as the students
+    finetune(TrainConfig(backbone=str(env["backbone"]), task=str(env["task"]), out=str(part), max_len=32,
+                         batch_size=16, epochs=1, lr=1e-3, train_examples=30, progress=False))
+    train_any_subset(BaselineConfig(teacher=str(part), out=str(tmp_path / "any-part"), **base))
+    h = headroom(tmp_path / "any-part", 1)
+    assert h["router_train_rows"] == 48 - 30 and "router_skipped" not in h

@@ -27,7 +27,8 @@ from hadskip.evaluation.baselines.common import BaselineConfig, save, setup, tra
 from hadskip.data.batches import encode_split, pad_id
 from hadskip.evaluation.baselines.subset_router import fit_router, held_out_train, routed_predictions, subset_outputs
 from hadskip.evaluation.evaluate import default_device
-from hadskip.modeling.checkpoint import load_run, load_run_task
+from hadskip.errors import HadSkipError
+from hadskip.modeling.checkpoint import RunInfo, load_run, load_run_task, read_info
 from hadskip.training.losses import LossWeights, kd_logits, task_loss
 
 
@@ -66,9 +67,21 @@ def train_any_subset(cfg: BaselineConfig) -> dict:
     return metrics
 
 
+def _lineage(info) -> list:
+    """The RunInfos of a run and of the runs it started from (its teacher, recorded in extra["teacher"])."""
+    infos = [info]
+    while infos[-1].extra.get("teacher") and len(infos) < 8:
+        try:
+            infos.append(read_info(infos[-1].extra["teacher"]))
+        except HadSkipError:  # moved or removed: what it trained on is not known
+            infos.append(RunInfo(task=infos[-1].task, max_len=0, kind="teacher"))
+    return infos
+
+
 def headroom(run: str | Path, k: int, batch_size: int = 64) -> dict:
     """The best fixed k-subset (chosen on dev), the per-row oracle over k-subsets and the subset router
-    (subset_router.py; when the run left training rows out), on test."""
+    (subset_router.py; when neither the run nor its teacher trained on some training rows; else "router_skipped"
+    says why), on test."""
     model, tokenizer, info = load_run(run)
     model.to(default_device())
     data = load_run_task(info.task)
@@ -91,8 +104,10 @@ def headroom(run: str | Path, k: int, batch_size: int = 64) -> dict:
            "best_subset_dev": dev_scores[best], "best_subset_test": metric(test_preds[best], test_labels),
            "oracle_test": metric(oracle_preds, test_labels), "rows_where_subsets_disagree": round(disagree, 4),
            "best_subset_preds": test_preds[best]}
-    held = held_out_train(data, tokenizer, info.max_len, info.extra.get("config", {}).get("train_examples"))
-    if held is not None:
+    held, why = held_out_train(data, tokenizer, info.max_len, _lineage(info))
+    if held is None:
+        out["router_skipped"] = why
+    else:
         router, alpha, dev_value = fit_router(subset_outputs(model, held, pad, subsets, batch_size), dev, metric)
         route = router.route(test.features)
         masks = np.zeros((len(subsets), model.num_layers), dtype=np.float32)

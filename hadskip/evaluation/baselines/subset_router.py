@@ -7,14 +7,15 @@ has to pick it from the input alone, before any layer runs, so it is the headroo
     features   the mean over attended tokens of the embeddings' output (what HadSkip's first gate reads)
                and the log of the row's length
     targets    per row and K-subset s of the any-subset backbone, log p(true label) with the layers of s
-               (clipped at ln 1e-4), on the training rows no run trained on (those --train-examples left out)
+               (clipped at ln 1e-4), on the training rows no run trained on: neither the any-subset run nor the
+               teacher it is a copy of (so the teacher too must be fine-tuned on a --train-examples subset)
     model      ridge regression from the standardised features to every subset's target (closed form, numpy;
                a few hundred features and tens of targets need no library), route = the argmax
     selection  the ridge strength on dev (a strong one routes every row to the subset with the best mean
                target: the router nests a static choice); test is reported
 
-Without held-out training rows (no --train-examples, or as many as the split has) nothing is fitted: training
-rows the backbone learned from say little about rows it has not seen.
+Without held-out training rows (no --train-examples, as many as the split has, or a teacher fine-tuned on the
+whole split) nothing is fitted: training rows the backbone learned from say little about rows it has not seen.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 
 from hadskip.data.batches import encode_split, loader
-from hadskip.data.sources import train_subset
+from hadskip.data.sources import load_task
+from hadskip.modeling.checkpoint import task_source
 
 LOGP_FLOOR = float(np.log(1e-4))
 ALPHAS = tuple(10.0 ** e for e in range(-1, 6))
@@ -70,12 +72,39 @@ def subset_outputs(model, enc, pad_id: int, subsets: list[tuple[int, ...]], batc
     return SubsetOutputs(logp, feats, np.asarray(enc.labels))
 
 
-def held_out_train(data, tokenizer, max_len: int, train_examples: int | None):
-    """The encoded training rows that `train_examples` left out of every run (None when there are none)."""
-    n = len(data.train)
-    kept = train_subset(n, train_examples)
-    rest = np.setdiff1d(np.arange(n), kept)
-    return encode_split(data.train.subset(rest), tokenizer, max_len) if len(rest) else None
+def _row_keys(split) -> list[tuple]:
+    return list(zip(split.texts, split.pairs if split.pairs is not None else [None] * len(split.texts), strict=True))
+
+
+def trained_rows(info) -> set[tuple] | None:
+    """The (text, pair) of every training row the run `info` learned from, loaded as its training loaded them
+    (its task's source with its seed, max_examples and train_examples: training.loop.load_data); None when that is
+    not known (a teacher imported from a transformers classifier, a run without its settings)."""
+    config = info.extra.get("config")
+    if info.extra.get("imported_from") or not isinstance(config, dict):
+        return None
+    name, options = task_source(info.task)
+    split = load_task(name, **options, seed=config.get("seed", 0), max_examples=config.get("max_examples"),
+                      train_examples=config.get("train_examples")).train
+    return set(_row_keys(split))
+
+
+def held_out_train(data, tokenizer, max_len: int, runs: list) -> tuple[object | None, str | None]:
+    """(the encoded training rows of `data` that none of `runs` trained on, None) or (None, why there are none).
+    `runs`: the RunInfos of the any-subset run and of every run it started from (its teacher: the backbone is a
+    copy of it, so rows the teacher learned are not held out). Rows are matched by content: a copy of a trained
+    row is not held out either."""
+    seen: set[tuple] = set()
+    for info in runs:
+        rows = trained_rows(info)
+        if rows is None:
+            return None, f"the training rows of its {info.kind} run are not known"
+        seen |= rows
+    rest = [i for i, key in enumerate(_row_keys(data.train)) if key not in seen]
+    if not rest:
+        kinds = " and ".join(dict.fromkeys(info.kind for info in runs))
+        return None, f"no training row is held out from its {kinds} runs (its teacher trained on every row?)"
+    return encode_split(data.train.subset(rest), tokenizer, max_len), None
 
 
 @dataclass

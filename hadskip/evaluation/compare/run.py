@@ -292,7 +292,7 @@ def compare(cfg: CompareConfig) -> dict:
                          "run": o["run"]})
             rows.append({"method": "oracle", "budget": k, "value": o["oracle_test"], "avg_layers": o["k"],
                          "subsets": o["subsets"], "rows_where_subsets_disagree": o["rows_where_subsets_disagree"],
-                         "run": o["run"]})
+                         "run": o["run"], **({"router_skipped": o["router_skipped"]} if "router_skipped" in o else {})})
             records[("best-subset", k)] = record(o["best_subset_preds"], np.full(len(labels["test"]), o["k"]))
             if "router_test" in o:
                 codes = path_codes(o["router_gates"])
