@@ -81,7 +81,8 @@ def test_the_router_trains_only_on_rows_no_run_trained_on(tmp_path):
 def test_no_router_is_fitted_on_rows_the_teacher_trained_on(tmp_path):
     """The any-subset backbone starts as a copy of its teacher: training rows the teacher learned from are not
     held out, even when --train-examples left them out of the any-subset run. A teacher fine-tuned on the whole
-    split leaves no row to fit the router on (no router row); one fine-tuned on the same subset leaves the rest."""
+    split leaves no training row to fit the router on (it is cross-fitted on dev); one fine-tuned on the same
+    subset leaves the rest."""
     from hadskip.evaluation.baselines import BaselineConfig
     from hadskip.evaluation.baselines.anysubset import headroom, train_any_subset
     from hadskip.testing import tiny_teacher
@@ -93,7 +94,8 @@ def test_no_router_is_fitted_on_rows_the_teacher_trained_on(tmp_path):
     base = dict(epochs=0.5, batch_size=16, train_examples=30, progress=False)
     train_any_subset(BaselineConfig(teacher=str(env["teacher"]), out=str(tmp_path / "any-all"), **base))
     h = headroom(tmp_path / "any-all", 1)
-    assert "router_test" not in h and "teacher" in h["router_skipped"]
+    assert "teacher" in h["router_no_held_out"] and h["router_fit"].startswith("dev")
+    assert h["router_train_rows"] == 16 and 0 <= h["router_test"] <= 1
     assert h["best_subset_test"] <= h["oracle_test"]  # the rest of the headroom is still there
 
     part = tmp_path / "ft-part"  # a teacher fine-tuned on the same 30 rows as the students
@@ -101,4 +103,18 @@ def test_no_router_is_fitted_on_rows_the_teacher_trained_on(tmp_path):
                          batch_size=16, epochs=1, lr=1e-3, train_examples=30, progress=False))
     train_any_subset(BaselineConfig(teacher=str(part), out=str(tmp_path / "any-part"), **base))
     h = headroom(tmp_path / "any-part", 1)
-    assert h["router_train_rows"] == 48 - 30 and "router_skipped" not in h
+    assert h["router_train_rows"] == 48 - 30 and h["router_fit"] == "held-out training rows"
+
+
+def test_the_dev_fallback_never_scores_a_router_on_rows_it_was_fitted_on():
+    """Cross-fitting: with features that are pure noise, a router fitted on a row and scored on it looks good
+    (it memorises), one scored on other folds does not. The fallback's dev number must be the honest one."""
+    from hadskip.evaluation.baselines.subset_router import fit_router_on_dev
+
+    rng = np.random.default_rng(1)
+    n, s = 60, 6
+    logp = np.log(np.where(rng.random((s, n, 1)) < 0.5, [[[0.1, 0.9]]], [[[0.9, 0.1]]]))
+    out = SubsetOutputs(logp.astype(np.float32), rng.normal(size=(n, 80)).astype(np.float32), np.ones(n, np.int64))
+    router, alpha, dev_value = fit_router_on_dev(out, _accuracy, alphas=(1e-3,))
+    in_sample = _accuracy(routed_predictions(out, router.route(out.features)), out.labels)
+    assert in_sample > 0.9 and dev_value < 0.75

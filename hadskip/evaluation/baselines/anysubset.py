@@ -25,7 +25,8 @@ import torch
 from hadskip.data.metrics import compute_metric
 from hadskip.evaluation.baselines.common import BaselineConfig, save, setup, train
 from hadskip.data.batches import encode_split, pad_id
-from hadskip.evaluation.baselines.subset_router import fit_router, held_out_train, routed_predictions, subset_outputs
+from hadskip.evaluation.baselines.subset_router import (fit_router, fit_router_on_dev, held_out_train,
+                                                        routed_predictions, subset_outputs)
 from hadskip.evaluation.evaluate import default_device
 from hadskip.errors import HadSkipError
 from hadskip.modeling.checkpoint import RunInfo, load_run, load_run_task, read_info
@@ -105,15 +106,18 @@ def headroom(run: str | Path, k: int, batch_size: int = 64) -> dict:
            "oracle_test": metric(oracle_preds, test_labels), "rows_where_subsets_disagree": round(disagree, 4),
            "best_subset_preds": test_preds[best]}
     held, why = held_out_train(data, tokenizer, info.max_len, _lineage(info))
-    if held is None:
-        out["router_skipped"] = why
+    if held is None:  # fitted on dev, cross-fitted (subset_router.fit_router_on_dev)
+        router, alpha, dev_value = fit_router_on_dev(dev, metric)
+        out.update({"router_fit": "dev (5-fold cross-fitted)", "router_no_held_out": why})
     else:
         router, alpha, dev_value = fit_router(subset_outputs(model, held, pad, subsets, batch_size), dev, metric)
-        route = router.route(test.features)
-        masks = np.zeros((len(subsets), model.num_layers), dtype=np.float32)
-        for i, sub in enumerate(subsets):
-            masks[i, list(sub)] = 1.0
-        preds = routed_predictions(test, route)
-        out.update({"router_dev": dev_value, "router_test": metric(preds, test_labels), "router_alpha": alpha,
-                    "router_train_rows": len(held), "router_preds": preds, "router_gates": masks[route]})
+        out["router_fit"] = "held-out training rows"
+    route = router.route(test.features)
+    masks = np.zeros((len(subsets), model.num_layers), dtype=np.float32)
+    for i, sub in enumerate(subsets):
+        masks[i, list(sub)] = 1.0
+    preds = routed_predictions(test, route)
+    out.update({"router_dev": dev_value, "router_test": metric(preds, test_labels), "router_alpha": alpha,
+                "router_train_rows": len(dev.labels) if held is None else len(held), "router_preds": preds,
+                "router_gates": masks[route]})
     return out

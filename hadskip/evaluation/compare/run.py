@@ -14,7 +14,8 @@
     best-subset     (--oracle) the best fixed K-subset of an any-subset-trained backbone, chosen on dev
     oracle          (--oracle) each test row on its best K-subset of that backbone: the headroom of routing
     subset-router   (--oracle) each test row on the K-subset a router picks from its embeddings, the router
-                    fitted to the per-row best subsets of the training rows no run trained on (subset_router.py)
+                    fitted to the per-row best subsets of the training rows no run trained on, else cross-fitted
+                    on dev (subset_router.py)
 
 Matching: the compared average layers at budget K is the HadSkip run's average on dev; every dynamic rule (the
 entropy threshold, the patience mixture, the dial offset) is calibrated on dev to it, and test is reported.
@@ -292,13 +293,15 @@ def compare(cfg: CompareConfig) -> dict:
                          "run": o["run"]})
             rows.append({"method": "oracle", "budget": k, "value": o["oracle_test"], "avg_layers": o["k"],
                          "subsets": o["subsets"], "rows_where_subsets_disagree": o["rows_where_subsets_disagree"],
-                         "run": o["run"], **({"router_skipped": o["router_skipped"]} if "router_skipped" in o else {})})
+                         "run": o["run"]})
             records[("best-subset", k)] = record(o["best_subset_preds"], np.full(len(labels["test"]), o["k"]))
             if "router_test" in o:
                 codes = path_codes(o["router_gates"])
                 rows.append({"method": "subset-router", "budget": k, "value": o["router_test"], "avg_layers": o["k"],
                              "dev_value": o["router_dev"], "dev_avg_layers": o["k"], "alpha": o["router_alpha"],
-                             "train_rows": o["router_train_rows"], "run": o["run"], **path_diversity(codes, L)})
+                             "train_rows": o["router_train_rows"], "fitted_on": o["router_fit"], "run": o["run"],
+                             **({"no_held_out": o["router_no_held_out"]} if "router_no_held_out" in o else {}),
+                             **path_diversity(codes, L)})
                 records[("subset-router", k)] = record(o["router_preds"], np.full(len(labels["test"]), o["k"]), codes)
         for v in cfg.variants:
             score_variant = _skip_exit_row if VARIANTS[v].get("exit_heads") else _dial_row
