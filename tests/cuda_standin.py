@@ -183,8 +183,8 @@ def build_host_kernel(folder) -> ctypes.CDLL:
 
 
 class UnitCapture:
-    """The stand-in's unit capture (what hadskip.modeling.cuda_conditional.TorchCapture is on a GPU): a unit
-    "graph" is its function, replayed when the stand-in launches a graph holding it."""
+    """The stand-in's unit capture (what hadskip.modeling.cuda_conditional.device_gates.TorchCapture is on a
+    GPU): a unit "graph" is its function, replayed when the stand-in launches a graph holding it."""
 
     def __init__(self, register: Callable[[Callable[[], None]], int]):
         self.register = register
