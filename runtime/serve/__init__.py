@@ -3,7 +3,8 @@
     config.py       ServeConfig (every field a CLI option), is_loopback
     tei.py          --api tei: text-embeddings-inference's /predict grammar and answers
     request.py      POST /predict's body -> inputs; ApiError (one-line JSON errors); reading a body in bounds
-    metrics.py      Prometheus metrics (prometheus_client)
+    schemas.py      the request bodies' JSON Schemas and examples, the answers' pydantic models (OpenAPI)
+    metrics.py      Prometheus metrics (prometheus_client), the app's gauges, the response counter (ASGI)
     batcher.py      the worker thread that merges requests into runtime calls
     latency.py      --latency-target-ms: the rule that lowers a queued batch's budget, and the measured costs
     connections.py  header timeout, connection and body-phase limits (a uvicorn protocol subclass), framing and

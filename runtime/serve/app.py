@@ -30,9 +30,11 @@ from hadskip.runtime.serve.config import ServeConfig
 from hadskip.runtime.serve.connections import FramingGuard, HostGuard
 from hadskip.runtime.serve.info import json_safe, info_body, tei_info_body, hadskip_version
 from hadskip.runtime.serve.latency import LatencyPolicy
-from hadskip.runtime.serve.metrics import Metrics
+from hadskip.runtime.serve.metrics import Metrics, MetricsMiddleware, add_server_gauges
 from hadskip.errors import HadSkipError
 from hadskip.runtime.serve.request import CLOSE, ApiError, parse_predict_fields, read_body, scrub_paths
+from hadskip.runtime.serve.schemas import (PREDICT_EXAMPLES, PREDICT_SCHEMA, TEI_EXAMPLES, TEI_PREDICT_SCHEMA,
+                                           TEI_RESPONSE_SCHEMA, response_models)
 from hadskip.runtime.serve.tei import ERROR_TYPES, TeiRequest, parse_tei_predict
 from hadskip.runtime.serve.tei import answer as tei_answer
 
@@ -56,82 +58,6 @@ class ServerState:
     ready: threading.Event = field(default_factory=threading.Event)
 
 
-PREDICT_SCHEMA = {
-    "type": "object", "required": ["inputs"], "additionalProperties": False,
-    "properties": {"inputs": {"oneOf": [
-        {"type": "string", "minLength": 1, "description": "one text"},
-        {"type": "array", "minItems": 1, "description": "a batch: texts and [text, text_pair] pairs",
-         "items": {"oneOf": [{"type": "string", "minLength": 1},
-                             {"type": "array", "items": {"type": "string", "minLength": 1},
-                              "minItems": 2, "maxItems": 2}]}}]},
-                   "budget": {"type": "number", "description": "target average layers through the model's "
-                              "budget dial (default: the server's --budget, else the trained gates)"},
-                   "max_layers": {"type": "integer", "minimum": 0, "description": "a hard cap: no row runs more "
-                                  "layers (0..L; default: none)"}},
-}
-PREDICT_EXAMPLES = {
-    "one text": {"value": {"inputs": "a fine movie"}},
-    "a batch": {"value": {"inputs": ["a fine movie", "dull and long"]}},
-    "a pair": {"value": {"inputs": [["the plot was thin", "the acting saved it"]]}},
-    "at a budget": {"value": {"inputs": "a fine movie", "budget": 2.5}},
-    "at most 2 layers a row": {"value": {"inputs": "a fine movie", "max_layers": 2}},
-}
-
-
-TEI_PREDICT_SCHEMA = {  # text-embeddings-inference's PredictRequest (docs/openapi.json), plus our opt-in extras
-    "type": "object", "required": ["inputs"],
-    "properties": {
-        "inputs": {"oneOf": [
-            {"type": "string", "description": "A single string"},
-            {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2,
-             "description": "A pair of strings"},
-            {"type": "array", "description": "A batch", "items": {"oneOf": [
-                {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
-                {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}]}}]},
-        "raw_scores": {"type": "boolean", "default": False},
-        "truncate": {"type": "boolean", "default": False, "nullable": True},
-        "truncation_direction": {"type": "string", "enum": ["left", "right"], "default": "right"},
-        "hadskip": {"type": "object", "description": "opt-in: {\"budget\": 2.5, \"max_layers\": 2}",
-                    "properties": {"budget": {"type": "number"}, "max_layers": {"type": "integer", "minimum": 0}}}}}
-TEI_PREDICTION = {"type": "object", "required": ["label", "score"],
-                  "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}
-TEI_RESPONSE_SCHEMA = {"oneOf": [{"type": "array", "items": TEI_PREDICTION},
-                                 {"type": "array", "items": {"type": "array", "items": TEI_PREDICTION}}]}
-TEI_EXAMPLES = {
-    "one text": {"value": {"inputs": "What is Deep Learning?"}},
-    "a pair": {"value": {"inputs": ["the plot was thin", "the acting saved it"]}},
-    "a batch": {"value": {"inputs": [["a fine movie"], ["the plot was thin", "the acting saved it"]]}},
-    "raw scores, truncated": {"value": {"inputs": "a fine movie", "raw_scores": True, "truncate": True}},
-    "at a budget": {"value": {"inputs": "a fine movie", "hadskip": {"budget": 2.5}}},
-}
-
-
-def _schemas():
-    from pydantic import BaseModel
-
-    class PredictionOut(BaseModel):
-        label: str
-        label_id: int
-        probs: dict[str, float]
-        layers: list[int]  # 0-based indices of the layers that ran
-        num_layers: int
-        tokens: int  # tokens after truncation
-        truncated: bool  # the input was cut to max_seq_len
-        budget: float | None = None  # with --latency-target-ms: the budget it ran at (null: the trained gates)
-
-    class PredictResponse(BaseModel):
-        predictions: list[PredictionOut]
-
-    class ErrorResponse(BaseModel):
-        error: str
-        error_type: str
-
-    class HealthResponse(BaseModel):
-        status: str
-
-    return PredictResponse, ErrorResponse, HealthResponse
-
-
 def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str = "",
                on_fatal: Callable[[str], None] | None = None):
     """The FastAPI app. `loader()` returns a Runtime (or anything with its predict/labels/num_layers/...); it
@@ -143,9 +69,9 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
 
-    PredictResponse, ErrorResponse, HealthResponse = _schemas()
+    PredictResponse, ErrorResponse, HealthResponse = response_models()
     state = ServerState(config, Metrics(config.max_batch), model_name)
-    _gauges(state)
+    add_server_gauges(state)
 
     def load() -> None:
         try:
@@ -355,56 +281,5 @@ def create_app(config: ServeConfig, loader: Callable[[], Any], model_name: str =
 
     app.add_middleware(FramingGuard)
     app.add_middleware(HostGuard, patterns=config.host_patterns())
-    app.add_middleware(_MetricsMiddleware, state=state)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, endpoints=ENDPOINTS, static=DOCS_STATIC)
     return app
-
-
-def _gauges(state: ServerState) -> None:
-    def batcher(attr: str) -> Callable[[], float]:
-        return lambda: getattr(state.batcher, attr) if state.batcher is not None else 0
-
-    m = state.metrics
-    m.gauge("hadskip_ready", "1 when the model is loaded.", lambda: float(state.status == "ok"))
-    m.gauge("hadskip_queue_rows", "Rows waiting for the worker.", batcher("queued_rows"))
-    m.gauge("hadskip_queue_capacity_rows", "Rows the queue takes before answering 429.",
-            lambda: state.config.max_queue)
-    m.gauge("hadskip_running_rows", "Rows in the runtime call now running.", batcher("busy_rows"))
-    m.gauge("hadskip_inflight_requests", "/predict requests waiting for their result.", lambda: state.inflight)
-    m.gauge("hadskip_budget", "The budget the latest runtime call ran the server's default rows at (lowered "
-            "under --latency-target-ms; the trained gates: their dev average; NaN: unknown).",
-            lambda: _number(getattr(state.batcher, "budget_now", None)))
-    m.gauge("hadskip_layer_row_seconds", "Measured seconds per layer run by one row (the batcher's moving "
-            "estimate; NaN before the first call).", lambda: _number(_estimate(state, "layer_row_s")))
-
-
-def _number(x) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def _estimate(state: ServerState, name: str) -> float | None:
-    costs = state.batcher.costs.costs() if state.batcher is not None else None
-    return None if costs is None else getattr(costs, name)
-
-
-class _MetricsMiddleware:
-    """Pure ASGI: counts every HTTP response by endpoint and status (unknown paths as "other")."""
-
-    def __init__(self, app, state: ServerState):
-        self.app, self.state = app, state
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        status = [500]
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            path = scope.get("path", "")
-            path = DOCS_STATIC if path.startswith(DOCS_STATIC + "/") else path
-            self.state.metrics.http(path if path in ENDPOINTS else "other", status[0])

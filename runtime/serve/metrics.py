@@ -117,3 +117,58 @@ class Metrics:
         """(body, content type) in the format the scraper's Accept header asks for (Prometheus text by default)."""
         encode, content_type = self.pc.exposition.choose_encoder(accept or "")
         return encode(self.registry), content_type
+
+
+# -- the app's side: gauges over its state, and the response counter ------------------------------------------
+
+def add_server_gauges(state) -> None:
+    """The gauges read from the server's state (app.ServerState) at scrape time."""
+    def batcher(attr: str) -> Callable[[], float]:
+        return lambda: getattr(state.batcher, attr) if state.batcher is not None else 0
+
+    m = state.metrics
+    m.gauge("hadskip_ready", "1 when the model is loaded.", lambda: float(state.status == "ok"))
+    m.gauge("hadskip_queue_rows", "Rows waiting for the worker.", batcher("queued_rows"))
+    m.gauge("hadskip_queue_capacity_rows", "Rows the queue takes before answering 429.",
+            lambda: state.config.max_queue)
+    m.gauge("hadskip_running_rows", "Rows in the runtime call now running.", batcher("busy_rows"))
+    m.gauge("hadskip_inflight_requests", "/predict requests waiting for their result.", lambda: state.inflight)
+    m.gauge("hadskip_budget", "The budget the latest runtime call ran the server's default rows at (lowered "
+            "under --latency-target-ms; the trained gates: their dev average; NaN: unknown).",
+            lambda: _number(getattr(state.batcher, "budget_now", None)))
+    m.gauge("hadskip_layer_row_seconds", "Measured seconds per layer run by one row (the batcher's moving "
+            "estimate; NaN before the first call).", lambda: _number(_estimate(state, "layer_row_s")))
+
+
+def _number(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _estimate(state, name: str) -> float | None:
+    costs = state.batcher.costs.costs() if state.batcher is not None else None
+    return None if costs is None else getattr(costs, name)
+
+
+class MetricsMiddleware:
+    """Pure ASGI: counts every HTTP response by endpoint and status (a path not in `endpoints` as "other", one
+    under the folder `static` as `static`)."""
+
+    def __init__(self, app, metrics: Metrics, endpoints: tuple[str, ...], static: str):
+        self.app, self.metrics, self.endpoints, self.static = app, metrics, endpoints, static
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            path = scope.get("path", "")
+            path = self.static if path.startswith(self.static + "/") else path
+            self.metrics.http(path if path in self.endpoints else "other", status[0])
