@@ -18,7 +18,6 @@ Exit status 1 when a request got a 5xx or no answer, or the normal client got no
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -30,10 +29,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loopback  # noqa: E402
 import serve_process  # noqa: E402
-from load_test import WORDS, free_port, run_load  # noqa: E402  (the same client as the load test)
-
-from hadskip.runtime.serve.config import is_loopback  # noqa: E402
+from load_test import WORDS, run_load  # noqa: E402  (the same client as the load test)
+from loopback import free_port, tiny_model_dir  # noqa: E402
 
 MAX_REQUESTS, MAX_IDLE = 5_000, 10_000
 
@@ -105,15 +104,6 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def tiny_model_dir(root: Path) -> Path:
-    from hadskip.export import export_model
-    from hadskip.testing import tiny_run
-
-    run = tiny_run(root / "run", max_len=64)
-    export_model(run, root / "model", validate=False, progress=False)
-    return root / "model"
-
-
 def start_server(args, model: Path, port: int, logfile: Path) -> subprocess.Popen:
     return serve_process.start(model, args.host, port, ["--max-inputs", str(args.max_inputs), "--max-body-bytes",
                                                         str(args.max_body_bytes), "--header-timeout-s",
@@ -176,25 +166,17 @@ async def _one(host: str, port: int, body: bytes):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", type=Path, nargs="?", help="model dir (default: build a tiny random one)")
+    p = loopback.parser(__doc__, tiny_default=True)
     p.add_argument("--requests", type=int, default=500, help=f"per kind (at most {MAX_REQUESTS})")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-inputs", type=int, default=32)
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--idle", type=int, default=2000, help=f"silent connections (at most {MAX_IDLE})")
     p.add_argument("--header-timeout-s", type=float, default=10.0, help="the server's")
-    p.add_argument("--host", default="127.0.0.1", help="loopback only")
     p.add_argument("--time-limit-s", type=float, default=300.0, help="per phase")
-    p.add_argument("--start-timeout-s", type=float, default=180.0)
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    args = p.parse_args(argv)
-    if not is_loopback(args.host):
-        p.error(f"--host {args.host} is not a loopback address: this benchmark only targets this machine")
+    args = loopback.parse(p, argv, start_timeout_s=180.0)
     if not 1 <= args.requests <= MAX_REQUESTS or not 0 <= args.idle <= MAX_IDLE or not 1 <= args.concurrency <= 64:
         p.error(f"--requests in [1, {MAX_REQUESTS}], --idle in [0, {MAX_IDLE}], --concurrency in [1, 64]")
-    if args.model is not None and not (args.model / "manifest.json").is_file():
-        p.error(f"{args.model} is not a model dir (no manifest.json)")
     with tempfile.TemporaryDirectory(prefix="hadskip-bounded-") as tmp:
         model = args.model or tiny_model_dir(Path(tmp))
         max_seq_len = json.loads((model / "manifest.json").read_text())["max_seq_len"]

@@ -16,21 +16,19 @@ numbers are a lower bound and only the ratio between the modes carries over.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import random
 import re
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import serve_process  # noqa: E402  (bench/, beside this script)
-
-from hadskip.runtime.serve.config import is_loopback
+import loopback  # noqa: E402  (bench/, beside this script)
+import serve_process  # noqa: E402
+from loopback import free_port  # noqa: E402
 
 MAX_REQUESTS, MAX_CONCURRENCY = 100_000, 256
 WORDS = ("the a movie film plot acting was is very not quite good great dull fun boring long short story music "
@@ -39,12 +37,6 @@ WORDS = ("the a movie film plot acting was is very not quite good great dull fun
 
 def log(msg: str) -> None:
     print(f"[load-test] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def bodies(n: int, inputs: int, seed: int = 0) -> list[bytes]:
@@ -179,8 +171,7 @@ def run_mode(args, mode: str, max_batch: int, payloads: list[bytes], workdir: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", type=Path, help="model dir written by `hadskip export`")
+    p = loopback.parser(__doc__, tiny_default=False)
     p.add_argument("--requests", type=int, default=2000, help=f"per mode (at most {MAX_REQUESTS})")
     p.add_argument("--concurrency", type=int, default=16, help=f"connections (at most {MAX_CONCURRENCY})")
     p.add_argument("--inputs-per-request", type=int, default=1)
@@ -188,18 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--backend", default="ort-cpu")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
-    p.add_argument("--host", default="127.0.0.1", help="loopback only")
     p.add_argument("--port", type=int, default=0, help="0: a free port")
     p.add_argument("--time-limit-s", type=float, default=300.0, help="per mode; then no new requests")
-    p.add_argument("--start-timeout-s", type=float, default=120.0)
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    args = p.parse_args(argv)
-    if not is_loopback(args.host):
-        p.error(f"--host {args.host} is not a loopback address: this load test only targets this machine")
+    args = loopback.parse(p, argv, start_timeout_s=120.0)
     if not 1 <= args.requests <= MAX_REQUESTS or not 1 <= args.concurrency <= MAX_CONCURRENCY:
         p.error(f"--requests must be in [1, {MAX_REQUESTS}] and --concurrency in [1, {MAX_CONCURRENCY}]")
-    if not (args.model / "manifest.json").is_file():
-        p.error(f"{args.model} is not a model dir (no manifest.json)")
     payloads = bodies(args.requests, args.inputs_per_request)
     with tempfile.TemporaryDirectory(prefix="hadskip-load-") as tmp:
         rows = [run_mode(args, "batching", args.max_batch, payloads, Path(tmp)),

@@ -39,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_process  # noqa: E402
-from load_test import Conn, free_port  # noqa: E402  (the same minimal HTTP/1.1 client)
+from load_test import Conn  # noqa: E402  (the same minimal HTTP/1.1 client)
+from loopback import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 MAX_INFLIGHT = 6000  # connections this client opens at most (arrivals beyond it are counted as dropped)

@@ -14,7 +14,6 @@ process raises its own open-file limit. Exit status 1 when the normal client got
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http.client
 import json
@@ -25,10 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loopback  # noqa: E402
 import serve_process  # noqa: E402
-from load_test import free_port  # noqa: E402
-
-from hadskip.runtime.serve.config import is_loopback  # noqa: E402
+from loopback import free_port  # noqa: E402
 
 MAX_SLOW, MAX_REQUESTS = 10_000, 5_000
 BODY = json.dumps({"inputs": ["a fine movie", ["the plot was thin", "the acting saved it"]]}).encode()
@@ -119,34 +117,21 @@ async def attack(args, port: int, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", type=Path, nargs="?", help="model dir (default: build a tiny random one)")
+    p = loopback.parser(__doc__, tiny_default=True)
     p.add_argument("--slow", type=int, default=2100, help=f"slow-body connections kept open (at most {MAX_SLOW})")
     p.add_argument("--requests", type=int, default=300, help=f"normal requests (at most {MAX_REQUESTS})")
     p.add_argument("--content-length", type=int, default=1000, help="what the slow bodies announce")
     p.add_argument("--server-option", action="append", default=[], help="extra serve-local option (repeat)")
     p.add_argument("--reopen", action="store_true", help="reopen each slow body the server closes, at once")
     p.add_argument("--time-limit-s", type=float, default=120.0, help="for the normal client during the attack")
-    p.add_argument("--host", default="127.0.0.1", help="loopback only")
-    p.add_argument("--start-timeout-s", type=float, default=180.0)
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    args = p.parse_args(argv)
-    if not is_loopback(args.host):
-        p.error(f"--host {args.host} is not a loopback address: this benchmark only targets this machine")
+    args = loopback.parse(p, argv, start_timeout_s=180.0)
     if not 0 <= args.slow <= MAX_SLOW or not 1 <= args.requests <= MAX_REQUESTS:
         p.error(f"--slow in [0, {MAX_SLOW}], --requests in [1, {MAX_REQUESTS}]")
-    if args.model is not None and not (args.model / "manifest.json").is_file():
-        p.error(f"{args.model} is not a model dir (no manifest.json)")
     fd_limit = serve_process.raise_fd_limit(args.slow + 512)
     if fd_limit < args.slow + 64:
         p.error(f"the open-file limit ({fd_limit}) is too low for --slow {args.slow}")
     with tempfile.TemporaryDirectory(prefix="hadskip-slow-bodies-") as tmp:
-        if args.model is None:
-            from bounded_cost import tiny_model_dir
-
-            model = tiny_model_dir(Path(tmp))
-        else:
-            model = args.model
+        model = args.model or loopback.tiny_model_dir(Path(tmp))
         port = free_port(args.host)
         log(f"serving {model} on {args.host}:{port}")
         proc = serve_process.start(model, args.host, port, [o for opt in args.server_option for o in opt.split()],
