@@ -47,9 +47,10 @@ def env(tmp_path_factory):
     for key in [k for k in state if k.startswith("gates.") and k.endswith("weight")]:
         state[key] = torch.randn(state[key].shape, generator=gen) * 4
     save_file(state, str(f))
-    train_exit_model(BaselineConfig(out=str(root / "ee"), **base))
+    train_exit_model(BaselineConfig(out=str(root / "ee"), **base))  # exits on the mean of the tokens (the default)
+    train_exit_model(BaselineConfig(out=str(root / "ee1"), exit_pool="first", **base))  # first-token exits (older runs)
     out = {"root": root, "task": task, "teacher": teacher}
-    for name in ("be2", "be3", "ee"):
+    for name in ("be2", "be3", "ee", "ee1"):
         export_model(root / name, root / f"m-{name}", progress=False)
         out[name], out[f"m-{name}"] = root / name, root / f"m-{name}"
     yield out
@@ -183,11 +184,11 @@ def test_the_exit_rule_is_one_function():
     assert exits.exit_now(ent, 10.0).tolist() == [False, False, True]
 
 
-def _torch_exits(env, texts):
+def _torch_exits(env, texts, name: str = "ee"):
     """PyTorch's exit logits (N, L, C) of the early-exit run, as `hadskip compare` computes them."""
     from hadskip.evaluation.baselines import load_exit_model
 
-    model, tok, _ = load_exit_model(env["ee"], device="cpu")
+    model, tok, _ = load_exit_model(env[name], device="cpu")
     with torch.no_grad():
         logits, _ = model(*_batch(tok, texts))
     return logits.numpy()
@@ -499,7 +500,7 @@ def test_bench_parity_catches_an_early_exit_far_from_the_tie(env, monkeypatch):
 
     parity = _parity_module()
     texts = _split(env)
-    ent = rules.entropy(torch.from_numpy(_torch_exits(env, texts)).softmax(-1).numpy())  # (N, L)
+    ent = rules.entropy(torch.from_numpy(_torch_exits(env, texts, "ee1")).softmax(-1).numpy())  # (N, L)
     r = int(np.argmax(ent[:, 0] - ent[:, 1]))
     assert ent[r, 0] - ent[r, 1] > 4e-4  # PyTorch: row r does not exit after layer 1, it exits after layer 2
     knob = float(ent[r, 1]) + 2e-5  # within the fp32 tie margin (1e-4) of row r's exit-2 entropy
@@ -532,7 +533,29 @@ def test_bench_parity_catches_an_early_exit_far_from_the_tie(env, monkeypatch):
         return rt
 
     monkeypatch.setattr(rt_module.Runtime, "load", load_broken)
-    res = parity.parity(str(env["ee"]), str(env["m-ee"]), "test", 8)
+    res = parity.parity(str(env["ee1"]), str(env["m-ee1"]), "test", 8)
     s = res["settings"][0]
     assert s["decision_disagreements"] >= 1 and s["decision_disagreements_outside_tie"] >= 1
     assert not res["ok"]
+
+
+@pytest.mark.parametrize("name", ["ee", "ee1"])
+def test_exit_heads_read_what_their_run_says_and_export_so(env, name):
+    """Exit heads on the mean of the tokens (the default since first-token exits stayed at the majority class after
+    MiniLM's early layers) and on the first token (runs made before): each run loads with its own heads, and its
+    export matches PyTorch at exit 1 and at the head on a batch of mixed lengths, where the poolings differ."""
+    from hadskip.evaluation.baselines import load_exit_model
+    from hadskip.modeling.units import MeanPooledHead
+
+    model, tok, info = load_exit_model(env[name], device="cpu")
+    assert info.extra["exit_pool"] == ("mean" if name == "ee" else "first")
+    assert all(isinstance(h, MeanPooledHead) == (name == "ee") for h in model.exits)
+    ids, mask, tt = _batch(tok, _split(env)[:9])
+    assert len(set(mask.sum(1).tolist())) > 1
+    with torch.no_grad():
+        ref = model(ids, mask, tt)[0].numpy()  # (B, L, C)
+    with Runtime.load(env[f"m-{name}"]) as rt:
+        first = rt.run_batch(ids.numpy(), mask.numpy(), tt.numpy(), exit_threshold=1e9)  # every row exits at 1
+        full = rt.run_batch(ids.numpy(), mask.numpy(), tt.numpy(), exit_threshold=0.0)  # none exits
+    assert (first.gates.sum(1) == 1).all() and np.abs(first.logits - ref[:, 0]).max() < 1e-4
+    assert (full.gates.sum(1) == L).all() and np.abs(full.logits - ref[:, -1]).max() < 1e-4

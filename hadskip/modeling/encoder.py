@@ -22,14 +22,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import copy
 
 import torch
 from torch import nn
 
 from hadskip.modeling.families import SUPPORTED_MODEL_TYPES, additive_mask, call_layer, family
 from hadskip.modeling.reinmax import ESTIMATORS
-from hadskip.modeling.units import Embeddings, Gate, Layer, gate_open
+from hadskip.modeling.units import Embeddings, Gate, Layer, exit_head, gate_open
 
 GateMode = Literal["off", "sample", "hard", "route"]
 __all__ = ["SUPPORTED_MODEL_TYPES", "additive_mask", "call_layer", "GatedEncoder", "ModelConfig", "gate_open"]
@@ -51,6 +50,7 @@ class ModelConfig:
     gate_open_bias: float = 2.0  # initial logit1 - logit0 of every gate (gates start mostly open)
     gate_pool: str = "mean"  # what a gate reads of its input: units.GATE_POOLS
     exit_heads: bool = False  # exit heads after layers 1..L-1 (skip + exit); old configs without it: none
+    exit_pool: str = "first"  # what the exit heads read (units.EXIT_POOLS); configs without it: "first"
     hf_config: dict = field(default_factory=dict)  # the backbone's transformers config, as a dict
 
     def __post_init__(self) -> None:
@@ -67,7 +67,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         if not d["exit_heads"]:  # a model without exit heads writes the config it always did
-            del d["exit_heads"]
+            del d["exit_heads"], d["exit_pool"]
         return d
 
     @classmethod
@@ -102,7 +102,7 @@ class GatedEncoder(nn.Module):
             for _ in self.layers
         )
         self.head = fam.make_head(config, hf_model)  # Head, or the family's (ModernBERT's holds its final norm)
-        self.exits = nn.ModuleList(copy.deepcopy(self.head) for _ in range(config.num_layers - 1)) \
+        self.exits = nn.ModuleList(exit_head(self.head, config.exit_pool) for _ in range(config.num_layers - 1)) \
             if config.exit_heads else None
 
     @property
@@ -122,10 +122,11 @@ class GatedEncoder(nn.Module):
         """The exit heads' parameters (none without exit heads)."""
         return iter(()) if self.exits is None else self.exits.parameters()
 
-    def add_exits(self) -> None:
-        """Give this encoder exit heads: copies of its head (config.exit_heads becomes True)."""
-        self.config.exit_heads = True
-        self.exits = nn.ModuleList(copy.deepcopy(self.head) for _ in range(self.num_layers - 1))
+    def add_exits(self, pool: str = "mean") -> None:
+        """Give this encoder exit heads initialised as its head, reading `pool` (units.EXIT_POOLS; config.exit_heads
+        becomes True)."""
+        self.config.exit_heads, self.config.exit_pool = True, pool
+        self.exits = nn.ModuleList(exit_head(self.head, pool) for _ in range(self.num_layers - 1))
 
     def exit_logits(self, hidden_states: list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
         """Exit i's logits on the hidden state after position i, i = 1..L-1, from forward's hidden_states

@@ -159,6 +159,8 @@ class HadSkipConfig(TrainConfig):
                                      "routes must depend on the input).")
     exit_heads: bool = _opt(False, "Skip + exit: also train exit heads after layers 1..L-1 with the gates (stage "
                                    "III); `hadskip compare --variants skip-exit` scores the route (export: not yet).")
+    exit_pool: str | None = _opt(None, "With --exit-heads: what the exit heads read, mean (of the tokens; the "
+                                       "default) or first (token).")
     weights: LossWeights = field(default_factory=LossWeights)
     resume: bool = _opt(False, "Continue after the last finished stage/phase.")
 
@@ -174,6 +176,8 @@ class HadSkipConfig(TrainConfig):
         if self.homotopy_start is not None:
             check_finite("--homotopy-start", self.homotopy_start)
         KdMode.parse(self.kd)
+        if self.exit_pool not in (None, "first", "mean"):  # hadskip.modeling.units.EXIT_POOLS
+            raise HadSkipError(f"--exit-pool must be mean or first, got {self.exit_pool!r}")
         if self.gate_pool not in ("mean", "attention"):  # hadskip.modeling.units.GATE_POOLS
             raise HadSkipError(f"--gate-pool must be mean or attention, got {self.gate_pool!r}")
         if self.gate_penalty not in GATE_PENALTIES:

@@ -76,7 +76,7 @@ class _Stages:
         m.gates = torch.nn.ModuleList(Gate(m.config.hidden_size, self.cfg.gate_hidden, m.config.gate_open_bias,
                                            self.cfg.gate_pool) for _ in range(self.num_layers))
         if self.cfg.exit_heads:
-            m.add_exits()
+            m.add_exits(self.cfg.exit_pool or "mean")
         return m
 
     def save(self, name: str, model, metrics: dict) -> Path:

@@ -33,6 +33,7 @@ class BaselineConfig(OptimConfig):
     eval_batch_size: int = 64
     max_examples: int | None = None
     train_examples: int | None = None  # as HadSkip's run at the compared budget
+    exit_pool: str | None = None  # the multi-exit model's exit heads (units.EXIT_POOLS; None: "mean"); else unused
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """Early exit with exits trained jointly with the backbone: one multi-exit model serves the entropy rule
 (DeeBERT / BranchyNet) and the patience rule (PABEE) at any budget (hadskip.evaluation.baselines.rules).
 
-    exit i (1..L-1): a classification head (as the model's own, initialised from it) on layer i's first token,
+    exit i (1..L-1): a classification head (as the model's own, initialised from it) on the mean of layer i's
+                     tokens (BaselineConfig.exit_pool; "first": its first token, as runs before it did),
                      trained at the learning rate HadSkip's gates get (new modules; BaselineConfig.new_lr)
     exit L: the model's own head
     loss = sum_i i * (CE_i + a1 * KL(teacher logits || exit_i logits)) / sum_i i        (PABEE's weighting)
@@ -27,18 +28,20 @@ from hadskip.errors import HadSkipError
 from hadskip.evaluation.baselines.common import BaselineConfig, save, setup, train
 from hadskip.evaluation.evaluate import default_device
 from hadskip.modeling.checkpoint import load_run, load_weights
+from hadskip.modeling.units import exit_head
 from hadskip.training.losses import LossWeights, distillation, kd_logits
 
 HEADS_FILE = "exit_heads.safetensors"
 
 
 class MultiExit(nn.Module):
-    """A plain (gates off) GatedEncoder plus a head after every layer but the last."""
+    """A plain (gates off) GatedEncoder plus a head after every layer but the last, reading `pool`
+    (units.EXIT_POOLS: the mean of the tokens, or the first token as the model's own head does)."""
 
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, pool: str = "mean"):
         super().__init__()
-        self.encoder = encoder
-        self.exits = nn.ModuleList(copy.deepcopy(encoder.head) for _ in range(encoder.num_layers - 1))
+        self.encoder, self.pool = encoder, pool
+        self.exits = nn.ModuleList(exit_head(encoder.head, pool) for _ in range(encoder.num_layers - 1))
 
     @property
     def num_layers(self) -> int:
@@ -79,7 +82,8 @@ def train_exit_model(cfg: BaselineConfig) -> dict:
     from safetensors.torch import save_file
 
     st = setup(cfg)
-    model = MultiExit(copy.deepcopy(st.teacher).cpu()).train()
+    pool = cfg.exit_pool or "mean"
+    model = MultiExit(copy.deepcopy(st.teacher).cpu(), pool).train()
     weights = cfg.weights()
     prep = st.prep
 
@@ -93,7 +97,7 @@ def train_exit_model(cfg: BaselineConfig) -> dict:
     model = model.cpu()
     metrics = {"seconds": round(seconds, 1), "epochs": cfg.epochs, "dev_curve": curve,
                **{f"loss_{n}": round(v, 5) for n, v in parts.items()}}
-    out = save(st, model.encoder, "early-exit", metrics)
+    out = save(st, model.encoder, "early-exit", metrics, extra={"exit_pool": pool})
     if st.acc.is_main_process:
         save_file({k: v.contiguous() for k, v in model.exits.state_dict().items()}, str(out / HEADS_FILE))
     return metrics
@@ -107,7 +111,7 @@ def load_exit_model(run_dir: str | Path, device: str | None = None):
     encoder, tokenizer, info = load_run(run_dir)
     if info.kind != "early-exit" or not (run_dir / HEADS_FILE).is_file():
         raise HadSkipError(f"{run_dir} is not an early-exit run (kind {info.kind!r}, {HEADS_FILE})")
-    model = MultiExit(encoder)
+    model = MultiExit(encoder, (info.extra or {}).get("exit_pool", "first"))  # runs before exit_pool: first token
     load_weights(model.exits, load_file(str(run_dir / HEADS_FILE)), f"{run_dir / HEADS_FILE} does not fit")
     device = device or default_device()
     return model.to(device).eval(), tokenizer, info

@@ -13,7 +13,7 @@ BASELINES = ("budgeted-exit", "cascade", "early-exit", "patience-exit")
 # ("skip-exit": exit heads trained with the gates, scored by the skip + exit rule: hadskip/evaluation/skip_exit.py)
 VARIANTS = {"per-layer": {"gate_penalty": "per-layer"}, "attn-gate": {"gate_pool": "attention"},
             "per-layer-attn": {"gate_penalty": "per-layer", "gate_pool": "attention"},
-            "skip-exit": {"exit_heads": True}}
+            "skip-exit": {"exit_heads": True, "exit_pool": "mean"}}
 
 
 @dataclass

@@ -233,7 +233,7 @@ def compare(cfg: CompareConfig) -> dict:
     k_long = max(cfg.budgets, key=lambda k: epochs[k])
     ep_exit = epochs[k_long]
     edir = root / f"early-exit-e{ep_exit:g}"
-    wanted = base_cfg(edir, ep_exit, k_long)
+    wanted = replace(base_cfg(edir, ep_exit, k_long), exit_pool="mean")  # a run with first-token exits is refused
     if not reuse_or_check(edir, "early-exit", wanted):
         train_exit_model(wanted)
     exits = exit_rows(edir, cfg.budgets, target)
