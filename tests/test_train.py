@@ -285,6 +285,14 @@ def test_compare_table_and_frontier(env, gated, tmp_path, monkeypatch):
     assert result["peak_rss_mb"]["process"] > 0 and result["seconds"]["total"] > 0
     assert (tmp_path / "cmp" / "frontier.png").stat().st_size > 5000
     assert "| hadskip | 1.5 |" in (tmp_path / "cmp" / "compare.md").read_text()
+    # one seed recommends a route too: the best dev metric among the routes that ship, within the budget
+    from hadskip.runtime.dial import BUDGET_MARGIN
+
+    pick = result["deploy"]["1.5"]
+    shippable = {m: r for m, r in rows.items() if m in ("budgeted-exit", "early-exit", "hadskip", "hadskip-dial")
+                 and r["dev_avg_layers"] <= target + BUDGET_MARGIN}
+    assert pick["route"] == max(shippable, key=lambda m: shippable[m]["dev_value"])
+    assert f"- budget 1.5: **{pick['route']}**" in (tmp_path / "cmp" / "compare.md").read_text()
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["metric"] == "accuracy"
     # a second call reuses every run it trained: nothing may train again
     import hadskip.evaluation.baselines as hb

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hadskip.evaluation.compare.plan import BASELINES
+from hadskip.evaluation.compare.seeds import deploy_lines
 from hadskip.evaluation.compare.seeds import to_markdown as seeds_markdown
 
 def margins(rows: list[dict], budgets: list[float]) -> dict:
@@ -40,5 +41,8 @@ def to_markdown(result: dict) -> str:
     epochs = ", ".join(f"{k}: {v:g}" for k, v in result.get("epochs", {}).items())
     notes.append(f"- training epochs per budget (HadSkip stage III = budgeted exit): {epochs}; early and patience "
                  f"exit: one multi-exit model, {result.get('exit_model_epochs', 0):g} epochs")
+    deploy = ["", "Route to deploy per budget (highest dev metric among the routes within the budget that `hadskip "
+              "export` ships; one seed: `--seeds 3` for intervals):", "", *deploy_lines(result.get("deploy", {}))]
     return (f"Task {result['task']} (test; dynamic methods calibrated on dev to HadSkip's dev average layers)\n\n"
-            + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
+            + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n" + ("\n".join(deploy) + "\n"
+                                                                         if result.get("deploy") else ""))

@@ -48,7 +48,7 @@ from hadskip.evaluation.compare.cascade import curve as cascade_curve
 from hadskip.evaluation.compare.plan import VARIANTS, CompareConfig
 from hadskip.evaluation.compare.records import Outputs, path_codes, path_diversity, record, run_outputs, save_records
 from hadskip.evaluation.compare.render import margins, to_markdown
-from hadskip.evaluation.compare.seeds import aggregate
+from hadskip.evaluation.compare.seeds import aggregate, route_to_deploy
 from hadskip.evaluation.compare.seeds import to_markdown as seeds_markdown
 from hadskip.evaluation.compare.reuse import check_hadskip_run, finished, reuse_or_check, teacher
 from hadskip.evaluation.compare.rows import dial_rows, exit_rows, row
@@ -323,6 +323,8 @@ def compare(cfg: CompareConfig) -> dict:
               "num_labels": n_labels, "split": "test", "num_layers": L, "seed": seed, "variants": list(cfg.variants),
               "train_examples": cfg.train_examples,
               "rows": rows, "curves": curves, "margins": margins(rows, cfg.budgets),
+              "deploy": {f"{k:g}": d for k in cfg.budgets
+                         if (d := route_to_deploy({r["method"]: r for r in rows if r["budget"] == k}, k))},
               "epochs": {f"{k:g}": epochs[k] for k in cfg.budgets}, "exit_model_epochs": ep_exit,
               "dial_from": str(dial_run), "kd": cfg.kd,
               "runs": {"teacher": str(teacher_dir), "out": str(root), "early-exit": str(edir)},

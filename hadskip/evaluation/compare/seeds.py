@@ -35,6 +35,45 @@ def is_gated(method: str) -> bool:
     return method.startswith("hadskip")
 
 
+def _candidates(at: dict[str, dict]) -> tuple[list[str], str | None]:
+    """(the deployable routes scored on dev, the non-gated one of them with the best dev metric)."""
+    candidates = [m for m in at if m not in NOT_DEPLOYED and "dev_value" in at[m]]
+    non_gated = [m for m in NON_GATED if m in candidates]
+    return candidates, (max(non_gated, key=lambda m: at[m]["dev_value"]) if non_gated else None)
+
+
+def route_to_deploy(at: dict[str, dict], k: float) -> dict | None:
+    """The route to deploy at budget k from the rows there ({method: row with dev_value, dev_avg_layers, value,
+    avg_layers}; one seed's or the means over seeds): the best dev metric among the routes that ship and stay
+    within the budget on dev (the matched average, HadSkip's, plus the margin a budget is held to: budgeted exit
+    rounds K, and at 2.5 it runs 3 layers). Routes over the budget and unshipped routes ahead on dev are named."""
+    candidates, best_other = _candidates(at)
+    limit = at["hadskip"]["dev_avg_layers"] + BUDGET_MARGIN if "hadskip" in at else float(k) + BUDGET_MARGIN
+    within = [m for m in candidates if at[m].get("dev_avg_layers", float("inf")) <= limit]
+    ships = [m for m in within if m not in UNSHIPPED]
+    if not ships:
+        return None
+    pick = max(ships, key=lambda m: at[m]["dev_value"])
+    ahead = sorted((m for m in within if m in UNSHIPPED and at[m]["dev_value"] > at[pick]["dev_value"]),
+                   key=lambda m: -at[m]["dev_value"])
+    return {"route": pick, "dev_value": at[pick]["dev_value"], "value": at[pick]["value"],
+            "avg_layers": at[pick]["avg_layers"], "best_non_gated": best_other,
+            "over_budget": sorted(set(candidates) - set(within)),
+            "ahead_unshipped": [{"route": m, "dev_value": at[m]["dev_value"], "why": UNSHIPPED[m]} for m in ahead]}
+
+
+def deploy_lines(deploy: dict) -> list[str]:
+    """compare.md's recommendation, one line per budget."""
+    lines = []
+    for k, d in deploy.items():
+        over = f"; over the budget on dev: {', '.join(d['over_budget'])}" if d.get("over_budget") else ""
+        ahead = "".join(f"; ahead on dev but not shipped: {a['route']} (dev {a['dev_value']:.4f}; {a['why']})"
+                        for a in d.get("ahead_unshipped", []))
+        lines.append(f"- budget {k}: **{d['route']}** (dev {d['dev_value']:.4f}, test {d['value']:.4f} at "
+                     f"{d['avg_layers']:.2f} layers; best non-gated route: {d['best_non_gated']}{over}{ahead})")
+    return lines
+
+
 def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dict:
     """The statistics over seeds of per-seed compare.json dicts, with their OUT/seed-S dirs (rows.npz)."""
     first = per_seed[0]
@@ -65,9 +104,7 @@ def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dic
             recs = [rec.get((method, k)) for _, rec in loaded]
             return None if any(r is None for r in recs) else np.stack([r["preds"] for r in recs])
 
-        candidates = [m for m in at if m not in NOT_DEPLOYED and "dev_value" in at[m]]
-        non_gated = [m for m in NON_GATED if m in candidates]
-        best_other = max(non_gated, key=lambda m: at[m]["dev_value"]) if non_gated else None
+        candidates, best_other = _candidates(at)
         for m in candidates:
             against = [STATIC] if m != STATIC else []
             if is_gated(m) and best_other and best_other != STATIC:
@@ -85,20 +122,9 @@ def aggregate(per_seed: list[dict], dirs: list[Path], n_boot: int = 2000) -> dic
                 ci = paired_bootstrap(pa, pb, labels, metric, num_labels, n_boot)
                 pairs.append({"budget": k, "route": m, "minus": b, **ci,
                               "layers": at[m]["avg_layers"], "minus_layers": at[b]["avg_layers"]})
-        # a route is recommended only within the budget: dev layers at most the matched average (HadSkip's) plus
-        # the margin a budget is held to (budgeted exit rounds K: at 2.5 it runs 3 layers)
-        limit = at["hadskip"]["dev_avg_layers"] + BUDGET_MARGIN if "hadskip" in at else float(k) + BUDGET_MARGIN
-        within = [m for m in candidates if at[m].get("dev_avg_layers", float("inf")) <= limit]
-        ships = [m for m in within if m not in UNSHIPPED]
-        if ships:
-            pick = max(ships, key=lambda m: at[m]["dev_value"])
-            ahead = sorted((m for m in within if m in UNSHIPPED and at[m]["dev_value"] > at[pick]["dev_value"]),
-                           key=lambda m: -at[m]["dev_value"])
-            deploy[f"{k:g}"] = {"route": pick, "dev_value": at[pick]["dev_value"], "value": at[pick]["value"],
-                                "avg_layers": at[pick]["avg_layers"], "best_non_gated": best_other,
-                                "over_budget": sorted(set(candidates) - set(within)),
-                                "ahead_unshipped": [{"route": m, "dev_value": at[m]["dev_value"],
-                                                     "why": UNSHIPPED[m]} for m in ahead]}
+        choice = route_to_deploy(at, k)
+        if choice is not None:
+            deploy[f"{k:g}"] = choice
     curves = {m: sorted([r["avg_layers"], r["value"]] for r in rows if r["method"] == m)
               for m in {r["method"] for r in rows}}
     return {"task": first["task"], "metric": metric, "split": "test", "num_layers": first["num_layers"],
@@ -132,10 +158,5 @@ def to_markdown(result: dict) -> str:
                      f"[{100 * p['low']:+.2f}, {100 * p['high']:+.2f}] |")
     lines += ["", "Route to deploy per budget (highest mean dev metric among the routes within the budget that "
                   "`hadskip export` ships):", ""]
-    for k, d in result["deploy"].items():
-        over = f"; over the budget on dev: {', '.join(d['over_budget'])}" if d.get("over_budget") else ""
-        ahead = "".join(f"; ahead on dev but not shipped: {a['route']} (dev {a['dev_value']:.4f}; {a['why']})"
-                        for a in d.get("ahead_unshipped", []))
-        lines.append(f"- budget {k}: **{d['route']}** (dev {d['dev_value']:.4f}, test {d['value']:.4f} at "
-                     f"{d['avg_layers']:.2f} layers; best non-gated route: {d['best_non_gated']}{over}{ahead})")
+    lines += deploy_lines(result["deploy"])
     return "\n".join(lines) + "\n"
