@@ -81,8 +81,8 @@ def _lineage(info) -> list:
 
 def headroom(run: str | Path, k: int, batch_size: int = 64) -> dict:
     """The best fixed k-subset (chosen on dev), the per-row oracle over k-subsets and the subset router
-    (subset_router.py; when neither the run nor its teacher trained on some training rows; else "router_skipped"
-    says why), on test."""
+    (subset_router.py: fitted on the training rows neither the run nor its teacher trained on, else cross-fitted
+    on dev, "router_no_held_out" saying why), on test."""
     model, tokenizer, info = load_run(run)
     model.to(default_device())
     data = load_run_task(info.task)

@@ -30,6 +30,7 @@ import torch
 from hadskip.data.batches import encode_split, loader
 from hadskip.data.sources import load_task
 from hadskip.modeling.checkpoint import task_source
+from hadskip.modeling.units import masked_mean
 
 LOGP_FLOOR = float(np.log(1e-4))
 ALPHAS = tuple(10.0 ** e for e in range(-1, 6))
@@ -62,10 +63,8 @@ def subset_outputs(model, enc, pad_id: int, subsets: list[tuple[int, ...]], batc
     for idx, batch in zip(dl.dataset.batch_indices(), dl, strict=True):
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         h0 = model.embeddings(ids, mask, model.token_types(ids, batch["token_type_ids"].to(device)))
-        m = mask.unsqueeze(-1).to(h0.dtype)
-        length = m.sum(dim=1)
-        feats[idx, :-1] = ((h0 * m).sum(dim=1) / length.clamp(min=1)).float().cpu().numpy()
-        feats[idx, -1] = np.log(length.squeeze(1).float().cpu().numpy().clip(min=1))
+        feats[idx, :-1] = masked_mean(h0, mask).float().cpu().numpy()
+        feats[idx, -1] = np.log(mask.sum(dim=1).float().cpu().numpy().clip(min=1))
         for s, sub in enumerate(subsets):
             h = h0
             for i in sub:

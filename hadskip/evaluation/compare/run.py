@@ -295,14 +295,13 @@ def compare(cfg: CompareConfig) -> dict:
                          "subsets": o["subsets"], "rows_where_subsets_disagree": o["rows_where_subsets_disagree"],
                          "run": o["run"]})
             records[("best-subset", k)] = record(o["best_subset_preds"], np.full(len(labels["test"]), o["k"]))
-            if "router_test" in o:
-                codes = path_codes(o["router_gates"])
-                rows.append({"method": "subset-router", "budget": k, "value": o["router_test"], "avg_layers": o["k"],
-                             "dev_value": o["router_dev"], "dev_avg_layers": o["k"], "alpha": o["router_alpha"],
-                             "train_rows": o["router_train_rows"], "fitted_on": o["router_fit"], "run": o["run"],
-                             **({"no_held_out": o["router_no_held_out"]} if "router_no_held_out" in o else {}),
-                             **path_diversity(codes, L)})
-                records[("subset-router", k)] = record(o["router_preds"], np.full(len(labels["test"]), o["k"]), codes)
+            codes = path_codes(o["router_gates"])
+            rows.append({"method": "subset-router", "budget": k, "value": o["router_test"], "avg_layers": o["k"],
+                         "dev_value": o["router_dev"], "dev_avg_layers": o["k"], "alpha": o["router_alpha"],
+                         "train_rows": o["router_train_rows"], "fitted_on": o["router_fit"], "run": o["run"],
+                         **({"no_held_out": o["router_no_held_out"]} if "router_no_held_out" in o else {}),
+                         **path_diversity(codes, L)})
+            records[("subset-router", k)] = record(o["router_preds"], np.full(len(labels["test"]), o["k"]), codes)
         for v in cfg.variants:
             score_variant = _skip_exit_row if VARIANTS[v].get("exit_heads") else _dial_row
             r, rec = score_variant(f"hadskip-{v}", variant_runs[(v, k)], k, target[k], L)
